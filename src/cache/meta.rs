@@ -1,0 +1,79 @@
+//! Metadata cache: directory listings and single-name lookups (positive and negative), each
+//! kept for the metadata TTL, so `ls -lR` or a training loader's `stat` storm does not
+//! re-list what was just listed. A TTL of zero turns it off.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+
+use crate::fs::listing::{DirListing, EntryKind};
+use crate::store::StoreError;
+
+#[derive(Clone)]
+pub struct MetaCache {
+    ttl: Duration,
+    dirs: Cache<String, Arc<DirListing>>,
+    entries: Cache<String, Option<EntryKind>>,
+}
+
+impl MetaCache {
+    /// `max_entries` bounds the number of directory entries held across all cached listings.
+    pub fn new(ttl: Duration, max_entries: u64) -> Self {
+        let ttl_or_min = ttl.max(Duration::from_millis(1));
+        MetaCache {
+            ttl,
+            dirs: Cache::builder()
+                .time_to_live(ttl_or_min)
+                .weigher(|_k: &String, v: &Arc<DirListing>| v.entries.len().max(1) as u32)
+                .max_capacity(max_entries)
+                .build(),
+            entries: Cache::builder()
+                .time_to_live(ttl_or_min)
+                .max_capacity(max_entries)
+                .build(),
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn enabled(&self) -> bool {
+        !self.ttl.is_zero()
+    }
+
+    /// The listing of directory `prefix`, loading it at most once however many callers ask at once.
+    pub async fn dir<F>(&self, prefix: &str, load: F) -> Result<Arc<DirListing>, Arc<StoreError>>
+    where
+        F: Future<Output = Result<Arc<DirListing>, StoreError>>,
+    {
+        if !self.enabled() {
+            return load.await.map_err(Arc::new);
+        }
+        self.dirs.try_get_with(prefix.to_string(), load).await
+    }
+
+    /// A listing already held for `prefix`, if fresh.
+    pub async fn cached_dir(&self, prefix: &str) -> Option<Arc<DirListing>> {
+        if !self.enabled() {
+            return None;
+        }
+        self.dirs.get(prefix).await
+    }
+
+    /// What `key` was last found to be (`Some(None)`: known not to exist).
+    pub async fn cached_entry(&self, key: &str) -> Option<Option<EntryKind>> {
+        if !self.enabled() {
+            return None;
+        }
+        self.entries.get(key).await
+    }
+
+    pub async fn put_entry(&self, key: &str, kind: Option<EntryKind>) {
+        if self.enabled() {
+            self.entries.insert(key.to_string(), kind).await;
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Caches between the filesystem core and the store.
+
+pub mod meta;

@@ -1,0 +1,118 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::store::azure::AuthMethod;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lakemount",
+    version,
+    about = "Mount an Azure Data Lake / Blob container as a POSIX directory tree",
+    long_about = "Mount an Azure Data Lake Storage Gen2 or Blob Storage container (or a local \
+directory) as a POSIX directory tree.\n\n\
+Examples:\n  \
+lakemount mount az://myaccount/datasets /mnt/lake\n  \
+lakemount mount abfss://datasets@myaccount.dfs.core.windows.net/imagenet /mnt/imagenet\n  \
+lakemount mount az://devstoreaccount1/data /mnt/lake --endpoint http://127.0.0.1:10000/devstoreaccount1\n  \
+lakemount mount file:///srv/sample-lake /mnt/lake\n  \
+lakemount unmount /mnt/lake\n\n\
+Credentials come from the standard places: AZURE_STORAGE_CONNECTION_STRING, \
+AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN, a service principal \
+(AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET), workload identity \
+(AZURE_FEDERATED_TOKEN_FILE), the Azure CLI (--auth azure-cli) or the VM's managed identity \
+(AZURE_CLIENT_ID picks a user-assigned one)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount a lake at a directory. Returns once the mount answers (or fails with the reason).
+    Mount(MountArgs),
+    /// Unmount a lakemount mount point; the daemon serving it then exits.
+    Unmount(UnmountArgs),
+}
+
+#[derive(Debug, Args, Default)]
+pub struct MountArgs {
+    /// Lake URL: az://ACCOUNT/CONTAINER[/PREFIX], abfss://CONTAINER@ACCOUNT.dfs.core.windows.net[/PREFIX],
+    /// https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX] or file:///PATH.
+    /// May come from --config instead.
+    pub lake: Option<String>,
+
+    /// An existing, empty directory to mount on. May come from --config instead.
+    pub mountpoint: Option<PathBuf>,
+
+    /// Refuse all writes (EROFS). This version mounts read-only in any case.
+    #[arg(long)]
+    pub read_only: bool,
+
+    /// Stay in the foreground and log to stderr instead of running as a daemon.
+    #[arg(short, long)]
+    pub foreground: bool,
+
+    /// Let other users (and containers running as them) use the mount; permissions are then
+    /// checked by the kernel against --uid/--gid/--file-mode/--dir-mode.
+    #[arg(long)]
+    pub allow_other: bool,
+
+    /// Owner shown for every file and directory [default: the mounting user].
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<u32>,
+
+    /// Group shown for every file and directory [default: the mounting user's group].
+    #[arg(long, value_name = "GID")]
+    pub gid: Option<u32>,
+
+    /// Permission bits of files, octal [default: 0644].
+    #[arg(long, value_name = "MODE")]
+    pub file_mode: Option<String>,
+
+    /// Permission bits of directories, octal [default: 0755].
+    #[arg(long, value_name = "MODE")]
+    pub dir_mode: Option<String>,
+
+    /// How long listings and attributes are trusted before asking the lake again; changes
+    /// made by other clients show up after at most this long [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    pub metadata_ttl: Option<u64>,
+
+    /// Blob service endpoint, for Azurite or sovereign clouds, e.g.
+    /// http://127.0.0.1:10000/devstoreaccount1 [default: https://ACCOUNT.blob.core.windows.net,
+    /// or the BlobEndpoint of AZURE_STORAGE_CONNECTION_STRING].
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+
+    /// Which credential to use [default: auto, which takes the first one configured].
+    #[arg(long, value_enum)]
+    pub auth: Option<AuthMethod>,
+
+    /// A TOML file whose keys mirror these flags (lake, mountpoint, read_only, allow_other, uid,
+    /// gid, file_mode, dir_mode, metadata_ttl, endpoint, auth, log_file). Flags win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Where the daemon logs [default: /var/log/lakemount/MOUNT.log as root,
+    /// else ~/.local/state/lakemount/MOUNT.log].
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct UnmountArgs {
+    /// The mount point.
+    pub mountpoint: PathBuf,
+
+    /// Detach now even if files are open; the mount goes away when they are closed.
+    #[arg(long)]
+    pub lazy: bool,
+}

@@ -1,0 +1,152 @@
+//! Mount settings: a TOML file whose keys mirror the command-line flags, overlaid by the flags.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+
+use crate::cli::MountArgs;
+use crate::lake_url::LakeUrl;
+use crate::store::azure::AuthMethod;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountFile {
+    pub lake: Option<String>,
+    pub mountpoint: Option<PathBuf>,
+    pub read_only: Option<bool>,
+    pub allow_other: Option<bool>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub file_mode: Option<String>,
+    pub dir_mode: Option<String>,
+    pub metadata_ttl: Option<u64>,
+    pub endpoint: Option<String>,
+    pub auth: Option<AuthMethod>,
+    pub log_file: Option<PathBuf>,
+}
+
+impl MountFile {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            // toml's message spans several lines with a source excerpt: keep the first.
+            let msg = e.message().to_string();
+            anyhow!("config file {}: {msg}", path.display())
+        })
+    }
+}
+
+/// Everything `mount` needs, validated.
+#[derive(Clone, Debug)]
+pub struct MountSettings {
+    pub lake: LakeUrl,
+    pub mountpoint: PathBuf,
+    pub read_only: bool,
+    pub foreground: bool,
+    pub allow_other: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    pub metadata_ttl: Duration,
+    pub endpoint: Option<String>,
+    pub auth: AuthMethod,
+    pub log_file: Option<PathBuf>,
+}
+
+pub fn parse_mode(s: &str) -> Result<u16> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u16::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 => Ok(m),
+        _ => bail!("invalid mode {s:?}: expected octal permission bits such as 0644"),
+    }
+}
+
+impl MountSettings {
+    pub fn resolve(args: &MountArgs) -> Result<Self> {
+        let file = match &args.config {
+            Some(p) => MountFile::load(p)?,
+            None => MountFile::default(),
+        };
+        let lake =
+            args.lake.clone().or(file.lake).ok_or_else(|| {
+                anyhow!("no lake URL given (argument LAKE or `lake` in --config)")
+            })?;
+        let lake = LakeUrl::parse(&lake).map_err(|e| anyhow!(e))?;
+        let mountpoint = args.mountpoint.clone().or(file.mountpoint).ok_or_else(|| {
+            anyhow!("no mount point given (argument MOUNTPOINT or `mountpoint` in --config)")
+        })?;
+        // SAFETY: getuid/getgid cannot fail and touch no memory.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let file_mode = args.file_mode.clone().or(file.file_mode);
+        let dir_mode = args.dir_mode.clone().or(file.dir_mode);
+        Ok(MountSettings {
+            lake,
+            mountpoint,
+            read_only: args.read_only || file.read_only.unwrap_or(false),
+            foreground: args.foreground,
+            allow_other: args.allow_other || file.allow_other.unwrap_or(false),
+            uid: args.uid.or(file.uid).unwrap_or(uid),
+            gid: args.gid.or(file.gid).unwrap_or(gid),
+            file_mode: file_mode
+                .as_deref()
+                .map(parse_mode)
+                .transpose()?
+                .unwrap_or(0o644),
+            dir_mode: dir_mode
+                .as_deref()
+                .map(parse_mode)
+                .transpose()?
+                .unwrap_or(0o755),
+            metadata_ttl: Duration::from_secs(
+                args.metadata_ttl.or(file.metadata_ttl).unwrap_or(60),
+            ),
+            endpoint: args.endpoint.clone().or(file.endpoint),
+            auth: args.auth.or(file.auth).unwrap_or_default(),
+            log_file: args.log_file.clone().or(file.log_file),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let f = write("lake = \"az://acct/data\"\nmountpoint = \"/mnt/lake\"\nmetadata_ttl = 5\nfile_mode = \"0600\"\nauth = \"managed-identity\"\n");
+        let args = MountArgs {
+            config: Some(f.path().into()),
+            metadata_ttl: Some(7),
+            ..Default::default()
+        };
+        let s = MountSettings::resolve(&args).unwrap();
+        assert_eq!(s.mountpoint, PathBuf::from("/mnt/lake"));
+        assert_eq!(s.metadata_ttl, Duration::from_secs(7));
+        assert_eq!(s.file_mode, 0o600);
+        assert_eq!(s.auth, AuthMethod::ManagedIdentity);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_one_line_errors() {
+        let f = write("lake = \"az://acct/data\"\nmetadata_tll = 5\n");
+        let args = MountArgs {
+            config: Some(f.path().into()),
+            ..Default::default()
+        };
+        let err = format!("{:#}", MountSettings::resolve(&args).unwrap_err());
+        assert!(err.contains("metadata_tll") && !err.contains('\n'), "{err}");
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("rw-r--r--").is_err());
+        assert_eq!(parse_mode("755").unwrap(), 0o755);
+    }
+}

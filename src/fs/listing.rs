@@ -1,0 +1,134 @@
+//! Turning one page-set of a store listing into the entries of one POSIX directory.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use crate::store::ListPage;
+
+/// What a name in a directory is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    File {
+        size: u64,
+        mtime: SystemTime,
+        etag: String,
+    },
+    Dir {
+        /// Only real directories (hierarchical-namespace markers) have one.
+        mtime: Option<SystemTime>,
+    },
+}
+
+impl EntryKind {
+    pub fn is_dir(&self) -> bool {
+        matches!(self, EntryKind::Dir { .. })
+    }
+}
+
+/// The entries of one directory, sorted by name (so readdir offsets are stable).
+#[derive(Clone, Debug, Default)]
+pub struct DirListing {
+    pub entries: BTreeMap<String, EntryKind>,
+}
+
+/// A name in a listing that cannot be shown, with the full key and the reason.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub key: String,
+    pub reason: &'static str,
+}
+
+/// Builds the directory at `prefix` from its listing. Sub-directories come from common
+/// prefixes and from directory markers, merged so each appears once; when a file and a
+/// directory share a name the directory wins and the file is reported as skipped.
+pub fn build(prefix: &str, page: ListPage) -> (DirListing, Vec<Skipped>) {
+    let mut listing = DirListing::default();
+    let mut skipped = Vec::new();
+    let name_of = |key: &str| -> Option<String> { key.strip_prefix(prefix).map(str::to_string) };
+
+    for p in &page.prefixes {
+        let Some(name) = name_of(p.strip_suffix('/').unwrap_or(p)) else {
+            continue;
+        };
+        if let Some(reason) = super::names::invalid_reason(&name) {
+            skipped.push(Skipped {
+                key: p.clone(),
+                reason,
+            });
+            continue;
+        }
+        listing.entries.insert(name, EntryKind::Dir { mtime: None });
+    }
+    for o in page.objects {
+        let Some(name) = name_of(&o.key) else {
+            continue;
+        };
+        if let Some(reason) = super::names::invalid_reason(&name) {
+            skipped.push(Skipped { key: o.key, reason });
+            continue;
+        }
+        if o.is_dir_marker {
+            listing.entries.insert(
+                name,
+                EntryKind::Dir {
+                    mtime: Some(o.mtime),
+                },
+            );
+        } else if listing.entries.get(&name).is_some_and(EntryKind::is_dir) {
+            skipped.push(Skipped {
+                key: o.key,
+                reason: "a directory of the same name hides this file",
+            });
+        } else {
+            let kind = EntryKind::File {
+                size: o.size,
+                mtime: o.mtime,
+                etag: o.etag,
+            };
+            listing.entries.insert(name, kind);
+        }
+    }
+    (listing, skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ObjectInfo;
+
+    fn obj(key: &str, marker: bool) -> ObjectInfo {
+        ObjectInfo {
+            key: key.into(),
+            size: if marker { 0 } else { 3 },
+            mtime: SystemTime::UNIX_EPOCH,
+            etag: "\"e\"".into(),
+            is_dir_marker: marker,
+        }
+    }
+
+    #[test]
+    fn markers_and_prefixes_make_one_directory_and_directories_win() {
+        let page = ListPage {
+            objects: vec![
+                obj("d/a", false),
+                obj("d/empty", true),
+                obj("d/full", true),
+                obj("d/x", false),
+            ],
+            prefixes: vec!["d/full/".into(), "d/x/".into(), "d//".into()],
+            next: None,
+        };
+        let (listing, skipped) = build("d/", page);
+        let kinds: Vec<_> = listing
+            .entries
+            .iter()
+            .map(|(n, k)| (n.as_str(), k.is_dir()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [("a", false), ("empty", true), ("full", true), ("x", true)]
+        );
+        let keys: Vec<_> = skipped.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["d//", "d/x"]);
+    }
+}

@@ -1,0 +1,435 @@
+//! The filesystem core: POSIX semantics over a [`Store`](crate::store::Store), with no FUSE in
+//! sight. `fuse.rs` translates kernel requests into calls here; unit tests call it directly.
+
+pub mod inode;
+pub mod listing;
+pub mod names;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+use crate::cache::meta::MetaCache;
+use crate::reader::{FileReader, ObjectVersion, ReadPath};
+use crate::store::{list_all, DynStore, StoreError};
+use inode::{InodeTable, ROOT_INO};
+use listing::{DirListing, EntryKind};
+
+/// An errno for the kernel. Store failures are logged where they are converted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FsError(pub i32);
+
+impl From<StoreError> for FsError {
+    fn from(e: StoreError) -> Self {
+        if !matches!(e, StoreError::NotFound(_)) {
+            tracing::warn!("store: {e}");
+        }
+        FsError(e.errno())
+    }
+}
+
+impl From<Arc<StoreError>> for FsError {
+    fn from(e: Arc<StoreError>) -> Self {
+        tracing::warn!("store: {e}");
+        FsError(e.errno())
+    }
+}
+
+pub type FsResult<T> = Result<T, FsError>;
+
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    /// How long metadata (listings, lookups, attributes) is trusted, here and in the kernel.
+    pub metadata_ttl: Duration,
+    pub read_only: bool,
+    /// Bound on directory entries held by the metadata cache.
+    pub max_cached_entries: u64,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        FsConfig {
+            uid: 0,
+            gid: 0,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            metadata_ttl: Duration::from_secs(60),
+            read_only: true,
+            max_cached_entries: 1_000_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+}
+
+/// Attributes as the core reports them; the adapter maps them onto the kernel's struct.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+}
+
+/// One directory entry handed to a readdir callback.
+#[derive(Debug)]
+pub struct DirEntry<'a> {
+    pub ino: u64,
+    /// The offset of the entry after this one.
+    pub next_offset: u64,
+    pub name: &'a str,
+    pub attr: Attr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+struct OpenDir {
+    ino: u64,
+    parent: u64,
+    entries: Vec<(String, EntryKind)>,
+}
+
+pub struct LakeFs {
+    store: DynStore,
+    read_path: Arc<dyn ReadPath>,
+    cfg: FsConfig,
+    meta: MetaCache,
+    inodes: Mutex<InodeTable>,
+    files: Mutex<HashMap<u64, Arc<dyn FileReader>>>,
+    dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
+    next_fh: AtomicU64,
+    mounted_at: SystemTime,
+    warned: Mutex<HashSet<String>>,
+}
+
+fn join_key(dir_prefix: &str, name: &str) -> String {
+    format!("{dir_prefix}{name}")
+}
+
+impl LakeFs {
+    pub fn new(store: DynStore, read_path: Arc<dyn ReadPath>, cfg: FsConfig) -> Self {
+        let now = SystemTime::now();
+        LakeFs {
+            store,
+            read_path,
+            meta: MetaCache::new(cfg.metadata_ttl, cfg.max_cached_entries),
+            cfg,
+            inodes: Mutex::new(InodeTable::new(now)),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            mounted_at: now,
+            warned: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.cfg
+    }
+
+    fn attr(&self, ino: u64, kind: &EntryKind) -> Attr {
+        match kind {
+            EntryKind::File { size, mtime, .. } => Attr {
+                ino,
+                kind: Kind::File,
+                size: *size,
+                mtime: *mtime,
+                perm: self.cfg.file_mode,
+                uid: self.cfg.uid,
+                gid: self.cfg.gid,
+                nlink: 1,
+            },
+            EntryKind::Dir { mtime } => Attr {
+                ino,
+                kind: Kind::Dir,
+                size: 0,
+                mtime: mtime.unwrap_or(self.mounted_at),
+                perm: self.cfg.dir_mode,
+                uid: self.cfg.uid,
+                gid: self.cfg.gid,
+                nlink: 2,
+            },
+        }
+    }
+
+    fn node(&self, ino: u64) -> FsResult<inode::Node> {
+        let t = self.inodes.lock().unwrap();
+        t.get(ino).cloned().ok_or(FsError(libc::ENOENT))
+    }
+
+    /// The listing of directory `prefix`, from the cache or the store; odd names are skipped
+    /// with one warning each.
+    async fn listing(&self, prefix: &str) -> FsResult<Arc<DirListing>> {
+        let load = async {
+            let page = list_all(self.store.as_ref(), prefix).await?;
+            let (listing, skipped) = listing::build(prefix, page);
+            let mut warned = self.warned.lock().unwrap();
+            for s in skipped {
+                if warned.insert(s.key.clone()) {
+                    tracing::warn!("skipping blob name {:?}: {}", s.key, s.reason);
+                }
+            }
+            Ok(Arc::new(listing))
+        };
+        Ok(self.meta.dir(prefix, load).await?)
+    }
+
+    /// What `name` in directory `dir_prefix` is now (within the metadata TTL).
+    async fn resolve(&self, dir_prefix: &str, name: &str) -> FsResult<Option<EntryKind>> {
+        if name.len() > 255 {
+            return Err(FsError(libc::ENAMETOOLONG));
+        }
+        if names::invalid_reason(name).is_some() {
+            return Ok(None);
+        }
+        if let Some(listing) = self.meta.cached_dir(dir_prefix).await {
+            return Ok(listing.entries.get(name).cloned());
+        }
+        let key = join_key(dir_prefix, name);
+        if let Some(known) = self.meta.cached_entry(&key).await {
+            return Ok(known);
+        }
+        // A name may be a file, a directory marker, a virtual directory (some key under it),
+        // or both a file and a directory: ask both questions at once; the directory wins.
+        let sub = format!("{key}/");
+        let (head, is_dir) = tokio::join!(self.store.head(&key), self.store.dir_exists(&sub));
+        let head = head?;
+        let kind = match (is_dir?, head) {
+            (true, h) => Some(EntryKind::Dir {
+                mtime: h.filter(|h| h.is_dir_marker).map(|h| h.mtime),
+            }),
+            (false, Some(h)) if h.is_dir_marker => Some(EntryKind::Dir {
+                mtime: Some(h.mtime),
+            }),
+            (false, Some(h)) => Some(EntryKind::File {
+                size: h.size,
+                mtime: h.mtime,
+                etag: h.etag,
+            }),
+            (false, None) => None,
+        };
+        self.meta.put_entry(&key, kind.clone()).await;
+        Ok(kind)
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        let dir = self.node(parent)?;
+        if !dir.kind.is_dir() {
+            return Err(FsError(libc::ENOTDIR));
+        }
+        let kind = self
+            .resolve(&dir.dir_prefix(), name)
+            .await?
+            .ok_or(FsError(libc::ENOENT))?;
+        let key = join_key(&dir.dir_prefix(), name);
+        let ino = self
+            .inodes
+            .lock()
+            .unwrap()
+            .upsert(parent, name, key, kind.clone(), 1);
+        Ok(self.attr(ino, &kind))
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.lock().unwrap().forget(ino, n);
+    }
+
+    /// Attributes of `ino`, re-checked against the store once the metadata TTL has passed.
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let node = self.node(ino)?;
+        if ino == ROOT_INO || node.checked.elapsed() < self.cfg.metadata_ttl {
+            return Ok(self.attr(ino, &node.kind));
+        }
+        let parent = self.node(node.parent)?;
+        let kind = self
+            .resolve(&parent.dir_prefix(), &node.name)
+            .await?
+            .ok_or(FsError(libc::ENOENT))?;
+        if kind.is_dir() != node.kind.is_dir() {
+            // Replaced by the other kind: this inode is gone; a new lookup finds the new one.
+            return Err(FsError(libc::ENOENT));
+        }
+        if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
+            n.kind = kind.clone();
+            n.checked = std::time::Instant::now();
+        }
+        Ok(self.attr(ino, &kind))
+    }
+
+    /// Opens a file for reading. Writes are refused on a read-only mount (EROFS).
+    pub async fn open(&self, ino: u64, write: bool) -> FsResult<u64> {
+        if write {
+            return Err(FsError(libc::EROFS));
+        }
+        self.getattr(ino).await?;
+        let node = self.node(ino)?;
+        let EntryKind::File { size, etag, .. } = node.kind else {
+            return Err(FsError(libc::EISDIR));
+        };
+        let reader = self.read_path.open(ObjectVersion {
+            key: node.key,
+            etag,
+            size,
+        });
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files.lock().unwrap().insert(fh, Arc::from(reader));
+        Ok(fh)
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let reader = self
+            .files
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError(libc::EBADF))?;
+        Ok(reader.read(offset, size).await?)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files.lock().unwrap().remove(&fh);
+    }
+
+    /// Opens a directory: its listing is taken once here, so offsets stay valid while it is read.
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let node = self.node(ino)?;
+        if !node.kind.is_dir() {
+            return Err(FsError(libc::ENOTDIR));
+        }
+        let listing = self.listing(&node.dir_prefix()).await?;
+        let entries = listing
+            .entries
+            .iter()
+            .map(|(n, k)| (n.clone(), k.clone()))
+            .collect();
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let dir = OpenDir {
+            ino,
+            parent: node.parent,
+            entries,
+        };
+        self.dirs.lock().unwrap().insert(fh, Arc::new(dir));
+        Ok(fh)
+    }
+
+    /// Hands entries from `offset` on to `add` until it reports the reply buffer full (`true`).
+    /// With `plus`, every entry handed over counts as a kernel lookup (READDIRPLUS), except
+    /// `.` and `..`, which the kernel does not count.
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        plus: bool,
+        add: &mut dyn FnMut(DirEntry<'_>) -> bool,
+    ) -> FsResult<()> {
+        let dir = self
+            .dirs
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError(libc::EBADF))?;
+        let dot_kind = EntryKind::Dir { mtime: None };
+        let mut i = offset;
+        while i < 2 + dir.entries.len() as u64 {
+            let (ino, name, kind) = match i {
+                0 => (dir.ino, ".", &dot_kind),
+                1 => (dir.parent, "..", &dot_kind),
+                _ => {
+                    let (name, kind) = &dir.entries[(i - 2) as usize];
+                    let key = {
+                        let t = self.inodes.lock().unwrap();
+                        let parent = t.get(dir.ino).map(|n| n.dir_prefix()).unwrap_or_default();
+                        join_key(&parent, name)
+                    };
+                    let ino = if plus {
+                        self.inodes
+                            .lock()
+                            .unwrap()
+                            .upsert(dir.ino, name, key, kind.clone(), 0)
+                    } else {
+                        self.inodes
+                            .lock()
+                            .unwrap()
+                            .child(dir.ino, name)
+                            .unwrap_or(u64::MAX)
+                    };
+                    (ino, name.as_str(), kind)
+                }
+            };
+            let entry = DirEntry {
+                ino,
+                next_offset: i + 1,
+                name,
+                attr: self.attr(ino, kind),
+            };
+            if add(entry) {
+                if plus && i >= 2 {
+                    // Not sent: drop the inode again if nothing else holds it.
+                    self.inodes.lock().unwrap().forget(ino, 0);
+                }
+                break;
+            }
+            if plus && i >= 2 {
+                self.inodes.lock().unwrap().add_lookup(ino);
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().unwrap().remove(&fh);
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        // An object store has no fixed capacity: report a large, constant one (1 PiB) so
+        // tools that check free space before writing do not refuse.
+        const BSIZE: u32 = 1 << 20;
+        let blocks = (1u64 << 50) / BSIZE as u64;
+        StatFs {
+            blocks,
+            bfree: blocks,
+            bavail: blocks,
+            files: 1 << 40,
+            ffree: 1 << 40,
+            bsize: BSIZE,
+            namelen: 255,
+            frsize: BSIZE,
+        }
+    }
+
+    /// Inodes currently held (root included); for tests and metrics.
+    pub fn inode_count(&self) -> usize {
+        self.inodes.lock().unwrap().len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+//! Lake URLs: where a lake lives.
+//!
+//! - `az://ACCOUNT/CONTAINER[/PREFIX]`
+//! - `abfss://CONTAINER@ACCOUNT.dfs.core.windows.net[/PREFIX]` (also `abfs://`)
+//! - `https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX]` (also `.dfs.`)
+//! - `file:///PATH` — a local directory (the embedded default)
+
+use std::fmt;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LakeUrl {
+    Azure {
+        account: String,
+        container: String,
+        /// `""` or ending in `/`.
+        prefix: String,
+    },
+    Local {
+        path: PathBuf,
+    },
+}
+
+const FORMS: &str = "expected az://ACCOUNT/CONTAINER[/PREFIX], \
+abfss://CONTAINER@ACCOUNT.dfs.core.windows.net[/PREFIX], \
+https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX] or file:///PATH";
+
+fn check_account(a: &str) -> Result<(), String> {
+    let ok = (3..=24).contains(&a.len())
+        && a.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid storage account name {a:?}: 3-24 lowercase letters and digits"
+        ))
+    }
+}
+
+fn check_container(c: &str) -> Result<(), String> {
+    let ok = c == "$root"
+        || ((3..=63).contains(&c.len())
+            && c.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !c.starts_with('-')
+            && !c.ends_with('-')
+            && !c.contains("--"));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid container name {c:?}: 3-63 lowercase letters, digits and single hyphens"
+        ))
+    }
+}
+
+fn decode(s: &str) -> Result<String, String> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| format!("{s:?} is not valid UTF-8 once percent-decoded"))
+}
+
+/// `a/b` -> `a/b/`; `` or `/` -> ``.
+fn normalize_prefix(p: &str) -> Result<String, String> {
+    let p = decode(p.trim_matches('/'))?;
+    Ok(if p.is_empty() { p } else { format!("{p}/") })
+}
+
+impl LakeUrl {
+    pub fn parse(s: &str) -> Result<LakeUrl, String> {
+        let s = s.trim();
+        let bad = |why: &str| Err(format!("invalid lake URL {s:?}: {why}"));
+        let Some((scheme, rest)) = s.split_once("://") else {
+            return bad(FORMS);
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "file" => {
+                if !rest.starts_with('/') {
+                    return bad("file URLs need an absolute path: file:///PATH");
+                }
+                Ok(LakeUrl::Local {
+                    path: PathBuf::from(decode(rest)?),
+                })
+            }
+            "az" => {
+                let mut parts = rest.splitn(3, '/');
+                let account = parts.next().unwrap_or_default();
+                let container = parts.next().unwrap_or_default();
+                if account.is_empty() || container.is_empty() {
+                    return bad("az URLs are az://ACCOUNT/CONTAINER[/PREFIX]");
+                }
+                Self::azure(account, container, parts.next().unwrap_or(""))
+            }
+            "abfs" | "abfss" => {
+                let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+                let Some((container, host)) = authority.split_once('@') else {
+                    return bad(
+                        "abfss URLs are abfss://CONTAINER@ACCOUNT.dfs.core.windows.net[/PREFIX]",
+                    );
+                };
+                let Some((account, _)) = host.split_once(".dfs.") else {
+                    return bad("the host of an abfss URL is ACCOUNT.dfs.core.windows.net");
+                };
+                Self::azure(account, container, path)
+            }
+            "https" => {
+                let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+                let account = host
+                    .split_once(".blob.")
+                    .or_else(|| host.split_once(".dfs."))
+                    .map(|(a, _)| a);
+                let Some(account) = account else {
+                    return bad("https URLs are https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX]; for other endpoints (Azurite) use az://ACCOUNT/CONTAINER with --endpoint");
+                };
+                let (container, prefix) = path.split_once('/').unwrap_or((path, ""));
+                if container.is_empty() {
+                    return bad("the URL names no container");
+                }
+                Self::azure(account, container, prefix)
+            }
+            _ => bad(FORMS),
+        }
+    }
+
+    fn azure(account: &str, container: &str, prefix: &str) -> Result<LakeUrl, String> {
+        check_account(account)?;
+        check_container(container)?;
+        Ok(LakeUrl::Azure {
+            account: account.to_string(),
+            container: container.to_string(),
+            prefix: normalize_prefix(prefix)?,
+        })
+    }
+}
+
+impl fmt::Display for LakeUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LakeUrl::Azure {
+                account,
+                container,
+                prefix,
+            } if prefix.is_empty() => write!(f, "az://{account}/{container}"),
+            LakeUrl::Azure {
+                account,
+                container,
+                prefix,
+            } => write!(
+                f,
+                "az://{account}/{container}/{}",
+                prefix.trim_end_matches('/')
+            ),
+            LakeUrl::Local { path } => write!(f, "file://{}", path.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn az(a: &str, c: &str, p: &str) -> LakeUrl {
+        LakeUrl::Azure {
+            account: a.into(),
+            container: c.into(),
+            prefix: p.into(),
+        }
+    }
+
+    #[test]
+    fn accepts_every_documented_form() {
+        assert_eq!(
+            LakeUrl::parse("az://acct/data").unwrap(),
+            az("acct", "data", "")
+        );
+        assert_eq!(
+            LakeUrl::parse("az://acct/data/train/img/").unwrap(),
+            az("acct", "data", "train/img/")
+        );
+        assert_eq!(
+            LakeUrl::parse("abfss://data@acct.dfs.core.windows.net/train").unwrap(),
+            az("acct", "data", "train/")
+        );
+        assert_eq!(
+            LakeUrl::parse("https://acct.blob.core.windows.net/data/a%20b").unwrap(),
+            az("acct", "data", "a b/")
+        );
+        assert_eq!(
+            LakeUrl::parse("file:///srv/lake").unwrap(),
+            LakeUrl::Local {
+                path: PathBuf::from("/srv/lake")
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_urls_with_a_reason() {
+        for bad in [
+            "",
+            "acct/data",
+            "s3://bucket/x",
+            "az://acct",
+            "az://Acct/data",
+            "az://acct/Data",
+            "az://acct/a--b",
+            "abfss://acct.dfs.core.windows.net/x",
+            "https://example.com/data",
+            "file://relative/path",
+        ] {
+            let err = LakeUrl::parse(bad).unwrap_err();
+            assert!(err.contains("invalid"), "{bad:?}: {err}");
+        }
+    }
+}

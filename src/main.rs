@@ -1,0 +1,36 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use lakemount::cli::{Cli, Command};
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "lakemount=info,warn",
+        1 => "lakemount=debug,info",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match &cli.command {
+        Command::Mount(args) => lakemount::mount::run(args),
+        Command::Unmount(args) => lakemount::mount::unmount(&args.mountpoint, args.lazy),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined with ": ".
+            eprintln!("lakemount: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,523 @@
+//! The mount's life: checks, probe, daemon start with readiness reporting, serving, clean
+//! unmount on SIGINT/SIGTERM, and `lakemount unmount`.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use fuser::{MountOption, SessionACL};
+
+use crate::cli::MountArgs;
+use crate::config::MountSettings;
+use crate::fs::{FsConfig, LakeFs};
+use crate::fuse::FuseAdapter;
+use crate::reader::DirectReadPath;
+use crate::store::{self, StoreError};
+
+/// The daemon reports readiness ("ok") or the reason it failed ("error: ...") on this fd.
+const READY_FD_ENV: &str = "LAKEMOUNT_READY_FD";
+const FSNAME: &str = "lakemount";
+
+/// Ours: a FUSE mount whose source is `lakemount` (the type reads `fuse` or `fuse.lakemount`
+/// depending on whether the kernel or fusermount3 mounted it).
+fn is_ours((fstype, source): &(String, String)) -> bool {
+    (fstype == "fuse" || fstype == "fuse.lakemount") && source == FSNAME
+}
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn run(args: &MountArgs) -> Result<()> {
+    let settings = MountSettings::resolve(args)?;
+    if !settings.foreground {
+        return spawn_daemon(&settings);
+    }
+    let mut ready = Readiness::from_env();
+    let result = serve(&settings, &mut ready);
+    if let Err(e) = &result {
+        ready.failed(&format!("{e:#}"));
+    }
+    result
+}
+
+/// Tells whoever started us that the mount answers: the parent `lakemount mount` through a
+/// pipe, and systemd through sd_notify when run as a `Type=notify` unit.
+struct Readiness {
+    pipe: Option<File>,
+}
+
+impl Readiness {
+    fn from_env() -> Self {
+        let fd = std::env::var(READY_FD_ENV)
+            .ok()
+            .and_then(|v| v.parse::<i32>().ok());
+        std::env::remove_var(READY_FD_ENV);
+        let pipe = fd.filter(|fd| *fd > 2).map(|fd| {
+            // SAFETY: the parent handed us this descriptor for exactly this purpose. Mark it
+            // close-on-exec so helpers we start (fusermount3) do not hold it open.
+            unsafe {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                File::from_raw_fd(fd)
+            }
+        });
+        Readiness { pipe }
+    }
+
+    fn ready(&mut self) {
+        if let Some(mut p) = self.pipe.take() {
+            let _ = writeln!(p, "ok");
+        }
+        sd_notify("READY=1");
+    }
+
+    fn failed(&mut self, msg: &str) {
+        if let Some(mut p) = self.pipe.take() {
+            let _ = writeln!(p, "error: {}", msg.replace('\n', " "));
+        }
+    }
+}
+
+fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let path = PathBuf::from(path);
+    let sent = match path.to_str().and_then(|p| p.strip_prefix('@')) {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
+        }
+        None => sock.send_to(state.as_bytes(), &path),
+    };
+    if let Err(e) = sent {
+        tracing::warn!("sd_notify failed: {e}");
+    }
+}
+
+fn default_log_file(mountpoint: &Path) -> PathBuf {
+    let name: String = mountpoint
+        .to_string_lossy()
+        .trim_matches('/')
+        .replace('/', "-");
+    let name = if name.is_empty() {
+        "root".to_string()
+    } else {
+        name
+    };
+    // SAFETY: geteuid cannot fail.
+    let dir = if unsafe { libc::geteuid() } == 0 {
+        PathBuf::from("/var/log/lakemount")
+    } else {
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(".local/state"))
+            .join("lakemount")
+    };
+    dir.join(format!("{name}.log"))
+}
+
+/// Starts `lakemount mount ... --foreground` detached, and returns once it reports that the
+/// mount answers (exit 0) or why it could not mount (error).
+fn spawn_daemon(s: &MountSettings) -> Result<()> {
+    let log_path = s
+        .log_file
+        .clone()
+        .unwrap_or_else(|| default_log_file(&s.mountpoint));
+    if let Some(dir) = log_path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create log directory {}", dir.display()))?;
+    }
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open log file {}", log_path.display()))?;
+    let (reader, writer) = std::io::pipe().context("cannot create a pipe")?;
+    let wfd = writer.as_raw_fd();
+    let mut cmd =
+        Command::new(std::env::current_exe().context("cannot find the lakemount executable")?);
+    cmd.args(std::env::args_os().skip(1))
+        .arg("--foreground")
+        .env(READY_FD_ENV, "3")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // A session of its own: the daemon survives the terminal that started it.
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // fd 3 carries the readiness pipe; dup2 clears close-on-exec on the copy.
+            let r = if wfd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(wfd, 3)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("cannot start the mount daemon")?;
+    drop(writer);
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(reader).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(PROBE_TIMEOUT + READY_TIMEOUT + Duration::from_secs(10)) {
+        Ok(line) if line.trim() == "ok" => {
+            println!(
+                "mounted {} at {} (log: {})",
+                s.lake,
+                s.mountpoint.display(),
+                log_path.display()
+            );
+            Ok(())
+        }
+        Ok(line) if line.starts_with("error: ") => {
+            let _ = child.wait();
+            bail!("{}", line.trim_start_matches("error: ").trim())
+        }
+        Ok(_) => {
+            let status = child.wait()?;
+            bail!(
+                "the mount daemon exited ({status}) before the mount was ready: {}",
+                last_line(&log_path).unwrap_or_else(|| format!("see {}", log_path.display()))
+            )
+        }
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "the mount did not become ready in time; see {}",
+                log_path.display()
+            )
+        }
+    }
+}
+
+fn last_line(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(str::to_string)
+}
+
+/// Absolute, lexically normalized (no syscalls: the path may be a dead mount).
+fn absolute(p: &Path) -> Result<PathBuf> {
+    let p = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    };
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Undoes the octal escapes mountinfo uses for spaces and the like.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The filesystem type and source mounted at `path`, if it is a mount point.
+fn mounted_at(path: &Path) -> Option<(String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_string_lossy();
+    // The last entry wins: mounts stack.
+    info.lines().rev().find_map(|line| {
+        let mut fields = line.split(' ');
+        let mp = fields.nth(4)?;
+        if unescape_mountinfo(mp) != want {
+            return None;
+        }
+        let mut rest = line.split(" - ").nth(1)?.split(' ');
+        Some((rest.next()?.to_string(), unescape_mountinfo(rest.next()?)))
+    })
+}
+
+fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
+    let abs = absolute(mp)?;
+    let shown = abs.display();
+    match std::fs::metadata(&abs) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            bail!("mount point {shown} is a dead mount; run `lakemount unmount {shown}` first")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("mount point {shown} does not exist")
+        }
+        Err(e) => bail!("mount point {shown}: {e}"),
+        Ok(m) if !m.is_dir() => bail!("mount point {shown} is not a directory"),
+        Ok(_) => {}
+    }
+    if let Some((t, src)) = mounted_at(&abs) {
+        bail!("{shown} is already a mount point ({t} from {src})");
+    }
+    let mut entries = std::fs::read_dir(&abs).with_context(|| format!("mount point {shown}"))?;
+    if entries.next().is_some() {
+        bail!("mount point {shown} is not empty");
+    }
+    Ok(abs)
+}
+
+fn explain(lake: &str, e: StoreError) -> anyhow::Error {
+    let hint = match &e {
+        StoreError::Denied(_) => {
+            ": check the account key, SAS token (expiry, list permission) or identity role assignment"
+        }
+        StoreError::Unreachable(_) => ": check the endpoint and the network",
+        _ => "",
+    };
+    anyhow!("cannot mount {lake}: {e}{hint}")
+}
+
+fn serve(s: &MountSettings, ready: &mut Readiness) -> Result<()> {
+    let mountpoint = check_mountpoint(&s.mountpoint)?;
+    let workers = std::thread::available_parallelism()
+        .map_or(4, |n| n.get())
+        .max(4);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("lakemount-io")
+        .enable_all()
+        .build()
+        .context("cannot start the I/O runtime")?;
+    let lake = s.lake.to_string();
+    let store = {
+        let _guard = rt.enter();
+        store::open(&s.lake, s.endpoint.clone(), s.auth).map_err(|e| explain(&lake, e))?
+    };
+    rt.block_on(async { tokio::time::timeout(PROBE_TIMEOUT, store.probe()).await })
+        .map_err(|_| {
+            anyhow!(
+                "cannot mount {lake}: no answer from {} within {PROBE_TIMEOUT:?}",
+                store.describe()
+            )
+        })?
+        .map_err(|e| explain(&lake, e))?;
+
+    let fs_cfg = FsConfig {
+        uid: s.uid,
+        gid: s.gid,
+        file_mode: s.file_mode,
+        dir_mode: s.dir_mode,
+        metadata_ttl: s.metadata_ttl,
+        read_only: true,
+        ..FsConfig::default()
+    };
+    let fs = Arc::new(LakeFs::new(
+        store.clone(),
+        DirectReadPath::new(store.clone()),
+        fs_cfg,
+    ));
+    let adapter = FuseAdapter::new(fs, rt.handle().clone());
+    let mut cfg = fuser::Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName(FSNAME.into()),
+        MountOption::Subtype("lakemount".into()),
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    if s.allow_other {
+        cfg.acl = SessionACL::All;
+        cfg.mount_options.push(MountOption::DefaultPermissions);
+    }
+    let mut session = fuser::Session::new(adapter, &mountpoint, &cfg)
+        .map_err(|e| anyhow!("cannot mount at {}: {e}", mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let _ = done_tx.send(session.run());
+        })?;
+    if let Err(e) = wait_until_answers(&mountpoint) {
+        // Leave no dead mount behind.
+        if unmounter.unmount().is_err() {
+            let _ = detach(&mountpoint, true);
+        }
+        return Err(e);
+    }
+    tracing::info!("mounted {lake} at {}", mountpoint.display());
+    ready.ready();
+
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let why = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            r = &mut done_rx => {
+                // Unmounted from outside (`lakemount unmount`, fusermount3 -u, umount).
+                tracing::info!("{} was unmounted", mountpoint.display());
+                return r.unwrap_or(Ok(())).map_err(anyhow::Error::from);
+            }
+        };
+        tracing::info!("{why}: unmounting {}", mountpoint.display());
+        if let Err(e) = unmounter.unmount() {
+            tracing::warn!("unmount failed ({e}); detaching lazily");
+            detach(&mountpoint, true)?;
+        }
+        match tokio::time::timeout(Duration::from_secs(30), done_rx).await {
+            Ok(Ok(r)) => r.map_err(anyhow::Error::from),
+            _ => Ok(()),
+        }
+    })
+}
+
+/// Polls (bounded) until a stat of the mount point is answered by our filesystem.
+fn wait_until_answers(mountpoint: &Path) -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mp = mountpoint.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::metadata(&mp).map(|_| mounted_at(&mp)));
+    });
+    match rx.recv_timeout(READY_TIMEOUT) {
+        Ok(Ok(Some(m))) if is_ours(&m) => Ok(()),
+        Ok(Ok(other)) => bail!(
+            "{} did not show up as a lakemount mount ({other:?})",
+            mountpoint.display()
+        ),
+        Ok(Err(e)) => bail!(
+            "the new mount at {} does not answer: {e}",
+            mountpoint.display()
+        ),
+        Err(_) => bail!(
+            "the new mount at {} did not answer within {READY_TIMEOUT:?}",
+            mountpoint.display()
+        ),
+    }
+}
+
+/// Unmounts `mp` directly as root, or through fusermount3 otherwise.
+fn detach(mp: &Path, lazy: bool) -> Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let c = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes())?;
+        let flags = if lazy { libc::MNT_DETACH } else { 0 };
+        // SAFETY: c is a valid NUL-terminated path.
+        if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                bail!(
+                    "{} is busy (files or directories in it are in use); close them or use --lazy",
+                    mp.display()
+                );
+            }
+            bail!("cannot unmount {}: {e}", mp.display());
+        }
+        return Ok(());
+    }
+    let mut cmd = Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd
+        .arg("--")
+        .arg(mp)
+        .output()
+        .context("cannot run fusermount3 (install the fuse3 package)")?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!("cannot unmount {}: {}", mp.display(), err.trim());
+    }
+    Ok(())
+}
+
+pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
+    let mp = absolute(mountpoint)?;
+    match mounted_at(&mp) {
+        None => bail!("{} is not a mount point", mp.display()),
+        Some(m) if !is_ours(&m) => bail!(
+            "{} is not a lakemount mount (it is {} from {})",
+            mp.display(),
+            m.0,
+            m.1
+        ),
+        Some(_) => detach(&mp, lazy),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo("/mnt/my\\040lake"), "/mnt/my lake");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/trailing\\04"), "/trailing\\04");
+    }
+
+    #[test]
+    fn paths_are_normalized_without_touching_the_filesystem() {
+        assert_eq!(
+            absolute(Path::new("/a/./b/../c/")).unwrap(),
+            PathBuf::from("/a/c")
+        );
+    }
+
+    #[test]
+    fn bad_mount_points_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let err = check_mountpoint(&missing).unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+        std::fs::write(dir.path().join("f"), "x").unwrap();
+        let err = check_mountpoint(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not empty"), "{err}");
+        let err = check_mountpoint(&dir.path().join("f"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a directory"), "{err}");
+        assert!(check_mountpoint(&std::fs::canonicalize("/proc").unwrap())
+            .unwrap_err()
+            .to_string()
+            .contains("already a mount point"));
+    }
+}

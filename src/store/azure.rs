@@ -1,0 +1,432 @@
+//! Azure Blob Storage / ADLS Gen2 backend.
+//!
+//! Data (ranged GETs, deletes, later uploads) goes through object_store's `MicrosoftAzure`,
+//! which also resolves every credential kind (key, SAS, managed identity, service principal,
+//! workload identity, Azure CLI). Listings and HEADs are sent here as REST calls signed with
+//! the same credential, because object_store drops blob metadata (`hdi_isfolder` directory
+//! markers) and fails a whole listing page on names it cannot represent.
+
+use std::fmt;
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use object_store::azure::{AzureAuthorizer, AzureConfigKey, MicrosoftAzure, MicrosoftAzureBuilder};
+use object_store::client::{
+    HttpClient, HttpConnector, HttpRequestBody, HttpResponse, ReqwestConnector,
+};
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt};
+use url::Url;
+
+use super::{azure_list, ListPage, ObjectInfo, Store, StoreError, StoreResult};
+
+/// How to authenticate; `Auto` tries, in order: bearer token, account key, workload identity,
+/// service principal, SAS, then managed identity (object_store's resolution order).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    #[default]
+    Auto,
+    Key,
+    Sas,
+    ManagedIdentity,
+    ServicePrincipal,
+    WorkloadIdentity,
+    AzureCli,
+}
+
+impl AuthMethod {
+    fn credential_type(self) -> Option<&'static str> {
+        match self {
+            AuthMethod::Auto => None,
+            AuthMethod::Key => Some("access_key"),
+            AuthMethod::Sas => Some("sas_token"),
+            AuthMethod::ManagedIdentity => Some("managed_identity"),
+            AuthMethod::ServicePrincipal => Some("client_secret"),
+            AuthMethod::WorkloadIdentity => Some("workload_identity"),
+            AuthMethod::AzureCli => Some("azure_cli"),
+        }
+    }
+}
+
+/// Everything needed to reach one container (and prefix) of one account.
+#[derive(Clone, Debug, Default)]
+pub struct AzureTarget {
+    pub account: String,
+    pub container: String,
+    /// `""` or a prefix ending in `/`.
+    pub prefix: String,
+    /// Blob service endpoint (`http://127.0.0.1:10000/devstoreaccount1` for Azurite);
+    /// default `https://ACCOUNT.blob.core.windows.net`.
+    pub endpoint: Option<String>,
+    pub auth: AuthMethod,
+}
+
+/// The parts of an `AZURE_STORAGE_CONNECTION_STRING` lakemount uses.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ConnectionString {
+    pub account_name: Option<String>,
+    pub account_key: Option<String>,
+    pub sas: Option<String>,
+    pub blob_endpoint: Option<String>,
+}
+
+impl ConnectionString {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut cs = ConnectionString::default();
+        let mut protocol = "https".to_string();
+        let mut suffix = "core.windows.net".to_string();
+        let mut dev = false;
+        for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                "connection string: expected Key=Value pairs separated by ';'".to_string()
+            })?;
+            match k.to_ascii_lowercase().as_str() {
+                "accountname" => cs.account_name = Some(v.to_string()),
+                "accountkey" => cs.account_key = Some(v.to_string()),
+                "sharedaccesssignature" => cs.sas = Some(v.to_string()),
+                "blobendpoint" => cs.blob_endpoint = Some(v.trim_end_matches('/').to_string()),
+                "defaultendpointsprotocol" => protocol = v.to_string(),
+                "endpointsuffix" => suffix = v.to_string(),
+                "usedevelopmentstorage" => dev = v.eq_ignore_ascii_case("true"),
+                _ => {}
+            }
+        }
+        if dev {
+            cs.account_name
+                .get_or_insert_with(|| "devstoreaccount1".into());
+            cs.blob_endpoint
+                .get_or_insert_with(|| "http://127.0.0.1:10000/devstoreaccount1".into());
+        }
+        if cs.blob_endpoint.is_none() {
+            if let Some(a) = &cs.account_name {
+                cs.blob_endpoint = Some(format!("{protocol}://{a}.blob.{suffix}"));
+            }
+        }
+        Ok(cs)
+    }
+}
+
+pub struct AzureStore {
+    os: MicrosoftAzure,
+    http: HttpClient,
+    container_url: Url,
+    account: String,
+    container: String,
+    prefix: String,
+}
+
+impl fmt::Debug for AzureStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+fn config_err(e: impl fmt::Display) -> StoreError {
+    StoreError::Invalid(e.to_string())
+}
+
+impl AzureStore {
+    /// Builds the client from `target` plus the standard environment
+    /// (`AZURE_STORAGE_CONNECTION_STRING`, `AZURE_STORAGE_ACCOUNT_KEY`, `AZURE_STORAGE_SAS_TOKEN`,
+    /// `AZURE_CLIENT_ID`/`AZURE_TENANT_ID`/`AZURE_CLIENT_SECRET`, `AZURE_FEDERATED_TOKEN_FILE`, ...).
+    pub fn new(target: AzureTarget) -> StoreResult<Self> {
+        let mut b = MicrosoftAzureBuilder::from_env();
+        let mut endpoint = target.endpoint.clone();
+        if let Ok(cs) = std::env::var("AZURE_STORAGE_CONNECTION_STRING") {
+            let cs = ConnectionString::parse(&cs).map_err(config_err)?;
+            let same_account = cs
+                .account_name
+                .as_deref()
+                .is_none_or(|a| a == target.account);
+            if same_account {
+                if let Some(k) = cs.account_key {
+                    b = b.with_access_key(k);
+                }
+                if let Some(s) = cs.sas {
+                    b = b.with_config(AzureConfigKey::SasKey, s);
+                }
+                if endpoint.is_none() {
+                    endpoint = cs.blob_endpoint;
+                }
+            }
+        }
+        let endpoint = endpoint
+            .map(|e| e.trim_end_matches('/').to_string())
+            .unwrap_or_else(|| format!("https://{}.blob.core.windows.net", target.account));
+        let endpoint_url =
+            Url::parse(&endpoint).map_err(|e| config_err(format!("endpoint {endpoint:?}: {e}")))?;
+        if !matches!(endpoint_url.scheme(), "http" | "https") {
+            return Err(config_err(format!(
+                "endpoint {endpoint:?} must be an http:// or https:// URL"
+            )));
+        }
+        let allow_http = endpoint_url.scheme() == "http";
+        b = b
+            .with_account(&target.account)
+            .with_container_name(&target.container)
+            .with_endpoint(endpoint.clone())
+            .with_allow_http(allow_http);
+        if let Some(t) = target.auth.credential_type() {
+            b = b.with_credential_type(t);
+        }
+        let os = b.build().map_err(|e| config_err(e.to_string()))?;
+        let options = ClientOptions::new()
+            .with_allow_http(allow_http)
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_timeout(Duration::from_secs(60));
+        let http = ReqwestConnector::default()
+            .connect(&options)
+            .map_err(|e| config_err(e.to_string()))?;
+        let mut container_url = endpoint_url;
+        container_url
+            .path_segments_mut()
+            .map_err(|_| config_err(format!("endpoint {endpoint:?} cannot be a base URL")))?
+            .pop_if_empty()
+            .push(&target.container);
+        Ok(AzureStore {
+            os,
+            http,
+            container_url,
+            account: target.account,
+            container: target.container,
+            prefix: target.prefix,
+        })
+    }
+
+    fn blob_url(&self, key: &str) -> Url {
+        let mut url = self.container_url.clone();
+        let full = format!("{}{key}", self.prefix);
+        url.path_segments_mut()
+            .expect("http url")
+            .extend(full.split('/'));
+        url
+    }
+
+    fn list_url(&self, prefix: &str, marker: Option<&str>, max: u32) -> Url {
+        let mut url = self.container_url.clone();
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("restype", "container")
+                .append_pair("comp", "list")
+                .append_pair("delimiter", "/")
+                .append_pair("include", "metadata")
+                .append_pair("maxresults", &max.to_string())
+                .append_pair("prefix", &format!("{}{prefix}", self.prefix));
+            if let Some(m) = marker {
+                q.append_pair("marker", m);
+            }
+        }
+        url
+    }
+
+    /// Where a request went, for messages: never the query string (a SAS lives there).
+    fn where_(&self, url: &Url) -> String {
+        format!(
+            "{}://{}{}",
+            url.scheme(),
+            url.host_str().unwrap_or(""),
+            url.path()
+        )
+    }
+
+    /// Sends one signed request; non-success statuses become [`StoreError`]s.
+    async fn send(&self, method: Method, url: Url) -> StoreResult<HttpResponse> {
+        let cred = self
+            .os
+            .credentials()
+            .get_credential()
+            .await
+            .map_err(|e| StoreError::Denied(format!("could not obtain a credential: {e}")))?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(url.as_str())
+            .body(HttpRequestBody::empty())
+            .map_err(|e| StoreError::Other(e.to_string()))?;
+        AzureAuthorizer::new(&cred, &self.account)
+            .try_authorize(&mut req)
+            .map_err(|e| StoreError::Denied(format!("could not sign the request: {e}")))?;
+        let resp = self
+            .http
+            .execute(req)
+            .await
+            .map_err(|e| StoreError::Unreachable(format!("{}: {e}", self.where_(&url))))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let code = resp
+            .headers()
+            .get("x-ms-error-code")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        Err(self.status_error(resp.status(), &code, &self.where_(&url)))
+    }
+
+    fn status_error(&self, status: StatusCode, code: &str, what: &str) -> StoreError {
+        let detail = if code.is_empty() {
+            format!("HTTP {status} from {what}")
+        } else {
+            format!("{code} (HTTP {}) from {what}", status.as_u16())
+        };
+        match status {
+            StatusCode::NOT_FOUND if code == "ContainerNotFound" => {
+                StoreError::NoContainer(format!(
+                    "container {:?} does not exist in account {:?}",
+                    self.container, self.account
+                ))
+            }
+            StatusCode::NOT_FOUND => StoreError::NotFound(detail),
+            StatusCode::PRECONDITION_FAILED => StoreError::Changed(detail),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => StoreError::Denied(detail),
+            StatusCode::BAD_REQUEST => StoreError::Invalid(detail),
+            _ => StoreError::Other(detail),
+        }
+    }
+
+    async fn list(&self, prefix: &str, marker: Option<String>, max: u32) -> StoreResult<ListPage> {
+        let url = self.list_url(prefix, marker.as_deref(), max);
+        let resp = self.send(Method::GET, url).await?;
+        let body = resp
+            .into_body()
+            .bytes()
+            .await
+            .map_err(|e| StoreError::Unreachable(format!("reading a listing: {e}")))?;
+        let text = String::from_utf8_lossy(&body);
+        azure_list::parse(&text, &self.prefix).map_err(StoreError::Other)
+    }
+
+    fn object_path(&self, key: &str) -> StoreResult<ObjectPath> {
+        let full = format!("{}{key}", self.prefix);
+        ObjectPath::parse(&full).map_err(|e| StoreError::Invalid(format!("{full:?}: {e}")))
+    }
+}
+
+fn map_os_error(key: &str, e: object_store::Error) -> StoreError {
+    match e {
+        object_store::Error::NotFound { .. } => StoreError::NotFound(key.to_string()),
+        object_store::Error::Precondition { .. } => StoreError::Changed(key.to_string()),
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => StoreError::Denied(format!("{key}: {e}")),
+        other => StoreError::Other(format!("{key}: {other}")),
+    }
+}
+
+#[async_trait]
+impl Store for AzureStore {
+    fn describe(&self) -> String {
+        format!("az://{}/{}/{}", self.account, self.container, self.prefix)
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    async fn list_page(&self, prefix: &str, marker: Option<String>) -> StoreResult<ListPage> {
+        self.list(prefix, marker, 5000).await
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<Option<ObjectInfo>> {
+        let resp = match self.send(Method::HEAD, self.blob_url(key)).await {
+            Ok(r) => r,
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let h = resp.headers();
+        let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+        let is_dir_marker = get("x-ms-meta-hdi_isfolder")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            || get("x-ms-resource-type") == Some("directory");
+        Ok(Some(ObjectInfo {
+            key: key.to_string(),
+            size: get("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            mtime: get("last-modified")
+                .and_then(azure_list::parse_http_date)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            etag: get("etag").unwrap_or_default().to_string(),
+            is_dir_marker,
+        }))
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>, etag: &str) -> StoreResult<Bytes> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let opts = GetOptions::new()
+            .with_range(Some(GetRange::Bounded(range)))
+            .with_if_match(Some(etag));
+        let res = self
+            .os
+            .get_opts(&self.object_path(key)?, opts)
+            .await
+            .map_err(|e| map_os_error(key, e))?;
+        res.bytes().await.map_err(|e| map_os_error(key, e))
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.os
+            .delete(&self.object_path(key)?)
+            .await
+            .map_err(|e| map_os_error(key, e))
+    }
+
+    async fn dir_exists(&self, prefix: &str) -> StoreResult<bool> {
+        let page = self.list(prefix, None, 1).await?;
+        Ok(!page.objects.is_empty() || !page.prefixes.is_empty())
+    }
+
+    async fn probe(&self) -> StoreResult<()> {
+        self.list("", None, 1).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_strings_give_key_and_endpoint() {
+        let cs = ConnectionString::parse(
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5==;BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1/;",
+        )
+        .unwrap();
+        assert_eq!(cs.account_name.as_deref(), Some("devstoreaccount1"));
+        assert_eq!(
+            cs.account_key.as_deref(),
+            Some("a2V5=="),
+            "'=' inside a value is kept"
+        );
+        assert_eq!(
+            cs.blob_endpoint.as_deref(),
+            Some("http://127.0.0.1:10000/devstoreaccount1")
+        );
+        let cs =
+            ConnectionString::parse("AccountName=acct;SharedAccessSignature=sv=1&sig=x").unwrap();
+        assert_eq!(
+            cs.blob_endpoint.as_deref(),
+            Some("https://acct.blob.core.windows.net")
+        );
+        assert_eq!(cs.sas.as_deref(), Some("sv=1&sig=x"));
+        assert!(ConnectionString::parse("garbage").is_err());
+    }
+
+    #[test]
+    fn blob_urls_keep_empty_segments_and_escape_the_rest() {
+        let s = AzureStore::new(AzureTarget {
+            account: "acct".into(),
+            container: "data".into(),
+            prefix: "p/".into(),
+            endpoint: Some("http://127.0.0.1:1/acct".into()),
+            auth: AuthMethod::ManagedIdentity,
+        })
+        .unwrap();
+        assert_eq!(
+            s.blob_url("a//b c").as_str(),
+            "http://127.0.0.1:1/acct/data/p/a//b%20c"
+        );
+        assert_eq!(s.describe(), "az://acct/data/p");
+    }
+}

@@ -1,0 +1,158 @@
+//! A local directory as the lake (`file:///PATH`): the embedded default, for trying lakemount
+//! without an Azure account and for tests that need no server.
+
+use std::fs::{File, Metadata};
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{ListPage, ObjectInfo, Store, StoreError, StoreResult};
+
+#[derive(Debug)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalStore { root: root.into() }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+}
+
+/// Inode, size and mtime together change whenever a file is replaced or rewritten.
+fn etag(meta: &Metadata) -> String {
+    format!(
+        "\"{:x}-{:x}-{:x}.{:x}\"",
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    )
+}
+
+fn info(key: String, meta: &Metadata) -> ObjectInfo {
+    ObjectInfo {
+        key,
+        size: meta.len(),
+        mtime: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+        etag: etag(meta),
+        is_dir_marker: false,
+    }
+}
+
+fn io_err(key: &str, e: std::io::Error) -> StoreError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => {
+            StoreError::NotFound(key.to_string())
+        }
+        std::io::ErrorKind::PermissionDenied => StoreError::Denied(format!("{key}: {e}")),
+        _ => StoreError::Other(format!("{key}: {e}")),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> StoreResult<T> + Send + 'static,
+) -> StoreResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Other(format!("local store task failed: {e}")))?
+}
+
+fn list_dir(root: &Path, prefix: &str) -> StoreResult<ListPage> {
+    let dir = root.join(prefix);
+    let mut page = ListPage::default();
+    let entries = std::fs::read_dir(&dir).map_err(|e| io_err(prefix, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_err(prefix, e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            tracing::warn!(dir = %dir.display(), name = ?entry.file_name(), "skipping a name that is not UTF-8");
+            continue;
+        };
+        // Follow symlinks: the lake is what the links point at. A dangling link is skipped.
+        let Ok(meta) = std::fs::metadata(entry.path()) else {
+            continue;
+        };
+        if meta.is_dir() {
+            page.prefixes.push(format!("{prefix}{name}/"));
+        } else if meta.is_file() {
+            page.objects.push(info(format!("{prefix}{name}"), &meta));
+        }
+    }
+    page.objects.sort_by(|a, b| a.key.cmp(&b.key));
+    page.prefixes.sort();
+    Ok(page)
+}
+
+#[async_trait]
+impl Store for LocalStore {
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    async fn list_page(&self, prefix: &str, _marker: Option<String>) -> StoreResult<ListPage> {
+        let (root, prefix) = (self.root.clone(), prefix.to_string());
+        blocking(move || list_dir(&root, &prefix)).await
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<Option<ObjectInfo>> {
+        let (path, key) = (self.path(key), key.to_string());
+        blocking(move || match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Ok(Some(info(key, &m))),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&key, e)),
+        })
+        .await
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>, want: &str) -> StoreResult<Bytes> {
+        let (path, key, want) = (self.path(key), key.to_string(), want.to_string());
+        blocking(move || {
+            let file = File::open(&path).map_err(|e| io_err(&key, e))?;
+            let meta = file.metadata().map_err(|e| io_err(&key, e))?;
+            if etag(&meta) != want {
+                return Err(StoreError::Changed(key));
+            }
+            let end = range.end.min(meta.len());
+            let start = range.start.min(end);
+            let mut buf = vec![0u8; (end - start) as usize];
+            file.read_exact_at(&mut buf, start)
+                .map_err(|e| io_err(&key, e))?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        let (path, key) = (self.path(key), key.to_string());
+        blocking(move || std::fs::remove_file(&path).map_err(|e| io_err(&key, e))).await
+    }
+
+    async fn dir_exists(&self, prefix: &str) -> StoreResult<bool> {
+        let path = self.path(prefix);
+        blocking(move || Ok(std::fs::metadata(&path).is_ok_and(|m| m.is_dir()))).await
+    }
+
+    async fn probe(&self) -> StoreResult<()> {
+        let root = self.root.clone();
+        blocking(move || match std::fs::metadata(&root) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(StoreError::Invalid(format!(
+                "{} is not a directory",
+                root.display()
+            ))),
+            Err(e) => Err(StoreError::NoContainer(format!(
+                "directory {}: {e}",
+                root.display()
+            ))),
+        })
+        .await
+    }
+}

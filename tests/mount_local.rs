@@ -1,0 +1,193 @@
+//! The embedded default: a local directory mounted through real FUSE.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::mount::{is_mounted, lakemount, wait_for, Mount};
+use common::tree::{pseudo_random, snapshot};
+
+fn build_tree(root: &Path) {
+    let w = |rel: &str, data: &[u8]| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    };
+    w("README.txt", b"sample lake\n");
+    w("labels/train.csv", b"id,label\n1,cat\n2,dog\n");
+    w("images/a/b/c/deep.bin", &pseudo_random(70_000, 1));
+    w("images/big.bin", &pseudo_random(5 << 20, 2));
+    w("images/empty.bin", b"");
+    w("names/with space & ü.txt", b"odd but legal");
+    std::fs::create_dir_all(root.join("empty-dir")).unwrap();
+    for i in 0..1000 {
+        w(&format!("many/f{i:04}.txt"), format!("{i}\n").as_bytes());
+    }
+}
+
+fn lake_url(dir: &Path) -> String {
+    format!("file://{}", dir.display())
+}
+
+#[test]
+fn mount_of_a_local_directory_matches_it_byte_for_byte() {
+    let src = tempfile::tempdir().unwrap();
+    build_tree(src.path());
+    let m = Mount::start(&lake_url(src.path()), &[], &[]).unwrap_or_else(|o| panic!("{o:?}"));
+    assert_eq!(snapshot(&m.path()), snapshot(src.path()));
+}
+
+#[test]
+fn missing_names_are_enoent_and_writes_are_erofs() {
+    let src = tempfile::tempdir().unwrap();
+    build_tree(src.path());
+    let m = Mount::start(&lake_url(src.path()), &["--read-only"], &[])
+        .unwrap_or_else(|o| panic!("{o:?}"));
+    let mp = m.path();
+    let errno = |r: std::io::Result<()>| r.unwrap_err().raw_os_error();
+    assert_eq!(
+        errno(std::fs::metadata(mp.join("nope")).map(|_| ())),
+        Some(libc::ENOENT)
+    );
+    assert_eq!(
+        errno(std::fs::metadata(mp.join("labels/nope.csv")).map(|_| ())),
+        Some(libc::ENOENT)
+    );
+    assert_eq!(
+        errno(std::fs::File::create(mp.join("new.txt")).map(|_| ())),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        errno(std::fs::create_dir(mp.join("newdir"))),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        errno(std::fs::remove_file(mp.join("README.txt"))),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        errno(std::fs::remove_dir(mp.join("empty-dir"))),
+        Some(libc::EROFS)
+    );
+    let append = std::fs::OpenOptions::new()
+        .append(true)
+        .open(mp.join("README.txt"));
+    assert_eq!(errno(append.map(|_| ())), Some(libc::EROFS));
+    // The source is untouched.
+    assert_eq!(
+        std::fs::read(src.path().join("README.txt")).unwrap(),
+        b"sample lake\n"
+    );
+}
+
+#[test]
+fn unmount_removes_the_mount_and_refuses_what_is_not_ours() {
+    let src = tempfile::tempdir().unwrap();
+    build_tree(src.path());
+    let m = Mount::start(&lake_url(src.path()), &[], &[]).unwrap_or_else(|o| panic!("{o:?}"));
+    let mp = m.path();
+    let out = lakemount(&["unmount", mp.to_str().unwrap()], &[])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!is_mounted(&mp));
+    let out = lakemount(&["unmount", mp.to_str().unwrap()], &[])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a mount point"));
+    let out = lakemount(&["unmount", "/proc"], &[]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a lakemount mount"),
+        "{out:?}"
+    );
+}
+
+/// Runs `lakemount mount` expecting failure: exit code != 0 and exactly one line on stderr.
+fn mount_fails(args: &[&str]) -> String {
+    let out = lakemount(args, &[]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one clear line, got: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn bad_mount_requests_fail_with_one_clear_line() {
+    let src = tempfile::tempdir().unwrap();
+    build_tree(src.path());
+    let mp = tempfile::tempdir().unwrap();
+    let mps = mp.path().to_str().unwrap();
+    let lake = lake_url(src.path());
+
+    assert!(mount_fails(&["mount", &lake, src.path().to_str().unwrap()]).contains("is not empty"));
+    assert!(mount_fails(&["mount", &lake, &format!("{mps}/missing")]).contains("does not exist"));
+    assert!(mount_fails(&["mount", "file:///no/such/lake", mps]).contains("/no/such/lake"));
+    assert!(mount_fails(&["mount", "s3://bucket", mps]).contains("invalid lake URL"));
+    assert!(mount_fails(&["mount", &lake, mps, "--file-mode", "999"]).contains("invalid mode"));
+    let cfg = mp.path().join("bad.toml");
+    std::fs::write(&cfg, "lake = 3\n").unwrap();
+    assert!(mount_fails(&["mount", "--config", cfg.to_str().unwrap()]).contains("bad.toml"));
+    assert!(!is_mounted(mp.path()));
+
+    let m = Mount::start(&lake, &[], &[]).unwrap_or_else(|o| panic!("{o:?}"));
+    let again = mount_fails(&["mount", &lake, m.path().to_str().unwrap()]);
+    assert!(again.contains("already a mount point"), "{again}");
+}
+
+/// Kills a foreground daemon if the test fails before it exits.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn foreground_mount_unmounts_cleanly_on_sigterm() {
+    let src = tempfile::tempdir().unwrap();
+    build_tree(src.path());
+    let mp = tempfile::tempdir().unwrap();
+    let mut child = Child(
+        lakemount(
+            &[
+                "mount",
+                &lake_url(src.path()),
+                mp.path().to_str().unwrap(),
+                "--foreground",
+            ],
+            &[],
+        )
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || is_mounted(mp.path())),
+        "never mounted"
+    );
+    assert_eq!(
+        std::fs::read(mp.path().join("README.txt")).unwrap(),
+        b"sample lake\n"
+    );
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let mut status = None;
+    assert!(wait_for(Duration::from_secs(30), || {
+        status = child.0.try_wait().unwrap();
+        status.is_some()
+    }));
+    assert!(status.unwrap().success(), "{status:?}");
+    assert!(!is_mounted(mp.path()));
+}
