@@ -241,16 +241,13 @@ impl Filesystem for FuseAdapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        // No extended attributes: say "none" rather than "not implemented" on every `ls -l`.
-        reply.error(Errno::ENODATA);
+        // ENOSYS makes the kernel stop asking (it answers EOPNOTSUPP itself from then on):
+        // `ls -l` would otherwise cost two round trips per file for SELinux labels and ACLs.
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     // Writes are not supported yet: the mount is read-only and says so with EROFS.

@@ -278,22 +278,39 @@ fn mounted_at(path: &Path) -> Option<(String, String)> {
     })
 }
 
+/// A mount whose daemon is gone answers everything with ENOTCONN. (A stat of the mount point
+/// itself may still be served from the kernel's attribute cache; listing it is not.)
+fn is_dead(path: &Path) -> bool {
+    let err = match std::fs::metadata(path) {
+        Err(e) => e,
+        Ok(_) => match std::fs::read_dir(path) {
+            Err(e) => e,
+            Ok(_) => return false,
+        },
+    };
+    err.raw_os_error() == Some(libc::ENOTCONN)
+}
+
 fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
     let abs = absolute(mp)?;
     let shown = abs.display();
-    match std::fs::metadata(&abs) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            bail!("mount point {shown} is a dead mount; run `lakemount unmount {shown}` first")
+    if let Some(m) = mounted_at(&abs) {
+        if is_ours(&m) && is_dead(&abs) {
+            // A previous lakemount daemon died (crash, kill -9): clear its dead mount so a
+            // restart (systemd Restart=on-failure, a rerun start task) just works.
+            tracing::warn!("{shown}: clearing the dead mount of a previous lakemount");
+            detach(&abs, true)?;
+            return check_mountpoint(&abs);
         }
+        bail!("{shown} is already a mount point ({} from {})", m.0, m.1);
+    }
+    match std::fs::metadata(&abs) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             bail!("mount point {shown} does not exist")
         }
         Err(e) => bail!("mount point {shown}: {e}"),
         Ok(m) if !m.is_dir() => bail!("mount point {shown} is not a directory"),
         Ok(_) => {}
-    }
-    if let Some((t, src)) = mounted_at(&abs) {
-        bail!("{shown} is already a mount point ({t} from {src})");
     }
     let mut entries = std::fs::read_dir(&abs).with_context(|| format!("mount point {shown}"))?;
     if entries.next().is_some() {

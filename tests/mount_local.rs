@@ -75,6 +75,36 @@ fn missing_names_are_enoent_and_writes_are_erofs() {
         .append(true)
         .open(mp.join("README.txt"));
     assert_eq!(errno(append.map(|_| ())), Some(libc::EROFS));
+    let trunc = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(mp.join("README.txt"));
+    assert_eq!(errno(trunc.map(|_| ())), Some(libc::EROFS));
+    assert_eq!(
+        errno(std::fs::rename(mp.join("README.txt"), mp.join("moved.txt"))),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        errno(std::os::unix::fs::symlink("README.txt", mp.join("link"))),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        errno(std::fs::hard_link(mp.join("README.txt"), mp.join("hard"))),
+        Some(libc::EROFS)
+    );
+    let chmod = std::fs::set_permissions(
+        mp.join("README.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    );
+    assert_eq!(errno(chmod), Some(libc::EROFS));
+    let path = std::ffi::CString::new(mp.join("README.txt").into_os_string().into_encoded_bytes())
+        .unwrap();
+    // SAFETY: a valid path and name, and a null buffer of size 0 (a size query).
+    let r = unsafe { libc::getxattr(path.as_ptr(), c"user.x".as_ptr(), std::ptr::null_mut(), 0) };
+    assert_eq!(
+        (r, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::EOPNOTSUPP))
+    );
     // The source is untouched.
     assert_eq!(
         std::fs::read(src.path().join("README.txt")).unwrap(),
@@ -159,6 +189,7 @@ fn foreground_mount_unmounts_cleanly_on_sigterm() {
     let src = tempfile::tempdir().unwrap();
     build_tree(src.path());
     let mp = tempfile::tempdir().unwrap();
+    let _guard = Remount(mp.path().to_path_buf());
     let mut child = Child(
         lakemount(
             &[
@@ -190,4 +221,54 @@ fn foreground_mount_unmounts_cleanly_on_sigterm() {
     }));
     assert!(status.unwrap().success(), "{status:?}");
     assert!(!is_mounted(mp.path()));
+}
+
+#[test]
+fn a_killed_daemon_leaves_a_dead_mount_that_the_next_mount_replaces() {
+    let src = tempfile::tempdir().unwrap();
+    build_tree(src.path());
+    let mp = tempfile::tempdir().unwrap();
+    let mps = mp.path().to_str().unwrap();
+    let lake = lake_url(src.path());
+    // Declared first so it is dropped last: whatever fails below, nothing stays mounted.
+    let _guard = Remount(mp.path().to_path_buf());
+    let mut child = Child(
+        lakemount(&["mount", &lake, mps, "--foreground"], &[])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_for(Duration::from_secs(30), || is_mounted(mp.path())));
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    // Directory contents are not in the kernel's attribute cache: this reaches the dead daemon.
+    let dead = std::fs::read_dir(mp.path()).unwrap_err();
+    assert_eq!(
+        dead.raw_os_error(),
+        Some(libc::ENOTCONN),
+        "the kernel keeps a dead mount"
+    );
+
+    let log = mp.path().with_extension("log");
+    let out = lakemount(
+        &["mount", &lake, mps, "--log-file", log.to_str().unwrap()],
+        &[],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read(mp.path().join("README.txt")).unwrap(),
+        b"sample lake\n"
+    );
+}
+
+/// Unmounts a mount made by hand in a test.
+struct Remount(std::path::PathBuf);
+
+impl Drop for Remount {
+    fn drop(&mut self) {
+        let _ = lakemount(&["unmount", "--lazy", self.0.to_str().unwrap()], &[]).output();
+        wait_for(Duration::from_secs(10), || !is_mounted(&self.0));
+    }
 }

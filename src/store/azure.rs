@@ -225,12 +225,9 @@ impl AzureStore {
 
     /// Where a request went, for messages: never the query string (a SAS lives there).
     fn where_(&self, url: &Url) -> String {
-        format!(
-            "{}://{}{}",
-            url.scheme(),
-            url.host_str().unwrap_or(""),
-            url.path()
-        )
+        let mut shown = url.clone();
+        shown.set_query(None);
+        shown.to_string()
     }
 
     /// Sends one signed request; non-success statuses become [`StoreError`]s.

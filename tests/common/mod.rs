@@ -1,3 +1,4 @@
 #![allow(dead_code)]
+pub mod azurite;
 pub mod mount;
 pub mod tree;
