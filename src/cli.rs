@@ -37,9 +37,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mount a lake at a directory. Returns once the mount answers (or fails with the reason).
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Unmount a lakemount mount point; the daemon serving it then exits.
     Unmount(UnmountArgs),
+    /// Pre-fetch a dataset into the disk block cache, so a later mount with the same
+    /// --cache-dir reads it without touching the lake.
+    Warm(WarmArgs),
+    /// Inspect or empty a disk block cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
 }
 
 #[derive(Debug, Args, Default)]
@@ -105,6 +111,76 @@ pub struct MountArgs {
     /// else ~/.local/state/lakemount/MOUNT.log].
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+
+    /// Unit of fetching and caching, e.g. 8M [default: 8M]. Part of the cache key: warm and
+    /// mount must use the same size for the cache to be shared.
+    #[arg(long, value_name = "SIZE")]
+    pub block_size: Option<String>,
+
+    /// Most a sequentially read file is fetched ahead of its reader [default: 128M].
+    #[arg(long, value_name = "SIZE")]
+    pub max_readahead: Option<String>,
+
+    /// Memory for blocks being fetched plus blocks held [default: 1/8 of RAM, 512M to 16G].
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory: Option<String>,
+
+    /// Persistent block cache directory on a local disk (on Azure VMs: the temp disk, e.g.
+    /// /mnt/lakecache). Survives remounts; may be shared by several mounts.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Size cap of --cache-dir: bytes (500G) or a share of its file system (80%) [default: 80%].
+    #[arg(long, value_name = "SIZE")]
+    pub cache_size: Option<String>,
+
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WarmArgs {
+    /// The lake URL of a directory or file to warm, e.g. az://myaccount/datasets/imagenet/train.
+    pub lake: String,
+
+    /// The disk block cache to fill (the --cache-dir of the mount that will use it).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: PathBuf,
+
+    /// Size cap of the cache [default: 80%]. Warming more than fits evicts what came first.
+    #[arg(long, value_name = "SIZE")]
+    pub cache_size: Option<String>,
+
+    /// Block size; must match the mount's [default: 8M].
+    #[arg(long, value_name = "SIZE")]
+    pub block_size: Option<String>,
+
+    /// Blocks fetched at once.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub threads: usize,
+
+    /// Blob service endpoint (Azurite, sovereign clouds); see `lakemount mount --help`.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+
+    /// Which credential to use.
+    #[arg(long, value_enum)]
+    pub auth: Option<AuthMethod>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Blocks, bytes and capacity of a disk block cache.
+    Stats {
+        #[arg(long, value_name = "DIR")]
+        cache_dir: PathBuf,
+    },
+    /// Delete every block of a disk block cache (stop mounts using it first).
+    Clear {
+        #[arg(long, value_name = "DIR")]
+        cache_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
+use std::net::SocketAddr;
+
+use crate::cache::disk::{parse_bytes, CacheSize};
 use crate::cli::MountArgs;
 use crate::lake_url::LakeUrl;
 use crate::store::azure::AuthMethod;
@@ -25,6 +28,12 @@ pub struct MountFile {
     pub endpoint: Option<String>,
     pub auth: Option<AuthMethod>,
     pub log_file: Option<PathBuf>,
+    pub block_size: Option<String>,
+    pub max_readahead: Option<String>,
+    pub max_memory: Option<String>,
+    pub cache_dir: Option<PathBuf>,
+    pub cache_size: Option<String>,
+    pub metrics_addr: Option<String>,
 }
 
 impl MountFile {
@@ -55,6 +64,48 @@ pub struct MountSettings {
     pub endpoint: Option<String>,
     pub auth: AuthMethod,
     pub log_file: Option<PathBuf>,
+    pub block_size: u64,
+    pub max_readahead: u64,
+    pub max_memory: u64,
+    pub cache_dir: Option<PathBuf>,
+    pub cache_size: CacheSize,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+pub const DEFAULT_BLOCK_SIZE: u64 = 8 << 20;
+
+/// A size flag: `8M`, `1.5G`, `4096`.
+fn size(flag: &str, v: Option<&str>, default: u64) -> Result<u64> {
+    match v {
+        None => Ok(default),
+        Some(v) => parse_bytes(v).map_err(|e| anyhow!("--{flag}: {e}")),
+    }
+}
+
+pub fn block_size(v: Option<&str>) -> Result<u64> {
+    let bs = size("block-size", v, DEFAULT_BLOCK_SIZE)?;
+    if !(64 << 10..=256 << 20).contains(&bs) {
+        bail!("--block-size must be between 64K and 256M");
+    }
+    Ok(bs)
+}
+
+pub fn cache_size(v: Option<&str>) -> Result<CacheSize> {
+    v.unwrap_or("80%")
+        .parse()
+        .map_err(|e| anyhow!("--cache-size: {e}"))
+}
+
+/// 1/8 of physical memory, kept between 512 MiB and 16 GiB.
+fn default_max_memory() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?.to_string();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(4 << 30, |kb| kb * 1024);
+    (total / 8).clamp(512 << 20, 16 << 30)
 }
 
 pub fn parse_mode(s: &str) -> Result<u16> {
@@ -83,7 +134,7 @@ impl MountSettings {
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let file_mode = args.file_mode.clone().or(file.file_mode);
         let dir_mode = args.dir_mode.clone().or(file.dir_mode);
-        Ok(MountSettings {
+        MountSettings {
             lake,
             mountpoint,
             read_only: args.read_only || file.read_only.unwrap_or(false),
@@ -107,7 +158,44 @@ impl MountSettings {
             endpoint: args.endpoint.clone().or(file.endpoint),
             auth: args.auth.or(file.auth).unwrap_or_default(),
             log_file: args.log_file.clone().or(file.log_file),
-        })
+            block_size: block_size(args.block_size.as_deref().or(file.block_size.as_deref()))?,
+            max_readahead: size(
+                "max-readahead",
+                args.max_readahead
+                    .as_deref()
+                    .or(file.max_readahead.as_deref()),
+                128 << 20,
+            )?,
+            max_memory: size(
+                "max-memory",
+                args.max_memory.as_deref().or(file.max_memory.as_deref()),
+                default_max_memory(),
+            )?,
+            cache_dir: args.cache_dir.clone().or(file.cache_dir),
+            cache_size: cache_size(args.cache_size.as_deref().or(file.cache_size.as_deref()))?,
+            metrics_addr: args
+                .metrics_addr
+                .clone()
+                .or(file.metrics_addr)
+                .map(|a| {
+                    a.parse().map_err(|_| {
+                        anyhow!("--metrics-addr {a:?}: expected HOST:PORT, e.g. 127.0.0.1:9464")
+                    })
+                })
+                .transpose()?,
+        }
+        .checked()
+    }
+
+    fn checked(self) -> Result<Self> {
+        if self.max_memory < 4 * self.block_size {
+            bail!(
+                "--max-memory ({} MiB) must hold at least four blocks of --block-size ({} MiB)",
+                self.max_memory >> 20,
+                self.block_size >> 20
+            );
+        }
+        Ok(self)
     }
 }
 

@@ -107,7 +107,14 @@ impl Filesystem for FuseAdapter {
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.open(ino.0, write).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok((fh, keep)) => {
+                    let flags = if keep {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(fh), flags)
+                }
                 Err(e) => reply.error(errno(e)),
             }
         });

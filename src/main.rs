@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use lakemount::cli::{Cli, Command};
+use lakemount::cli::{CacheCommand, Cli, Command};
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
@@ -24,6 +24,13 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Mount(args) => lakemount::mount::run(args),
         Command::Unmount(args) => lakemount::mount::unmount(&args.mountpoint, args.lazy),
+        Command::Warm(args) => lakemount::transfer::warm::run(args),
+        Command::Cache(CacheCommand::Stats { cache_dir }) => {
+            lakemount::cache::admin::stats(cache_dir)
+        }
+        Command::Cache(CacheCommand::Clear { cache_dir }) => {
+            lakemount::cache::admin::clear(cache_dir)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,12 +13,15 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use fuser::{MountOption, SessionACL};
 
+use crate::cache::blocks::{BlockCache, BlockConfig};
+use crate::cache::disk::DiskCache;
 use crate::cli::MountArgs;
 use crate::config::MountSettings;
 use crate::fs::{FsConfig, LakeFs};
 use crate::fuse::FuseAdapter;
-use crate::reader::DirectReadPath;
-use crate::store::{self, StoreError};
+use crate::metrics::Metrics;
+use crate::prefetch::PrefetchReadPath;
+use crate::store::{self, DynStore, StoreError};
 
 /// The daemon reports readiness ("ok") or the reason it failed ("error: ...") on this fd.
 const READY_FD_ENV: &str = "LAKEMOUNT_READY_FD";
@@ -319,7 +322,7 @@ fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
     Ok(abs)
 }
 
-fn explain(lake: &str, e: StoreError) -> anyhow::Error {
+pub(crate) fn explain(lake: &str, e: StoreError) -> anyhow::Error {
     let hint = match &e {
         StoreError::Denied(_) => {
             ": check the account key, SAS token (expiry, list permission) or identity role assignment"
@@ -330,17 +333,150 @@ fn explain(lake: &str, e: StoreError) -> anyhow::Error {
     anyhow!("cannot mount {lake}: {e}{hint}")
 }
 
-fn serve(s: &MountSettings, ready: &mut Readiness) -> Result<()> {
-    let mountpoint = check_mountpoint(&s.mountpoint)?;
+/// The I/O runtime: FUSE requests are answered from its tasks.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
     let workers = std::thread::available_parallelism()
         .map_or(4, |n| n.get())
         .max(4);
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("lakemount-io")
         .enable_all()
         .build()
-        .context("cannot start the I/O runtime")?;
+        .context("cannot start the I/O runtime")
+}
+
+/// The filesystem a mount serves: the core over read-ahead, the memory block cache and (with
+/// `--cache-dir`) the disk block cache.
+pub fn build_fs(store: DynStore, s: &MountSettings, metrics: Arc<Metrics>) -> Result<Arc<LakeFs>> {
+    let disk = match &s.cache_dir {
+        Some(dir) => Some(Arc::new(
+            DiskCache::open(dir, s.cache_size, metrics.clone())
+                .with_context(|| format!("cache directory {}", dir.display()))?,
+        )),
+        None => None,
+    };
+    let blocks = BlockCache::new(
+        store.clone(),
+        disk,
+        BlockConfig {
+            block_size: s.block_size,
+            max_memory: s.max_memory,
+        },
+        metrics,
+    );
+    let fs_cfg = FsConfig {
+        uid: s.uid,
+        gid: s.gid,
+        file_mode: s.file_mode,
+        dir_mode: s.dir_mode,
+        metadata_ttl: s.metadata_ttl,
+        read_only: true,
+        ..FsConfig::default()
+    };
+    let read_path = PrefetchReadPath::new(blocks, s.max_readahead);
+    Ok(Arc::new(LakeFs::new(store, read_path, fs_cfg)))
+}
+
+/// A FUSE session serving `fs` at a mount point, from a thread of this process.
+pub struct Session {
+    mountpoint: PathBuf,
+    unmounter: fuser::SessionUnmounter,
+    done: Option<tokio::sync::oneshot::Receiver<std::io::Result<()>>>,
+}
+
+impl Session {
+    /// Mounts `fs` and returns once the mount answers.
+    pub fn start(
+        fs: Arc<LakeFs>,
+        mountpoint: &Path,
+        allow_other: bool,
+        rt: tokio::runtime::Handle,
+    ) -> Result<Session> {
+        let adapter = FuseAdapter::new(fs, rt);
+        let mut cfg = fuser::Config::default();
+        cfg.mount_options = vec![
+            MountOption::FSName(FSNAME.into()),
+            MountOption::Subtype("lakemount".into()),
+            MountOption::RO,
+            MountOption::NoDev,
+            MountOption::NoSuid,
+        ];
+        if allow_other {
+            cfg.acl = SessionACL::All;
+            cfg.mount_options.push(MountOption::DefaultPermissions);
+        }
+        let mut session = fuser::Session::new(adapter, mountpoint, &cfg)
+            .map_err(|e| anyhow!("cannot mount at {}: {e}", mountpoint.display()))?;
+        let unmounter = session.unmount_callable();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("fuse-session".into())
+            .spawn(move || {
+                let _ = done_tx.send(session.run());
+            })?;
+        let mut s = Session {
+            mountpoint: mountpoint.to_path_buf(),
+            unmounter,
+            done: Some(done_rx),
+        };
+        if let Err(e) = wait_until_answers(mountpoint) {
+            s.unmount();
+            return Err(e);
+        }
+        Ok(s)
+    }
+
+    /// Unmounts (lazily if busy) and waits (bounded) for the session thread to finish.
+    pub fn unmount(&mut self) {
+        if self.unmounter.unmount().is_err() {
+            tracing::warn!("{} is busy; detaching lazily", self.mountpoint.display());
+            let _ = detach(&self.mountpoint, true);
+        }
+        if let Some(done) = self.done.take() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(done.blocking_recv());
+            });
+            let _ = rx.recv_timeout(Duration::from_secs(30));
+        }
+    }
+
+    /// Waits until SIGINT/SIGTERM (then unmounts) or until unmounted from outside.
+    async fn run_until_stopped(&mut self) -> Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let Some(done) = self.done.as_mut() else {
+            return Ok(());
+        };
+        let why = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            r = done => {
+                // Unmounted from outside (`lakemount unmount`, fusermount3 -u, umount).
+                self.done = None;
+                tracing::info!("{} was unmounted", self.mountpoint.display());
+                return r.unwrap_or(Ok(())).map_err(anyhow::Error::from);
+            }
+        };
+        tracing::info!("{why}: unmounting {}", self.mountpoint.display());
+        self.unmount();
+        Ok(())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.done.is_some() {
+            self.unmount();
+        }
+    }
+}
+
+fn serve(s: &MountSettings, ready: &mut Readiness) -> Result<()> {
+    let mountpoint = check_mountpoint(&s.mountpoint)?;
+    let rt = runtime()?;
     let lake = s.lake.to_string();
     let store = {
         let _guard = rt.enter();
@@ -354,76 +490,18 @@ fn serve(s: &MountSettings, ready: &mut Readiness) -> Result<()> {
             )
         })?
         .map_err(|e| explain(&lake, e))?;
-
-    let fs_cfg = FsConfig {
-        uid: s.uid,
-        gid: s.gid,
-        file_mode: s.file_mode,
-        dir_mode: s.dir_mode,
-        metadata_ttl: s.metadata_ttl,
-        read_only: true,
-        ..FsConfig::default()
-    };
-    let fs = Arc::new(LakeFs::new(
-        store.clone(),
-        DirectReadPath::new(store.clone()),
-        fs_cfg,
-    ));
-    let adapter = FuseAdapter::new(fs, rt.handle().clone());
-    let mut cfg = fuser::Config::default();
-    cfg.mount_options = vec![
-        MountOption::FSName(FSNAME.into()),
-        MountOption::Subtype("lakemount".into()),
-        MountOption::RO,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-    ];
-    if s.allow_other {
-        cfg.acl = SessionACL::All;
-        cfg.mount_options.push(MountOption::DefaultPermissions);
+    let metrics = Arc::new(Metrics::default());
+    let fs = build_fs(store, s, metrics.clone())?;
+    if let Some(addr) = s.metrics_addr {
+        let bound = rt
+            .block_on(crate::metrics::serve(addr, metrics))
+            .with_context(|| format!("--metrics-addr {addr}"))?;
+        tracing::info!("metrics at http://{bound}/metrics");
     }
-    let mut session = fuser::Session::new(adapter, &mountpoint, &cfg)
-        .map_err(|e| anyhow!("cannot mount at {}: {e}", mountpoint.display()))?;
-    let mut unmounter = session.unmount_callable();
-    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("fuse-session".into())
-        .spawn(move || {
-            let _ = done_tx.send(session.run());
-        })?;
-    if let Err(e) = wait_until_answers(&mountpoint) {
-        // Leave no dead mount behind.
-        if unmounter.unmount().is_err() {
-            let _ = detach(&mountpoint, true);
-        }
-        return Err(e);
-    }
+    let mut session = Session::start(fs, &mountpoint, s.allow_other, rt.handle().clone())?;
     tracing::info!("mounted {lake} at {}", mountpoint.display());
     ready.ready();
-
-    rt.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let why = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-            r = &mut done_rx => {
-                // Unmounted from outside (`lakemount unmount`, fusermount3 -u, umount).
-                tracing::info!("{} was unmounted", mountpoint.display());
-                return r.unwrap_or(Ok(())).map_err(anyhow::Error::from);
-            }
-        };
-        tracing::info!("{why}: unmounting {}", mountpoint.display());
-        if let Err(e) = unmounter.unmount() {
-            tracing::warn!("unmount failed ({e}); detaching lazily");
-            detach(&mountpoint, true)?;
-        }
-        match tokio::time::timeout(Duration::from_secs(30), done_rx).await {
-            Ok(Ok(r)) => r.map_err(anyhow::Error::from),
-            _ => Ok(()),
-        }
-    })
+    rt.block_on(session.run_until_stopped())
 }
 
 /// Polls (bounded) until a stat of the mount point is answered by our filesystem.

@@ -1,3 +1,6 @@
 //! Caches between the filesystem core and the store.
 
+pub mod admin;
+pub mod blocks;
+pub mod disk;
 pub mod meta;

@@ -17,6 +17,8 @@ pub struct Node {
     pub kind: EntryKind,
     /// When `kind` was last confirmed against the store or a listing.
     pub checked: Instant,
+    /// The ETag this file was last opened under: the kernel's page cache holds its bytes.
+    pub opened_etag: Option<String>,
     lookups: u64,
 }
 
@@ -48,6 +50,7 @@ impl InodeTable {
                 mtime: Some(root_mtime),
             },
             checked: Instant::now(),
+            opened_etag: None,
             lookups: 1,
         };
         InodeTable {
@@ -102,6 +105,7 @@ impl InodeTable {
             key,
             kind,
             checked: now,
+            opened_etag: None,
             lookups,
         };
         self.nodes.insert(ino, node);

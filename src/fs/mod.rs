@@ -281,13 +281,24 @@ impl LakeFs {
         Ok(self.attr(ino, &kind))
     }
 
-    /// Opens a file for reading. Writes are refused on a read-only mount (EROFS).
-    pub async fn open(&self, ino: u64, write: bool) -> FsResult<u64> {
+    /// Opens a file for reading; writes are refused on a read-only mount (EROFS). Also says
+    /// whether the kernel may keep the pages it cached at earlier opens: only when the file
+    /// is still the version (ETag) it was then.
+    pub async fn open(&self, ino: u64, write: bool) -> FsResult<(u64, bool)> {
         if write {
             return Err(FsError(libc::EROFS));
         }
         self.getattr(ino).await?;
-        let node = self.node(ino)?;
+        let (node, keep_cache) = {
+            let mut t = self.inodes.lock().unwrap();
+            let n = t.get_mut(ino).ok_or(FsError(libc::ENOENT))?;
+            let EntryKind::File { etag, .. } = &n.kind else {
+                return Err(FsError(libc::EISDIR));
+            };
+            let keep = n.opened_etag.as_ref() == Some(etag);
+            n.opened_etag = Some(etag.clone());
+            (n.clone(), keep)
+        };
         let EntryKind::File { size, etag, .. } = node.kind else {
             return Err(FsError(libc::EISDIR));
         };
@@ -298,7 +309,7 @@ impl LakeFs {
         });
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files.lock().unwrap().insert(fh, Arc::from(reader));
-        Ok(fh)
+        Ok((fh, keep_cache))
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {

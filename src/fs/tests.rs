@@ -134,7 +134,11 @@ async fn reads_return_exact_bytes_and_writes_are_refused() {
     let fs = fs_over(s, Duration::from_secs(60));
     let f = fs.lookup(ROOT_INO, "f.bin").await.unwrap();
     assert_eq!(fs.open(f.ino, true).await, Err(FsError(libc::EROFS)));
-    let fh = fs.open(f.ino, false).await.unwrap();
+    assert!(
+        !fs.open(f.ino, false).await.unwrap().1,
+        "first open: nothing cached to keep"
+    );
+    let fh = fs.open(f.ino, false).await.unwrap().0;
     assert_eq!(&fs.read(fh, 0, 10).await.unwrap()[..], &data[..10]);
     assert_eq!(
         &fs.read(fh, 99_990, 4096).await.unwrap()[..],
@@ -153,7 +157,7 @@ async fn an_open_handle_never_mixes_two_versions() {
     s.put("f", "old content");
     let fs = fs_over(s.clone(), Duration::from_secs(60));
     let f = fs.lookup(ROOT_INO, "f").await.unwrap();
-    let fh = fs.open(f.ino, false).await.unwrap();
+    let fh = fs.open(f.ino, false).await.unwrap().0;
     assert_eq!(&fs.read(fh, 0, 3).await.unwrap()[..], b"old");
     s.put("f", "new content");
     assert_eq!(fs.read(fh, 3, 8).await, Err(FsError(libc::ESTALE)));
@@ -281,4 +285,33 @@ async fn entries_that_did_not_fit_are_not_counted() {
         2,
         "root and a; b was refused by the buffer"
     );
+}
+
+#[tokio::test]
+async fn the_page_cache_is_kept_only_while_the_etag_is_unchanged() {
+    let s = Arc::new(MemoryStore::new());
+    s.put("f", "one");
+    let fs = fs_over(s.clone(), Duration::from_millis(20));
+    let f = fs.lookup(ROOT_INO, "f").await.unwrap();
+    assert!(!fs.open(f.ino, false).await.unwrap().1);
+    assert!(fs.open(f.ino, false).await.unwrap().1, "same version: keep");
+    s.put("f", "two");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (fh, keep) = fs.open(f.ino, false).await.unwrap();
+        match fs.read(fh, 0, 3).await {
+            Ok(b) if &b[..] == b"two" => {
+                assert!(!keep, "a new version must drop the kernel's pages");
+                break;
+            }
+            // Still within the TTL: opened under the old ETag, which the store no longer has.
+            Err(FsError(libc::ESTALE)) => assert!(keep),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new version never seen"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

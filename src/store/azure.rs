@@ -343,7 +343,7 @@ impl Store for AzureStore {
             mtime: get("last-modified")
                 .and_then(azure_list::parse_http_date)
                 .unwrap_or(SystemTime::UNIX_EPOCH),
-            etag: get("etag").unwrap_or_default().to_string(),
+            etag: azure_list::quoted_etag(get("etag").unwrap_or_default()),
             is_dir_marker,
         }))
     }

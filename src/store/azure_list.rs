@@ -84,6 +84,12 @@ struct Properties {
     resource_type: Option<String>,
 }
 
+/// Listings carry ETags bare (`0x8DC…`), HEAD responses quoted (`"0x8DC…"`): one form for
+/// both, so a block cached under one is found under the other.
+pub fn quoted_etag(e: &str) -> String {
+    format!("\"{}\"", e.trim().trim_matches('"'))
+}
+
 /// Parses an RFC 1123 date as Azure sends it (`Wed, 25 Nov 2026 03:39:11 GMT`).
 pub fn parse_http_date(s: &str) -> Option<SystemTime> {
     chrono::DateTime::parse_from_rfc2822(s)
@@ -117,7 +123,7 @@ pub fn parse(xml: &str, root: &str) -> Result<ListPage, String> {
                     size: b.properties.content_length,
                     mtime: parse_http_date(&b.properties.last_modified)
                         .unwrap_or(SystemTime::UNIX_EPOCH),
-                    etag: b.properties.etag,
+                    etag: quoted_etag(&b.properties.etag),
                     is_dir_marker: is_folder,
                 });
             }
@@ -168,6 +174,11 @@ mod tests {
         );
         assert_eq!(page.prefixes, ["sub/", "/"]);
         assert_eq!(page.next.as_deref(), Some("2!abc"));
+        assert_eq!(page.objects[0].etag, "\"0x8DC1\"");
+        assert_eq!(
+            page.objects[1].etag, "\"0x8DC2\"",
+            "already quoted stays as is"
+        );
         let t = page.objects[0]
             .mtime
             .duration_since(SystemTime::UNIX_EPOCH)

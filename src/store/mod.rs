@@ -9,6 +9,7 @@ pub mod azure;
 pub mod azure_list;
 pub mod local;
 pub mod memory;
+pub mod throttle;
 
 use std::fmt;
 use std::ops::Range;
@@ -42,7 +43,7 @@ pub struct ListPage {
     pub next: Option<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("not found: {0}")]
     NotFound(String),
@@ -82,6 +83,12 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Where this store points, for messages (never contains credentials).
     fn describe(&self) -> String;
+
+    /// A name for `key` that is the same whichever lake URL prefix reached it, so caches
+    /// shared between mounts and `lakemount warm` agree.
+    fn object_id(&self, key: &str) -> String {
+        format!("{}/{key}", self.describe().trim_end_matches('/'))
+    }
 
     /// One page of the listing of directory `prefix` (`""` for the root, else ending in `/`).
     async fn list_page(&self, prefix: &str, marker: Option<String>) -> StoreResult<ListPage>;

@@ -1,0 +1,279 @@
+//! The block layer under open files: fixed-size blocks of an object version, held in a memory
+//! tier (LRU, bounded in bytes), backed by the disk tier and fetched from the store with one
+//! ranged GET per block. Concurrent requests for a block share one fetch, and the bytes being
+//! fetched plus the bytes held never exceed `--max-memory`.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use lru::LruCache;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::disk::DiskCache;
+use crate::metrics::Metrics;
+use crate::reader::ObjectVersion;
+use crate::store::{DynStore, Store, StoreError, StoreResult};
+
+#[derive(Clone, Copy, Debug)]
+pub struct BlockConfig {
+    pub block_size: u64,
+    /// In-flight plus cached block bytes.
+    pub max_memory: u64,
+}
+
+impl BlockConfig {
+    /// Blocks that may be in flight at once: half the budget (at least one block).
+    fn fetch_slots(&self) -> u64 {
+        (self.max_memory / 2 / self.block_size).max(1)
+    }
+
+    fn memory_capacity(&self) -> u64 {
+        self.max_memory
+            .saturating_sub(self.fetch_slots() * self.block_size)
+    }
+}
+
+/// Everything that makes a block's bytes what they are: object, ETag, block size, index.
+pub fn block_identity(
+    store: &dyn Store,
+    obj: &ObjectVersion,
+    block_size: u64,
+    index: u64,
+) -> String {
+    format!(
+        "{}\n{}\n{block_size}\n{index}",
+        store.object_id(&obj.key),
+        obj.etag
+    )
+}
+
+/// The byte range of block `index` in an object of `size` bytes.
+pub fn block_range(block_size: u64, size: u64, index: u64) -> Range<u64> {
+    let start = index * block_size;
+    start.min(size)..(start + block_size).min(size)
+}
+
+pub struct Block {
+    pub data: Bytes,
+    prefetched: bool,
+    used: AtomicBool,
+}
+
+type Fetch = Shared<BoxFuture<'static, Result<Arc<Block>, Arc<StoreError>>>>;
+
+struct Memory {
+    lru: LruCache<String, Arc<Block>>,
+    bytes: u64,
+}
+
+pub struct BlockCache {
+    store: DynStore,
+    disk: Option<Arc<DiskCache>>,
+    cfg: BlockConfig,
+    memory: Mutex<Memory>,
+    inflight: Mutex<HashMap<String, Fetch>>,
+    slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+impl BlockCache {
+    pub fn new(
+        store: DynStore,
+        disk: Option<Arc<DiskCache>>,
+        cfg: BlockConfig,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(BlockCache {
+            store,
+            disk,
+            cfg,
+            memory: Mutex::new(Memory {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+            }),
+            inflight: Mutex::new(HashMap::new()),
+            slots: Arc::new(Semaphore::new(cfg.fetch_slots() as usize)),
+            metrics,
+        })
+    }
+
+    pub fn config(&self) -> BlockConfig {
+        self.cfg
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Everything that makes a block's bytes what they are. A different ETag or block size is
+    /// a different block.
+    pub fn identity(&self, obj: &ObjectVersion, index: u64) -> String {
+        block_identity(self.store.as_ref(), obj, self.cfg.block_size, index)
+    }
+
+    pub fn block_range(&self, size: u64, index: u64) -> Range<u64> {
+        block_range(self.cfg.block_size, size, index)
+    }
+
+    /// Block fetches started and not yet finished.
+    pub fn fetches_in_flight(&self) -> usize {
+        self.inflight.lock().unwrap().len()
+    }
+
+    /// Bytes currently held by the memory tier.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory.lock().unwrap().bytes
+    }
+
+    fn held(&self, id: &str) -> Option<Arc<Block>> {
+        self.memory.lock().unwrap().lru.get(id).cloned()
+    }
+
+    fn remember(&self, id: String, block: Arc<Block>) {
+        let cap = self.cfg.memory_capacity();
+        let mut m = self.memory.lock().unwrap();
+        m.bytes += block.data.len() as u64;
+        if let Some(old) = m.lru.put(id, block) {
+            m.bytes -= old.data.len() as u64;
+        }
+        while m.bytes > cap {
+            let Some((_, victim)) = m.lru.pop_lru() else {
+                break;
+            };
+            m.bytes -= victim.data.len() as u64;
+            Metrics::add(&self.metrics.memory_evictions_total, 1);
+            if victim.prefetched && !victim.used.load(Ordering::Relaxed) {
+                Metrics::add(
+                    &self.metrics.prefetched_unused_bytes_total,
+                    victim.data.len() as u64,
+                );
+            }
+        }
+    }
+
+    /// Block `index` of `obj` for a reader that wants `want` bytes of it; waits for memory
+    /// budget if all fetch slots are busy.
+    pub async fn get(
+        self: &Arc<Self>,
+        obj: &ObjectVersion,
+        index: u64,
+        want: u64,
+    ) -> StoreResult<Arc<Block>> {
+        let id = self.identity(obj, index);
+        if let Some(b) = self.held(&id) {
+            b.used.store(true, Ordering::Relaxed);
+            Metrics::add(&self.metrics.memory_hit_bytes_total, want);
+            return Ok(b);
+        }
+        let fetch = self.fetch(obj, index, id, None);
+        let block = fetch.await.map_err(|e| (*e).clone())?;
+        block.used.store(true, Ordering::Relaxed);
+        Ok(block)
+    }
+
+    /// Starts fetching block `index` in the background unless it is held, already coming, or
+    /// the memory budget is used up. Returns false only in the last case, so read-ahead
+    /// windows shrink under memory pressure.
+    pub fn prefetch(self: &Arc<Self>, obj: &ObjectVersion, index: u64) -> bool {
+        let id = self.identity(obj, index);
+        if self.memory.lock().unwrap().lru.contains(&id)
+            || self.inflight.lock().unwrap().contains_key(&id)
+        {
+            return true;
+        }
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            return false;
+        };
+        let fetch = self.fetch(obj, index, id, Some(slot));
+        tokio::spawn(fetch);
+        true
+    }
+
+    /// The shared fetch of one block, created on first request.
+    fn fetch(
+        self: &Arc<Self>,
+        obj: &ObjectVersion,
+        index: u64,
+        id: String,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Fetch {
+        let mut inflight = self.inflight.lock().unwrap();
+        if let Some(f) = inflight.get(&id) {
+            return f.clone();
+        }
+        let prefetched = slot.is_some();
+        let me = self.clone();
+        let obj = obj.clone();
+        let key = id.clone();
+        let fut = async move {
+            let slot = match slot {
+                Some(s) => s,
+                None => me
+                    .slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore is never closed"),
+            };
+            let result = me.load(&obj, index, &key, prefetched).await;
+            if let Ok(block) = &result {
+                // Count the block in memory before its fetch slot is released.
+                me.remember(key.clone(), block.clone());
+            }
+            drop(slot);
+            me.inflight.lock().unwrap().remove(&key);
+            result.map_err(Arc::new)
+        }
+        .boxed()
+        .shared();
+        inflight.insert(id, fut.clone());
+        fut
+    }
+
+    async fn load(
+        &self,
+        obj: &ObjectVersion,
+        index: u64,
+        id: &str,
+        prefetched: bool,
+    ) -> StoreResult<Arc<Block>> {
+        let range = self.block_range(obj.size, index);
+        let len = range.end - range.start;
+        let block = |data: Bytes| {
+            Arc::new(Block {
+                data,
+                prefetched,
+                used: AtomicBool::new(false),
+            })
+        };
+        if let Some(disk) = &self.disk {
+            let (disk, id) = (disk.clone(), id.to_string());
+            let hit = tokio::task::spawn_blocking(move || disk.get(&id, len))
+                .await
+                .map_err(|e| StoreError::Other(format!("disk cache task failed: {e}")))?;
+            if let Some(data) = hit {
+                return Ok(block(data));
+            }
+        }
+        let data = self.store.get_range(&obj.key, range, &obj.etag).await?;
+        Metrics::add(&self.metrics.store_get_requests_total, 1);
+        Metrics::add(&self.metrics.store_get_bytes_total, data.len() as u64);
+        if data.len() as u64 != len {
+            return Err(StoreError::Other(format!(
+                "{}: block {index} came back with {} of {len} bytes",
+                obj.key,
+                data.len()
+            )));
+        }
+        if let Some(disk) = &self.disk {
+            // Written behind the reader's back: a slow or full cache disk never delays a read.
+            let (disk, id, data) = (disk.clone(), id.to_string(), data.clone());
+            tokio::task::spawn_blocking(move || disk.put(&id, &data));
+        }
+        Ok(block(data))
+    }
+}

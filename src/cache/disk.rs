@@ -1,0 +1,476 @@
+//! The persistent block cache on local disk (on a Batch node: the temp SSD).
+//!
+//! One file per block, `blocks-v1/XX/HASH`, where HASH is the SHA-256 of the block's identity
+//! (object, ETag, block size, index), so a changed blob can never be served from old blocks.
+//! A file is a header (magic, CRC32C and length of the data, the identity itself) followed by
+//! the data. It is written to a temporary file and renamed into place, so readers (this mount,
+//! another mount sharing the directory, a later run) see whole blocks or nothing; a block that
+//! fails any check is a miss and is deleted. Files are 0600 in 0700 directories.
+//!
+//! Eviction is LRU by access within a run; after a restart the order is rebuilt from the files'
+//! modification times (touched on every hit), by a scan that reads metadata only.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use lru::LruCache;
+use sha2::{Digest, Sha256};
+
+use crate::metrics::Metrics;
+
+const MAGIC: &[u8; 8] = b"LMBLK001";
+const SUBDIR: &str = "blocks-v1";
+/// Temporary files older than this were left by a crashed writer.
+const STALE_TMP: Duration = Duration::from_secs(600);
+
+/// Sizes like `100G`, `512MiB`, `1T` or `80%` (of the cache file system).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CacheSize {
+    Bytes(u64),
+    PercentOfDisk(f64),
+}
+
+impl std::str::FromStr for CacheSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if let Some(p) = t.strip_suffix('%') {
+            return match p.trim().parse::<f64>() {
+                Ok(v) if v > 0.0 && v <= 100.0 => Ok(CacheSize::PercentOfDisk(v)),
+                _ => Err(format!(
+                    "invalid size {s:?}: a percentage must be in (0, 100]"
+                )),
+            };
+        }
+        parse_bytes(t).map(CacheSize::Bytes)
+    }
+}
+
+/// Parses `8M`, `8MiB`, `1.5G`, `4096` (binary units; B, K, M, G, T).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit
+        .trim()
+        .to_ascii_lowercase()
+        .trim_end_matches("ib")
+        .trim_end_matches('b')
+    {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "invalid size {s:?}: use a number with an optional K, M, G or T suffix"
+            ))
+        }
+    };
+    match num.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok((v * mult as f64) as u64),
+        _ => Err(format!(
+            "invalid size {s:?}: use a number with an optional K, M, G or T suffix"
+        )),
+    }
+}
+
+/// Total size of the file system holding `dir`.
+pub fn fs_size(dir: &Path) -> io::Result<u64> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statvfs writes into the zeroed struct we own; c is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_blocks as u64 * st.f_frsize as u64)
+}
+
+struct Index {
+    lru: LruCache<String, u64>,
+    bytes: u64,
+}
+
+pub struct DiskCache {
+    root: PathBuf,
+    capacity: u64,
+    index: Mutex<Index>,
+    metrics: Arc<Metrics>,
+}
+
+/// What `lakemount cache stats` reports.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DiskStats {
+    pub blocks: u64,
+    pub bytes: u64,
+    pub capacity: u64,
+}
+
+fn hash(identity: &str) -> String {
+    format!("{:x}", Sha256::digest(identity.as_bytes()))
+}
+
+fn mkdir_private(p: &Path) -> io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(p)
+}
+
+impl DiskCache {
+    /// Opens (creating if needed) the cache in `dir` and rebuilds its index from the files there.
+    pub fn open(dir: &Path, size: CacheSize, metrics: Arc<Metrics>) -> io::Result<DiskCache> {
+        // A directory we create is private; an existing one (say /mnt) keeps its mode, and the
+        // blocks live in our own private subdirectory either way.
+        mkdir_private(dir)?;
+        let root = dir.join(SUBDIR);
+        mkdir_private(&root)?;
+        fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let capacity = match size {
+            CacheSize::Bytes(b) => b,
+            CacheSize::PercentOfDisk(p) => (fs_size(dir)? as f64 * p / 100.0) as u64,
+        };
+        let cache = DiskCache {
+            root,
+            capacity,
+            index: Mutex::new(Index {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+            }),
+            metrics,
+        };
+        cache.rebuild()?;
+        Ok(cache)
+    }
+
+    /// Reads the metadata of every block file (no data) and orders them oldest first.
+    fn rebuild(&self) -> io::Result<()> {
+        let mut found: Vec<(SystemTime, String, u64)> = Vec::new();
+        for sub in fs::read_dir(&self.root)? {
+            let sub = sub?;
+            if !sub.file_type()?.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(sub.path())? {
+                let f = f?;
+                let name = f.file_name().to_string_lossy().into_owned();
+                let Ok(meta) = f.metadata() else { continue };
+                let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                if name.contains(".tmp") {
+                    if mtime.elapsed().unwrap_or_default() > STALE_TMP {
+                        let _ = fs::remove_file(f.path());
+                    }
+                    continue;
+                }
+                found.push((mtime, name, meta.len()));
+            }
+        }
+        found.sort();
+        let mut idx = self.index.lock().unwrap();
+        for (_, name, len) in found {
+            idx.bytes += len;
+            idx.lru.put(name, len);
+        }
+        drop(idx);
+        self.evict_to(self.capacity);
+        Ok(())
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub fn stats(&self) -> DiskStats {
+        let idx = self.index.lock().unwrap();
+        DiskStats {
+            blocks: idx.lru.len() as u64,
+            bytes: idx.bytes,
+            capacity: self.capacity,
+        }
+    }
+
+    fn path_of(&self, h: &str) -> PathBuf {
+        self.root.join(&h[..2]).join(h)
+    }
+
+    /// Whether a block is indexed (it may still turn out corrupt when read).
+    pub fn contains(&self, identity: &str) -> bool {
+        self.index.lock().unwrap().lru.contains(&hash(identity))
+    }
+
+    /// The block's data if a valid copy is on disk. Anything wrong with the file makes it a
+    /// miss and removes it.
+    pub fn get(&self, identity: &str, expected_len: u64) -> Option<Bytes> {
+        let h = hash(identity);
+        let path = self.path_of(&h);
+        match read_block(&path, identity, expected_len) {
+            Ok(Some(data)) => {
+                self.index.lock().unwrap().lru.promote(&h);
+                // Persist the recency for the next index rebuild.
+                let _ = File::options()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(SystemTime::now()));
+                Metrics::add(&self.metrics.disk_hit_bytes_total, data.len() as u64);
+                Some(data)
+            }
+            Ok(None) => {
+                self.forget(&h);
+                None
+            }
+            Err(e) => {
+                tracing::warn!("disk cache: dropping bad block {}: {e}", path.display());
+                Metrics::add(&self.metrics.disk_corrupt_blocks_total, 1);
+                let _ = fs::remove_file(&path);
+                self.forget(&h);
+                None
+            }
+        }
+    }
+
+    fn forget(&self, h: &str) {
+        let mut idx = self.index.lock().unwrap();
+        if let Some(len) = idx.lru.pop(h) {
+            idx.bytes -= len;
+        }
+    }
+
+    /// Stores a block. A full disk evicts older blocks and tries once more; failing that the
+    /// block is simply not cached (readers never see a cache write error).
+    pub fn put(&self, identity: &str, data: &[u8]) {
+        let h = hash(identity);
+        let path = self.path_of(&h);
+        let mut result = write_block(&path, identity, data);
+        if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::ENOSPC)) {
+            let target = self
+                .stats()
+                .bytes
+                .saturating_sub(self.stats().bytes / 4 + data.len() as u64);
+            self.evict_to(target);
+            result = write_block(&path, identity, data);
+        }
+        match result {
+            Ok(len) => {
+                let mut idx = self.index.lock().unwrap();
+                if let Some(old) = idx.lru.put(h, len) {
+                    idx.bytes -= old;
+                }
+                idx.bytes += len;
+                drop(idx);
+                self.evict_to(self.capacity);
+            }
+            Err(e) => {
+                Metrics::add(&self.metrics.disk_write_errors_total, 1);
+                tracing::warn!("disk cache: cannot write {}: {e}", path.display());
+            }
+        }
+    }
+
+    /// Removes least recently used blocks until at most `target` bytes remain.
+    fn evict_to(&self, target: u64) {
+        loop {
+            let victim = {
+                let mut idx = self.index.lock().unwrap();
+                if idx.bytes <= target {
+                    return;
+                }
+                match idx.lru.pop_lru() {
+                    Some((h, len)) => {
+                        idx.bytes -= len;
+                        h
+                    }
+                    None => return,
+                }
+            };
+            let _ = fs::remove_file(self.path_of(&victim));
+            Metrics::add(&self.metrics.disk_evictions_total, 1);
+        }
+    }
+
+    /// Deletes every block.
+    pub fn clear(&self) -> io::Result<u64> {
+        let mut idx = self.index.lock().unwrap();
+        let n = idx.lru.len() as u64;
+        idx.lru.clear();
+        idx.bytes = 0;
+        drop(idx);
+        fs::remove_dir_all(&self.root)?;
+        mkdir_private(&self.root)?;
+        Ok(n)
+    }
+}
+
+fn header(identity: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = Vec::with_capacity(24 + identity.len());
+    h.extend_from_slice(MAGIC);
+    h.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    h.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    h.extend_from_slice(&(identity.len() as u32).to_le_bytes());
+    h.extend_from_slice(identity.as_bytes());
+    h
+}
+
+fn write_block(path: &Path, identity: &str, data: &[u8]) -> io::Result<u64> {
+    let dir = path.parent().expect("block paths have a parent");
+    mkdir_private(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}.{:?}",
+        path.file_name().unwrap().to_string_lossy(),
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let res = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let head = header(identity, data);
+        f.write_all(&head)?;
+        f.write_all(data)?;
+        fs::rename(&tmp, path)?;
+        Ok((head.len() + data.len()) as u64)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// `Ok(None)`: no such file. `Err`: a file that must not be trusted.
+fn read_block(path: &Path, identity: &str, expected_len: u64) -> io::Result<Option<Bytes>> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
+    let mut fixed = [0u8; 24];
+    f.read_exact(&mut fixed)
+        .map_err(|_| bad("truncated header"))?;
+    if &fixed[..8] != MAGIC {
+        return Err(bad("bad magic"));
+    }
+    let crc = u32::from_le_bytes(fixed[8..12].try_into().unwrap());
+    let len = u64::from_le_bytes(fixed[12..20].try_into().unwrap());
+    let id_len = u32::from_le_bytes(fixed[20..24].try_into().unwrap()) as usize;
+    if id_len != identity.len() || len != expected_len {
+        return Err(bad("header does not match the block"));
+    }
+    let mut id = vec![0u8; id_len];
+    f.read_exact(&mut id).map_err(|_| bad("truncated header"))?;
+    if id != identity.as_bytes() {
+        // Two identities with one SHA-256: not going to happen, but never serve the wrong block.
+        return Err(bad("identity mismatch"));
+    }
+    let mut data = vec![0u8; len as usize];
+    f.read_exact(&mut data).map_err(|_| bad("truncated data"))?;
+    if f.read(&mut [0u8; 1])? != 0 {
+        return Err(bad("trailing bytes"));
+    }
+    if crc32c::crc32c(&data) != crc {
+        return Err(bad("checksum mismatch"));
+    }
+    Ok(Some(Bytes::from(data)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn open(dir: &Path, cap: u64) -> DiskCache {
+        DiskCache::open(dir, CacheSize::Bytes(cap), Arc::new(Metrics::default())).unwrap()
+    }
+
+    fn block_file(dir: &Path) -> PathBuf {
+        let sub = fs::read_dir(dir.join(SUBDIR))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        fs::read_dir(sub).unwrap().next().unwrap().unwrap().path()
+    }
+
+    #[test]
+    fn blocks_survive_a_reopen_with_private_permissions() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("cache");
+        let c = open(&d, 1 << 20);
+        c.put("az://a/c/k\n\"e\"\n8\n0", b"hello");
+        assert_eq!(&c.get("az://a/c/k\n\"e\"\n8\n0", 5).unwrap()[..], b"hello");
+        assert!(c.get("az://a/c/k\n\"other-etag\"\n8\n0", 5).is_none());
+        drop(c);
+        let c = open(&d, 1 << 20);
+        assert_eq!(c.stats().blocks, 1);
+        assert_eq!(&c.get("az://a/c/k\n\"e\"\n8\n0", 5).unwrap()[..], b"hello");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&d), 0o700);
+        assert_eq!(mode(&d.join(SUBDIR)), 0o700);
+        assert_eq!(mode(&block_file(&d)), 0o600);
+    }
+
+    #[test]
+    fn corrupt_or_truncated_blocks_are_misses_and_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let m = Arc::new(Metrics::default());
+        let c = DiskCache::open(d.path(), CacheSize::Bytes(1 << 20), m.clone()).unwrap();
+        c.put("id", b"0123456789");
+        let f = block_file(d.path());
+        let mut bytes = fs::read(&f).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        fs::write(&f, &bytes).unwrap();
+        assert!(c.get("id", 10).is_none(), "flipped byte");
+        assert!(!f.exists());
+        c.put("id", b"0123456789");
+        let f = block_file(d.path());
+        let bytes = fs::read(&f).unwrap();
+        fs::write(&f, &bytes[..bytes.len() - 3]).unwrap();
+        assert!(c.get("id", 10).is_none(), "truncated");
+        assert!(!f.exists());
+        assert_eq!(Metrics::get(&m.disk_corrupt_blocks_total), 2);
+        assert_eq!(c.stats().blocks, 0);
+    }
+
+    #[test]
+    fn least_recently_used_blocks_are_evicted_at_capacity() {
+        let d = tempfile::tempdir().unwrap();
+        let per_block = header("k0", &[0u8; 1000]).len() as u64 + 1000;
+        let c = open(d.path(), per_block * 3);
+        for i in 0..3 {
+            c.put(&format!("k{i}"), &[i as u8; 1000]);
+        }
+        assert!(c.get("k0", 1000).is_some(), "k0 is now the most recent");
+        c.put("k3", &[3u8; 1000]);
+        assert!(c.contains("k0") && !c.contains("k1") && c.contains("k2") && c.contains("k3"));
+        assert_eq!(c.stats().bytes, per_block * 3);
+        assert_eq!(c.clear().unwrap(), 3);
+        assert!(c.get("k0", 1000).is_none());
+    }
+
+    #[test]
+    fn sizes_parse_with_units_and_percentages() {
+        assert_eq!(parse_bytes("8M").unwrap(), 8 << 20);
+        assert_eq!(parse_bytes("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_bytes("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert!(parse_bytes("lots").is_err());
+        assert_eq!(
+            "50%".parse::<CacheSize>().unwrap(),
+            CacheSize::PercentOfDisk(50.0)
+        );
+        assert!("150%".parse::<CacheSize>().is_err());
+        assert_eq!(
+            "2T".parse::<CacheSize>().unwrap(),
+            CacheSize::Bytes(2 << 40)
+        );
+    }
+}

@@ -1,0 +1,109 @@
+//! Counters of the data path, served as Prometheus text on `--metrics-addr`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+macro_rules! counters {
+    ($($name:ident: $help:literal),* $(,)?) => {
+        /// Monotonic counters; cheap to bump from any thread.
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $(#[doc = $help] pub $name: AtomicU64,)*
+        }
+
+        impl Metrics {
+            /// Prometheus text exposition format.
+            pub fn render(&self) -> String {
+                let mut out = String::new();
+                $(
+                    let name = concat!("lakemount_", stringify!($name));
+                    let _ = writeln!(out, "# HELP {name} {}", $help);
+                    let _ = writeln!(out, "# TYPE {name} counter");
+                    let _ = writeln!(out, "{name} {}", self.$name.load(Ordering::Relaxed));
+                )*
+                out
+            }
+        }
+    };
+}
+
+counters! {
+    memory_hit_bytes_total: "Bytes read by applications that came from the memory block cache.",
+    disk_hit_bytes_total: "Bytes of blocks loaded from the local disk block cache.",
+    store_get_requests_total: "Ranged GET requests sent to the store for file data.",
+    store_get_bytes_total: "Bytes of file data fetched from the store.",
+    prefetched_unused_bytes_total: "Bytes read ahead that were evicted from memory without being read.",
+    memory_evictions_total: "Blocks evicted from the memory block cache.",
+    disk_evictions_total: "Blocks evicted from the disk block cache.",
+    disk_corrupt_blocks_total: "Disk cache blocks found corrupt or truncated (then refetched).",
+    disk_write_errors_total: "Blocks that could not be written to the disk cache.",
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Serves `GET /metrics` (any path, really) until the runtime stops.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                // One request per connection; the request itself is not needed beyond its arrival.
+                let mut buf = [0u8; 1024];
+                let _ = sock.read(&mut buf).await;
+                let body = metrics.render();
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_counters_as_prometheus_text() {
+        let m = Arc::new(Metrics::default());
+        Metrics::add(&m.store_get_requests_total, 3);
+        let addr = serve("127.0.0.1:0".parse().unwrap(), m.clone())
+            .await
+            .unwrap();
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        sock.write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        sock.read_to_string(&mut text).await.unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK"));
+        assert!(
+            text.contains("\nlakemount_store_get_requests_total 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE lakemount_disk_hit_bytes_total counter"));
+    }
+}

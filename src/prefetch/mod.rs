@@ -1,0 +1,132 @@
+//! Per-handle read-ahead. A handle that reads sequentially gets a window of blocks fetched
+//! ahead of it, starting at about 1 MiB past the read and doubling each time the reader moves
+//! into a new block, up to `--max-readahead`; the blocks come as concurrent ranged GETs. Short
+//! seeks (forward up to 16 MiB, backward up to 1 MiB) keep the handle sequential and are served
+//! from blocks held or in flight. Anything else is random access: only the blocks a read needs
+//! are fetched, nothing ahead.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+
+use crate::cache::blocks::BlockCache;
+use crate::reader::{FileReader, ObjectVersion, ReadPath};
+use crate::store::StoreResult;
+
+const INITIAL_WINDOW: u64 = 1 << 20;
+const SHORT_FORWARD: u64 = 16 << 20;
+const SHORT_BACKWARD: u64 = 1 << 20;
+
+pub struct PrefetchReadPath {
+    cache: Arc<BlockCache>,
+    max_readahead: u64,
+}
+
+impl PrefetchReadPath {
+    pub fn new(cache: Arc<BlockCache>, max_readahead: u64) -> Arc<Self> {
+        Arc::new(PrefetchReadPath {
+            cache,
+            max_readahead,
+        })
+    }
+}
+
+impl ReadPath for PrefetchReadPath {
+    fn open(&self, object: ObjectVersion) -> Box<dyn FileReader> {
+        Box::new(PrefetchReader {
+            cache: self.cache.clone(),
+            object,
+            max_window: self.max_readahead,
+            state: Mutex::new(State {
+                last_end: 0,
+                last_block: 0,
+                window: INITIAL_WINDOW,
+            }),
+        })
+    }
+}
+
+struct State {
+    /// End of the previous read: where a sequential reader continues.
+    last_end: u64,
+    last_block: u64,
+    /// How far past the current read to have blocks coming; 0 when reading randomly.
+    window: u64,
+}
+
+pub struct PrefetchReader {
+    cache: Arc<BlockCache>,
+    object: ObjectVersion,
+    max_window: u64,
+    state: Mutex<State>,
+}
+
+impl PrefetchReader {
+    /// Updates the access pattern with a read of `[offset, end)` and returns the window.
+    fn observe(&self, offset: u64, end: u64) -> u64 {
+        let bs = self.cache.config().block_size;
+        let mut st = self.state.lock().unwrap();
+        let sequential =
+            offset <= st.last_end + SHORT_FORWARD && offset + SHORT_BACKWARD >= st.last_end;
+        let block = offset / bs;
+        if !sequential {
+            st.window = 0;
+        } else if st.window == 0 {
+            st.window = INITIAL_WINDOW;
+        } else if block > st.last_block {
+            st.window = (st.window * 2).min(self.max_window);
+        }
+        st.last_end = st.last_end.max(end);
+        if !sequential {
+            st.last_end = end;
+        }
+        st.last_block = block;
+        st.window.min(self.max_window)
+    }
+}
+
+#[async_trait]
+impl FileReader for PrefetchReader {
+    async fn read(&self, offset: u64, len: u32) -> StoreResult<Bytes> {
+        let size = self.object.size;
+        let end = offset.saturating_add(len as u64).min(size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let bs = self.cache.config().block_size;
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        let window = self.observe(offset, end);
+        if window > 0 && end < size {
+            let ahead_end = (end + window).min(size);
+            for index in last + 1..=(ahead_end - 1) / bs {
+                if !self.cache.prefetch(&self.object, index) {
+                    break; // out of memory budget: the window is effectively smaller
+                }
+            }
+        }
+        let wanted = |i: u64| {
+            let r = self.cache.block_range(size, i);
+            end.min(r.end) - offset.max(r.start)
+        };
+        let blocks = futures::future::try_join_all(
+            (first..=last).map(|i| self.cache.get(&self.object, i, wanted(i))),
+        )
+        .await?;
+        if blocks.len() == 1 {
+            let start = (offset - first * bs) as usize;
+            return Ok(blocks[0].data.slice(start..start + (end - offset) as usize));
+        }
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for (i, b) in (first..=last).zip(&blocks) {
+            let r = self.cache.block_range(size, i);
+            let from = (offset.max(r.start) - r.start) as usize;
+            let to = (end.min(r.end) - r.start) as usize;
+            out.extend_from_slice(&b.data[from..to]);
+        }
+        Ok(out.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,182 @@
+//! Read-ahead over the in-memory store behind a throttle that counts requests.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::cache::blocks::{BlockCache, BlockConfig};
+use crate::metrics::Metrics;
+use crate::store::memory::MemoryStore;
+use crate::store::throttle::ThrottledStore;
+use crate::store::Store;
+
+const MIB: u64 = 1 << 20;
+
+struct Rig {
+    store: Arc<ThrottledStore>,
+    cache: Arc<BlockCache>,
+    path: Arc<PrefetchReadPath>,
+    data: Vec<u8>,
+    obj: ObjectVersion,
+}
+
+async fn rig(size: u64, block: u64, max_memory: u64, max_readahead: u64) -> Rig {
+    let mem = Arc::new(MemoryStore::new());
+    let data: Vec<u8> = (0..size)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    mem.put("f", data.clone());
+    let etag = mem.head("f").await.unwrap().unwrap().etag;
+    let store = Arc::new(ThrottledStore::new(mem, Duration::from_millis(2), None));
+    let cfg = BlockConfig {
+        block_size: block,
+        max_memory,
+    };
+    let cache = BlockCache::new(store.clone(), None, cfg, Arc::new(Metrics::default()));
+    let path = PrefetchReadPath::new(cache.clone(), max_readahead);
+    let obj = ObjectVersion {
+        key: "f".into(),
+        etag,
+        size,
+    };
+    Rig {
+        store,
+        cache,
+        path,
+        data,
+        obj,
+    }
+}
+
+impl Rig {
+    fn gets(&self) -> u64 {
+        self.store.stats.gets.load(Ordering::SeqCst)
+    }
+
+    /// Waits (bounded) until every block fetch has finished and its block is held.
+    async fn settle(&self) {
+        for _ in 0..1000 {
+            if self.cache.fetches_in_flight() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("fetches never finished");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_reads_fetch_each_block_once_with_a_growing_window() {
+    let r = rig(24 * MIB, MIB, 64 * MIB, 8 * MIB).await;
+    let h = r.path.open(r.obj.clone());
+    let mut got = Vec::new();
+    let mut off = 0;
+    while off < r.obj.size {
+        let b = h.read(off, 128 << 10).await.unwrap();
+        off += b.len() as u64;
+        got.extend_from_slice(&b);
+    }
+    assert_eq!(got, r.data);
+    r.settle().await;
+    assert_eq!(r.gets(), 24, "one GET per block, none twice");
+    assert!(
+        r.store.stats.max_in_flight.load(Ordering::SeqCst) > 1,
+        "blocks were fetched ahead, concurrently"
+    );
+    let m = r.cache.metrics();
+    assert_eq!(Metrics::get(&m.prefetched_unused_bytes_total), 0);
+    assert!(
+        Metrics::get(&m.memory_hit_bytes_total) > 20 * MIB,
+        "reads were served from prefetched blocks"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_reads_fetch_only_the_blocks_they_touch() {
+    let r = rig(64 * MIB, MIB, 64 * MIB, 16 * MIB).await;
+    let h = r.path.open(r.obj.clone());
+    for (i, block) in [40u64, 3, 57, 12, 33, 8].iter().enumerate() {
+        let off = block * MIB + 1000 * i as u64;
+        let b = h.read(off, 4096).await.unwrap();
+        assert_eq!(&b[..], &r.data[off as usize..off as usize + 4096]);
+    }
+    r.settle().await;
+    assert_eq!(r.gets(), 6, "no read-ahead for random access");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_seeks_are_served_from_held_blocks() {
+    let r = rig(32 * MIB, MIB, 64 * MIB, 4 * MIB).await;
+    let h = r.path.open(r.obj.clone());
+    let mut off = 0;
+    while off < 10 * MIB {
+        off += h.read(off, 256 << 10).await.unwrap().len() as u64;
+    }
+    r.settle().await;
+    let hits = || Metrics::get(&r.cache.metrics().memory_hit_bytes_total);
+    let before = hits();
+    for off in [
+        off - 900 * 1024,
+        off - 100 * 1024,
+        off + 2 * MIB,
+        off + 3 * MIB + 5,
+    ] {
+        let b = h.read(off, 64 << 10).await.unwrap();
+        assert_eq!(&b[..], &r.data[off as usize..off as usize + (64 << 10)]);
+    }
+    assert_eq!(
+        hits() - before,
+        4 * (64 << 10),
+        "back 900 KiB and forward 3 MiB came from memory"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_readers_of_a_block_share_one_get() {
+    let r = rig(8 * MIB, 8 * MIB, 64 * MIB, 8 * MIB).await;
+    let handles: Vec<_> = (0..8).map(|_| r.path.open(r.obj.clone())).collect();
+    let reads = handles
+        .iter()
+        .enumerate()
+        .map(|(i, h)| h.read(i as u64 * 4096, 4096));
+    let results = futures::future::try_join_all(reads).await.unwrap();
+    for (i, b) in results.iter().enumerate() {
+        assert_eq!(&b[..], &r.data[i * 4096..(i + 1) * 4096]);
+    }
+    assert_eq!(r.gets(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_budget_bounds_fetches_and_held_blocks() {
+    // 4 MiB budget with 1 MiB blocks: 2 fetch slots and 2 MiB of held blocks.
+    let r = rig(32 * MIB, MIB, 4 * MIB, 16 * MIB).await;
+    let readers: Vec<_> = (0..3).map(|_| r.path.open(r.obj.clone())).collect();
+    let mut offs = [0u64, 8 * MIB, 16 * MIB];
+    for _ in 0..40 {
+        for (h, off) in readers.iter().zip(offs.iter_mut()) {
+            let b = h.read(*off, 256 << 10).await.unwrap();
+            assert_eq!(&b[..], &r.data[*off as usize..*off as usize + b.len()]);
+            *off += b.len() as u64;
+            assert!(r.cache.memory_bytes() <= 2 * MIB);
+        }
+    }
+    r.settle().await;
+    assert!(r.store.stats.max_in_flight.load(Ordering::SeqCst) <= 2);
+    assert!(r.cache.memory_bytes() <= 2 * MIB);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_object_is_an_error_not_old_or_mixed_bytes() {
+    let r = rig(4 * MIB, MIB, 64 * MIB, MIB).await;
+    let stale = ObjectVersion {
+        etag: "\"not-the-etag\"".into(),
+        ..r.obj.clone()
+    };
+    let h = r.path.open(stale);
+    let err = h.read(0, 4096).await.unwrap_err();
+    assert!(
+        matches!(err, crate::store::StoreError::Changed(_)),
+        "{err:?}"
+    );
+}

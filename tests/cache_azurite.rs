@@ -1,0 +1,246 @@
+//! The block caches against Azurite through real FUSE: warm, remount, out-of-band changes,
+//! corrupted blocks. Request counts come from the daemon's own metrics endpoint.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use common::azurite::Azurite;
+use common::mount::{lakemount, wait_for, Mount};
+use common::tree::{pseudo_random, sha256, sha256_file};
+
+const CONTAINER: &str = "lake";
+
+fn lake() -> String {
+    format!("az://{}/{CONTAINER}", common::azurite::ACCOUNT)
+}
+
+fn mount(az: &Azurite, cache: &Path, extra: &[&str]) -> Mount {
+    let endpoint = az.endpoint();
+    let cache = cache.to_str().unwrap();
+    let mut args = vec![
+        "--endpoint",
+        endpoint.as_str(),
+        "--cache-dir",
+        cache,
+        "--block-size",
+        "1M",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let cs = az.connection_string();
+    Mount::start(
+        &lake(),
+        &args,
+        &[("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())],
+    )
+    .unwrap_or_else(|o| panic!("mount failed: {}", String::from_utf8_lossy(&o.stderr)))
+}
+
+/// One counter from the daemon's Prometheus endpoint (its address is in the log).
+fn metric(m: &Mount, name: &str) -> u64 {
+    let log = m.log_text();
+    let addr = log
+        .split("metrics at http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no metrics address in log: {log}"));
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    sock.read_to_string(&mut text).unwrap();
+    let want = format!("lakemount_{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&want))
+        .unwrap_or_else(|| panic!("{name} not in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn dataset(az: &Azurite) -> Vec<(String, Vec<u8>)> {
+    az.create_container(CONTAINER);
+    let files = vec![
+        (
+            "data/big.bin".to_string(),
+            pseudo_random((5 << 20) + 12345, 7),
+        ),
+        ("data/small.txt".to_string(), b"small".to_vec()),
+        ("data/empty".to_string(), Vec::new()),
+        ("data/sub/exact.bin".to_string(), pseudo_random(2 << 20, 8)),
+    ];
+    for (k, v) in &files {
+        az.put_blob(CONTAINER, k, v);
+    }
+    files
+}
+
+fn warm(az: &Azurite, cache: &Path) -> String {
+    let endpoint = az.endpoint();
+    let cs = az.connection_string();
+    let out = lakemount(
+        &[
+            "warm",
+            &lake(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--block-size",
+            "1M",
+            "--endpoint",
+            &endpoint,
+        ],
+        &[("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn check_all(m: &Mount, files: &[(String, Vec<u8>)]) {
+    for (k, v) in files {
+        assert_eq!(sha256_file(&m.path().join(k)), sha256(v), "{k}");
+    }
+}
+
+#[test]
+fn warmed_data_is_served_with_zero_data_gets() {
+    let az = Azurite::start();
+    let files = dataset(&az);
+    let cache = tempfile::tempdir().unwrap();
+    let summary = warm(&az, cache.path());
+    assert!(summary.contains("4 files"), "{summary}");
+    let stats = lakemount(
+        &[
+            "cache",
+            "stats",
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+        ],
+        &[],
+    )
+    .output()
+    .unwrap();
+    let stats = String::from_utf8_lossy(&stats.stdout).to_string();
+    assert!(
+        stats.contains("blocks:          9"),
+        "6 + 1 + 2 blocks of 1 MiB: {stats}"
+    );
+
+    let m = mount(&az, cache.path(), &[]);
+    check_all(&m, &files);
+    assert_eq!(metric(&m, "store_get_requests_total"), 0);
+    let total: u64 = files.iter().map(|(_, v)| v.len() as u64).sum();
+    assert_eq!(metric(&m, "disk_hit_bytes_total"), total);
+
+    // A second warm finds everything in place.
+    let again = warm(&az, cache.path());
+    assert!(
+        again.contains(&format!(
+            "({:.1} MiB already cached)",
+            total as f64 / 1048576.0
+        )),
+        "{again}"
+    );
+}
+
+#[test]
+fn the_cache_survives_a_remount_and_never_serves_a_replaced_blob() {
+    let az = Azurite::start();
+    let files = dataset(&az);
+    let cache = tempfile::tempdir().unwrap();
+    {
+        let m = mount(&az, cache.path(), &[]);
+        check_all(&m, &files);
+        assert!(metric(&m, "store_get_requests_total") >= 9);
+    }
+    let m = mount(&az, cache.path(), &["--metadata-ttl", "1"]);
+    check_all(&m, &files);
+    assert_eq!(
+        metric(&m, "store_get_requests_total"),
+        0,
+        "all from the disk cache"
+    );
+
+    // Replaced out of band, same size: new opens see the new bytes after the TTL, and every
+    // read is one version or the other, never a mix.
+    let old = files[0].1.clone();
+    let new = pseudo_random(old.len(), 99);
+    az.put_blob(CONTAINER, &files[0].0, &new);
+    let path = m.path().join(&files[0].0);
+    let seen_new = wait_for(Duration::from_secs(20), || match std::fs::read(&path) {
+        Ok(got) if got == new => true,
+        Ok(got) => {
+            assert!(got == old, "a read mixed old and new bytes");
+            false
+        }
+        Err(e) => {
+            // A handle opened under the old ETag just before the change.
+            assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{e}");
+            false
+        }
+    });
+    assert!(seen_new, "the new blob never showed up");
+}
+
+#[test]
+fn a_corrupted_block_file_is_a_miss_and_refetched() {
+    let az = Azurite::start();
+    let files = dataset(&az);
+    let cache = tempfile::tempdir().unwrap();
+    warm(&az, cache.path());
+    // Flip one byte near the end of some block file.
+    let mut blocks = Vec::new();
+    for sub in std::fs::read_dir(cache.path().join("blocks-v1")).unwrap() {
+        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            blocks.push(f.unwrap().path());
+        }
+    }
+    blocks.sort();
+    let victim = &blocks[0];
+    let mut bytes = std::fs::read(victim).unwrap();
+    let n = bytes.len();
+    bytes[n - 2] ^= 0xff;
+    std::fs::write(victim, bytes).unwrap();
+
+    let m = mount(&az, cache.path(), &[]);
+    check_all(&m, &files);
+    assert_eq!(metric(&m, "disk_corrupt_blocks_total"), 1);
+    assert_eq!(
+        metric(&m, "store_get_requests_total"),
+        1,
+        "only the bad block came from the lake"
+    );
+}
+
+#[test]
+fn cache_clear_empties_the_cache() {
+    let az = Azurite::start();
+    dataset(&az);
+    let cache = tempfile::tempdir().unwrap();
+    warm(&az, cache.path());
+    let dir = cache.path().to_str().unwrap();
+    let out = lakemount(&["cache", "clear", "--cache-dir", dir], &[])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed 9 blocks"),
+        "{out:?}"
+    );
+    let out = lakemount(&["cache", "stats", "--cache-dir", dir], &[])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("blocks:          0"));
+    let out = lakemount(&["cache", "stats", "--cache-dir", "/no/such/dir"], &[])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
