@@ -15,3 +15,16 @@ pub mod prefetch;
 pub mod reader;
 pub mod store;
 pub mod transfer;
+
+/// glibc raises its mmap threshold after the first large free, after which multi-MiB block
+/// buffers come from per-thread arenas that never shrink: RSS would drift far above
+/// --max-memory. A fixed threshold keeps block buffers mmapped (returned on free), and a few
+/// arenas keep the many I/O threads from each hoarding memory. Call first thing in `main`.
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}

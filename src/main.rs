@@ -19,6 +19,7 @@ fn init_logging(verbose: u8) {
 }
 
 fn main() -> ExitCode {
+    lakemount::tune_allocator();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match &cli.command {

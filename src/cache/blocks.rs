@@ -60,7 +60,10 @@ pub fn block_range(block_size: u64, size: u64, index: u64) -> Range<u64> {
 pub struct Block {
     pub data: Bytes,
     prefetched: bool,
+    /// Read by someone. Changed only under the memory lock, like `held`.
     used: AtomicBool,
+    /// Counted in the memory tier.
+    held: AtomicBool,
 }
 
 type Fetch = Shared<BoxFuture<'static, Result<Arc<Block>, Arc<StoreError>>>>;
@@ -68,6 +71,8 @@ type Fetch = Shared<BoxFuture<'static, Result<Arc<Block>, Arc<StoreError>>>>;
 struct Memory {
     lru: LruCache<String, Arc<Block>>,
     bytes: u64,
+    /// Bytes of held blocks that were read ahead and not read yet.
+    unread_prefetched: u64,
 }
 
 pub struct BlockCache {
@@ -94,6 +99,7 @@ impl BlockCache {
             memory: Mutex::new(Memory {
                 lru: LruCache::unbounded(),
                 bytes: 0,
+                unread_prefetched: 0,
             }),
             inflight: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(cfg.fetch_slots() as usize)),
@@ -129,24 +135,63 @@ impl BlockCache {
         self.memory.lock().unwrap().bytes
     }
 
+    /// A held block, marked as read.
     fn held(&self, id: &str) -> Option<Arc<Block>> {
-        self.memory.lock().unwrap().lru.get(id).cloned()
+        let mut m = self.memory.lock().unwrap();
+        let b = m.lru.get(id).cloned()?;
+        if !b.used.swap(true, Ordering::Relaxed) && b.prefetched {
+            m.unread_prefetched -= b.data.len() as u64;
+        }
+        Some(b)
+    }
+
+    /// Marks a block read that came from a shared fetch.
+    fn mark_used(&self, b: &Block) {
+        let mut m = self.memory.lock().unwrap();
+        if !b.used.swap(true, Ordering::Relaxed) && b.prefetched && b.held.load(Ordering::Relaxed) {
+            m.unread_prefetched -= b.data.len() as u64;
+        }
     }
 
     fn remember(&self, id: String, block: Arc<Block>) {
         let cap = self.cfg.memory_capacity();
         let mut m = self.memory.lock().unwrap();
-        m.bytes += block.data.len() as u64;
+        let len = block.data.len() as u64;
+        m.bytes += len;
+        block.held.store(true, Ordering::Relaxed);
+        if block.prefetched && !block.used.load(Ordering::Relaxed) {
+            m.unread_prefetched += len;
+        }
         if let Some(old) = m.lru.put(id, block) {
             m.bytes -= old.data.len() as u64;
+            if old.prefetched && !old.used.swap(true, Ordering::Relaxed) {
+                m.unread_prefetched -= old.data.len() as u64;
+            }
         }
         while m.bytes > cap {
-            let Some((_, victim)) = m.lru.pop_lru() else {
+            // Blocks already read and held by nobody else go first, oldest first; then
+            // read-ahead nobody has reached yet; a block a handle is reading (its current
+            // block) only when nothing else is left.
+            let pick = |want_used: bool| {
+                m.lru
+                    .iter()
+                    .rev()
+                    .find(|(_, b)| {
+                        Arc::strong_count(b) == 1 && b.used.load(Ordering::Relaxed) == want_used
+                    })
+                    .map(|(k, _)| k.clone())
+            };
+            let victim = match pick(true).or_else(|| pick(false)) {
+                Some(k) => m.lru.pop(&k),
+                None => m.lru.pop_lru().map(|(_, b)| b),
+            };
+            let Some(victim) = victim else {
                 break;
             };
             m.bytes -= victim.data.len() as u64;
             Metrics::add(&self.metrics.memory_evictions_total, 1);
-            if victim.prefetched && !victim.used.load(Ordering::Relaxed) {
+            if victim.prefetched && !victim.used.swap(true, Ordering::Relaxed) {
+                m.unread_prefetched -= victim.data.len() as u64;
                 Metrics::add(
                     &self.metrics.prefetched_unused_bytes_total,
                     victim.data.len() as u64,
@@ -165,13 +210,12 @@ impl BlockCache {
     ) -> StoreResult<Arc<Block>> {
         let id = self.identity(obj, index);
         if let Some(b) = self.held(&id) {
-            b.used.store(true, Ordering::Relaxed);
             Metrics::add(&self.metrics.memory_hit_bytes_total, want);
             return Ok(b);
         }
         let fetch = self.fetch(obj, index, id, None);
         let block = fetch.await.map_err(|e| (*e).clone())?;
-        block.used.store(true, Ordering::Relaxed);
+        self.mark_used(&block);
         Ok(block)
     }
 
@@ -180,10 +224,21 @@ impl BlockCache {
     /// windows shrink under memory pressure.
     pub fn prefetch(self: &Arc<Self>, obj: &ObjectVersion, index: u64) -> bool {
         let id = self.identity(obj, index);
-        if self.memory.lock().unwrap().lru.contains(&id)
-            || self.inflight.lock().unwrap().contains_key(&id)
         {
-            return true;
+            let m = self.memory.lock().unwrap();
+            if m.lru.contains(&id) {
+                return true;
+            }
+            let inflight = self.inflight.lock().unwrap();
+            if inflight.contains_key(&id) {
+                return true;
+            }
+            // Read-ahead must not push out what it fetched before and nobody has read yet:
+            // unread blocks plus blocks coming stay within half the memory tier.
+            let coming = inflight.len() as u64 * self.cfg.block_size;
+            if m.unread_prefetched + coming + self.cfg.block_size > self.cfg.memory_capacity() / 2 {
+                return false;
+            }
         }
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
             return false;
@@ -248,6 +303,7 @@ impl BlockCache {
                 data,
                 prefetched,
                 used: AtomicBool::new(false),
+                held: AtomicBool::new(false),
             })
         };
         if let Some(disk) = &self.disk {

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 
-use crate::cache::blocks::BlockCache;
+use crate::cache::blocks::{Block, BlockCache};
+use crate::metrics::Metrics;
 use crate::reader::{FileReader, ObjectVersion, ReadPath};
 use crate::store::StoreResult;
 
@@ -39,6 +40,7 @@ impl ReadPath for PrefetchReadPath {
             object,
             max_window: self.max_readahead,
             state: Mutex::new(State {
+                current: None,
                 last_end: 0,
                 last_block: 0,
                 window: INITIAL_WINDOW,
@@ -48,6 +50,9 @@ impl ReadPath for PrefetchReadPath {
 }
 
 struct State {
+    /// The block the previous read ended in: small reads in a row use it without asking
+    /// the cache (and it stays in memory while this handle reads it).
+    current: Option<(u64, Arc<Block>)>,
     /// End of the previous read: where a sequential reader continues.
     last_end: u64,
     last_block: u64,
@@ -105,6 +110,22 @@ impl FileReader for PrefetchReader {
                 }
             }
         }
+        if first == last {
+            let held = self.state.lock().unwrap().current.clone();
+            let block = match held {
+                Some((i, b)) if i == first => {
+                    Metrics::add(&self.cache.metrics().memory_hit_bytes_total, end - offset);
+                    b
+                }
+                _ => {
+                    let b = self.cache.get(&self.object, first, end - offset).await?;
+                    self.state.lock().unwrap().current = Some((first, b.clone()));
+                    b
+                }
+            };
+            let start = (offset - first * bs) as usize;
+            return Ok(block.data.slice(start..start + (end - offset) as usize));
+        }
         let wanted = |i: u64| {
             let r = self.cache.block_range(size, i);
             end.min(r.end) - offset.max(r.start)
@@ -113,10 +134,7 @@ impl FileReader for PrefetchReader {
             (first..=last).map(|i| self.cache.get(&self.object, i, wanted(i))),
         )
         .await?;
-        if blocks.len() == 1 {
-            let start = (offset - first * bs) as usize;
-            return Ok(blocks[0].data.slice(start..start + (end - offset) as usize));
-        }
+        self.state.lock().unwrap().current = Some((last, blocks[blocks.len() - 1].clone()));
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for (i, b) in (first..=last).zip(&blocks) {
             let r = self.cache.block_range(size, i);

@@ -180,3 +180,26 @@ async fn a_changed_object_is_an_error_not_old_or_mixed_bytes() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_concurrent_sequential_readers_waste_no_read_ahead() {
+    let r = rig(64 * MIB, MIB, 32 * MIB, 8 * MIB).await;
+    let readers: Vec<_> = (0..4).map(|_| r.path.open(r.obj.clone())).collect();
+    let mut offs = [0u64, 16 * MIB, 32 * MIB, 48 * MIB];
+    for _ in 0..64 {
+        let futs = readers
+            .iter()
+            .zip(offs.iter())
+            .map(|(h, off)| h.read(*off, 256 << 10));
+        let res = futures::future::try_join_all(futs).await.unwrap();
+        for (b, off) in res.iter().zip(offs.iter_mut()) {
+            assert_eq!(&b[..], &r.data[*off as usize..*off as usize + b.len()]);
+            *off += b.len() as u64;
+        }
+    }
+    r.settle().await;
+    let m = r.cache.metrics();
+    assert_eq!(Metrics::get(&m.prefetched_unused_bytes_total), 0);
+    // Read-ahead past each reader's 16 MiB stretch into the next one's is the only extra.
+    assert!(r.gets() <= 64 + 4 * 8, "{} GETs for 64 blocks", r.gets());
+}
