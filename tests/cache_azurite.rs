@@ -244,3 +244,23 @@ fn cache_clear_empties_the_cache() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
+
+#[test]
+fn two_mounts_share_one_cache_dir() {
+    let az = Azurite::start();
+    let files = dataset(&az);
+    let cache = tempfile::tempdir().unwrap();
+    {
+        let a = mount(&az, cache.path(), &[]);
+        let b = mount(&az, cache.path(), &[]);
+        std::thread::scope(|s| {
+            s.spawn(|| check_all(&a, &files));
+            s.spawn(|| check_all(&b, &files));
+        });
+    }
+    // Both wrote the same blocks at once; a third mount finds every one of them intact.
+    let c = mount(&az, cache.path(), &[]);
+    check_all(&c, &files);
+    assert_eq!(metric(&c, "store_get_requests_total"), 0);
+    assert_eq!(metric(&c, "disk_corrupt_blocks_total"), 0);
+}
