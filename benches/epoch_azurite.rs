@@ -7,10 +7,12 @@
 #[allow(dead_code)]
 #[path = "../tests/common/azurite.rs"]
 mod azurite;
+mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+
+use common::{epoch, Daemon};
 
 use azurite::Azurite;
 use base64::Engine as _;
@@ -18,51 +20,8 @@ use hmac::{Hmac, Mac};
 
 const FILES: usize = 5000;
 
-fn mounted(mp: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .any(|l| l.split(' ').nth(4) == Some(mp.to_str().unwrap()))
-}
-
-fn wait_mounted(mp: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !mounted(mp) {
-        assert!(Instant::now() < deadline, "{} never mounted", mp.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn drop_pages(dir: &Path) {
-    let cmd = format!(
-        "find '{}' -type f -exec dd of=/dev/null if={{}} iflag=nocache count=0 status=none \\;",
-        dir.display()
-    );
-    let _ = Command::new("sh").arg("-c").arg(cmd).status();
-}
-
-fn epoch(dir: &Path) -> f64 {
-    let count = Command::new("sh")
-        .arg("-c")
-        .arg(format!("find '{}' -type f | wc -l", dir.display()))
-        .output()
-        .unwrap();
-    let n: usize = String::from_utf8_lossy(&count.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0);
-    assert_eq!(n, FILES, "{} does not show all files", dir.display());
-    let t = Instant::now();
-    let cmd = format!(
-        "find '{}' -type f | xargs -P8 -n50 cat > /dev/null",
-        dir.display()
-    );
-    assert!(Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .status()
-        .unwrap()
-        .success());
-    t.elapsed().as_secs_f64()
+    common::drop_tree(dir);
 }
 
 /// An account SAS (read + list on blobs) signed with the account key, for rclone's sas_url.
@@ -95,21 +54,6 @@ fn account_sas() -> String {
     )
 }
 
-/// Unmounts and stops a FUSE daemon we started, also on panic.
-struct Daemon(Child, PathBuf);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3").arg("-u").arg(&self.1).status();
-        // SAFETY: SIGTERM to our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-        if mounted(&self.1) {
-            let _ = Command::new("umount").arg("-l").arg(&self.1).status();
-        }
-    }
-}
-
 fn main() {
     let az = Azurite::start();
     az.create_container("lake");
@@ -131,28 +75,21 @@ fn main() {
     let mp = work.path().join("lakemount");
     std::fs::create_dir_all(&mp).unwrap();
     let cache = work.path().join("lm-cache");
-    let child = Command::new(env!("CARGO_BIN_EXE_lakemount"))
-        .args([
-            "mount",
-            "az://devstoreaccount1/lake",
-            mp.to_str().unwrap(),
-            "--foreground",
-        ])
-        .args([
+    let endpoint = az.endpoint();
+    let lm = Daemon::lakemount(
+        "az://devstoreaccount1/lake",
+        &mp,
+        &[
             "--endpoint",
-            &az.endpoint(),
+            &endpoint,
             "--cache-dir",
             cache.to_str().unwrap(),
-        ])
-        .env("AZURE_STORAGE_CONNECTION_STRING", az.connection_string())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lm = Daemon(child, mp.clone());
-    wait_mounted(&mp);
-    let lm1 = epoch(&mp.join("epoch"));
+        ],
+        &[("AZURE_STORAGE_CONNECTION_STRING", az.connection_string())],
+    );
+    let lm1 = epoch(&mp.join("epoch"), FILES);
     drop_pages(&mp);
-    let lm2 = epoch(&mp.join("epoch"));
+    let lm2 = epoch(&mp.join("epoch"), FILES);
     drop(lm);
     println!("lakemount over Azurite: epoch 1 {lm1:.2} s, epoch 2 {lm2:.2} s");
 
@@ -161,40 +98,34 @@ fn main() {
         return;
     }
     let conf = work.path().join("rclone.conf");
+    let sas_url = format!("{}/lake?{}", az.endpoint(), account_sas());
     std::fs::write(
         &conf,
-        format!(
-            "[az]\ntype = azureblob\nsas_url = {}/lake?{}\n",
-            az.endpoint(),
-            account_sas()
-        ),
+        format!("[az]\ntype = azureblob\nsas_url = {sas_url}\n"),
     )
     .unwrap();
     let rmp = work.path().join("rclone");
     std::fs::create_dir_all(&rmp).unwrap();
-    let child = Command::new("rclone")
-        .args([
-            "--config",
-            conf.to_str().unwrap(),
-            "mount",
-            "az:",
-            rmp.to_str().unwrap(),
-        ])
-        .args([
-            "--vfs-cache-mode",
-            "full",
-            "--cache-dir",
-            work.path().join("rc-cache").to_str().unwrap(),
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let rc = Daemon(child, rmp.clone());
-    wait_mounted(&rmp);
+    let mut cmd = Command::new("rclone");
+    let rc_cache = work.path().join("rc-cache");
+    cmd.args([
+        "--config",
+        conf.to_str().unwrap(),
+        "mount",
+        "az:",
+        rmp.to_str().unwrap(),
+    ])
+    .args([
+        "--vfs-cache-mode",
+        "full",
+        "--cache-dir",
+        rc_cache.to_str().unwrap(),
+    ]);
+    let rc = Daemon::spawn(cmd, &rmp);
     // An account SAS makes rclone show the containers at its root.
-    let rc1 = epoch(&rmp.join("lake/epoch"));
+    let rc1 = epoch(&rmp.join("lake/epoch"), FILES);
     drop_pages(&rmp);
-    let rc2 = epoch(&rmp.join("lake/epoch"));
+    let rc2 = epoch(&rmp.join("lake/epoch"), FILES);
     drop(rc);
     println!("rclone mount --vfs-cache-mode full: epoch 1 {rc1:.2} s, epoch 2 {rc2:.2} s");
     println!(

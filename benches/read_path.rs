@@ -16,11 +16,14 @@
 //! daemon itself over a local directory lake, and check with its metrics that the cached
 //! epochs made zero requests to the lake.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::tree::pseudo_random as content;
+use common::{drop_tree, epoch, read_all, timed, Daemon, MIB};
 
 use lakemount::config::MountSettings;
 use lakemount::lake_url::LakeUrl;
@@ -30,7 +33,6 @@ use lakemount::store::memory::MemoryStore;
 use lakemount::store::throttle::ThrottledStore;
 use lakemount::store::DynStore;
 
-const MIB: u64 = 1 << 20;
 const CAP: u64 = 200 * MIB;
 const LATENCY: Duration = Duration::from_millis(20);
 
@@ -57,156 +59,6 @@ fn settings(mountpoint: &Path) -> MountSettings {
         cache_dir: None,
         cache_size: lakemount::cache::disk::CacheSize::Bytes(64 << 30),
         metrics_addr: None,
-    }
-}
-
-/// Drops `path`'s pages from the page cache (FUSE files too; no root needed).
-fn drop_pages(path: &Path) {
-    if let Ok(f) = std::fs::File::open(path) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid open descriptor.
-        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
-fn drop_tree(dir: &Path) {
-    for p in walk(dir) {
-        drop_pages(&p);
-    }
-}
-
-fn read_all(path: &Path) -> u64 {
-    let mut f = std::fs::File::open(path).unwrap();
-    let mut buf = vec![0u8; MIB as usize];
-    let mut n = 0;
-    loop {
-        let k = f.read(&mut buf).unwrap();
-        if k == 0 {
-            return n;
-        }
-        n += k as u64;
-    }
-}
-
-fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
-    let t = Instant::now();
-    let v = f();
-    (v, t.elapsed().as_secs_f64())
-}
-
-/// `find DIR -type f | xargs -P8 -n50 cat > /dev/null`: the shape of a data-loader epoch.
-fn epoch(dir: &Path) -> f64 {
-    timed(|| {
-        let cmd = format!(
-            "find '{}' -type f | xargs -P8 -n50 cat > /dev/null",
-            dir.display()
-        );
-        assert!(Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .status()
-            .unwrap()
-            .success());
-    })
-    .1
-}
-
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn mounted(mp: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .any(|l| l.split(' ').nth(4) == Some(mp.to_str().unwrap()))
-}
-
-/// The real daemon in the foreground; SIGTERM (unmount) on drop.
-struct Daemon {
-    child: Child,
-    metrics: String,
-}
-
-impl Daemon {
-    fn start(lake: &Path, mp: &Path, extra: &[&str]) -> Daemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let metrics = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_lakemount"))
-            .args([
-                "mount",
-                &format!("file://{}", lake.display()),
-                mp.to_str().unwrap(),
-                "--foreground",
-            ])
-            .args(["--metrics-addr", &metrics])
-            .args(extra)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !mounted(mp) {
-            assert!(Instant::now() < deadline, "daemon did not mount");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon { child, metrics }
-    }
-
-    fn metric(&self, name: &str) -> u64 {
-        let mut s = std::net::TcpStream::connect(&self.metrics).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        let want = format!("lakemount_{name} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&want))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-
-    fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap();
-        kib * 1024
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: SIGTERM to our own child; it unmounts and exits.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
     }
 }
 
@@ -246,14 +98,15 @@ fn main() {
         std::fs::write(p, content(100_000, i + 10)).unwrap();
     }
     let cache_arg = ["--cache-dir", cache.to_str().unwrap()];
+    let lake_url = format!("file://{}", lake.display());
 
     // First pass fills the caches; the second epoch on the same mount reads the memory tier.
-    let d = Daemon::start(&lake, &mp, &cache_arg);
+    let d = Daemon::lakemount(&lake_url, &mp, &cache_arg, &[]);
     read_all(&mp.join("big.bin"));
-    let first = epoch(&mp.join("epoch"));
+    let first = epoch(&mp.join("epoch"), 5000);
     drop_tree(&mp.join("epoch"));
     let gets = d.metric("store_get_requests_total");
-    let second_mem = epoch(&mp.join("epoch"));
+    let second_mem = epoch(&mp.join("epoch"), 5000);
     assert_eq!(
         d.metric("store_get_requests_total"),
         gets,
@@ -265,7 +118,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs(1));
     drop_tree(&cache);
     drop_tree(&lake);
-    let d = Daemon::start(&lake, &mp, &cache_arg);
+    let d = Daemon::lakemount(&lake_url, &mp, &cache_arg, &[]);
     let (_, local_secs) = timed(|| read_all(&lake.join("big.bin")));
     let (_, cached_secs) = timed(|| read_all(&mp.join("big.bin")));
     println!(
@@ -275,8 +128,8 @@ fn main() {
         local_secs / cached_secs
     );
     drop_tree(&lake);
-    let local_epoch = epoch(&lake.join("epoch"));
-    let second_disk = epoch(&mp.join("epoch"));
+    let local_epoch = epoch(&lake.join("epoch"), 5000);
+    let second_disk = epoch(&mp.join("epoch"), 5000);
     assert_eq!(
         d.metric("store_get_requests_total"),
         0,
@@ -294,11 +147,8 @@ fn main() {
     for i in 0..4 {
         std::fs::write(lake.join(format!("f{i}.bin")), content(512 << 20, 100 + i)).unwrap();
     }
-    let d = Daemon::start(
-        &lake,
-        &mp,
-        &["--max-memory", "256M", "--max-readahead", "64M"],
-    );
+    let budget = ["--max-memory", "256M", "--max-readahead", "64M"];
+    let d = Daemon::lakemount(&lake_url, &mp, &budget, &[]);
     let (_, secs) = timed(|| {
         std::thread::scope(|sc| {
             for i in 0..4 {

@@ -141,7 +141,8 @@ pub struct MountArgs {
 
 #[derive(Debug, Args)]
 pub struct WarmArgs {
-    /// The lake URL of a directory or file to warm, e.g. az://myaccount/datasets/imagenet/train.
+    /// The lake URL of a directory to warm (everything below it), e.g.
+    /// az://myaccount/datasets/imagenet/train.
     pub lake: String,
 
     /// The disk block cache to fill (the --cache-dir of the mount that will use it).

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::azurite::Azurite;
-use common::mount::{lakemount, wait_for, Mount};
+use common::mount::{lakemount, mount_azurite, wait_for, Mount};
 use common::tree::{pseudo_random, sha256, sha256_file};
 
 const CONTAINER: &str = "lake";
@@ -18,11 +18,8 @@ fn lake() -> String {
 }
 
 fn mount(az: &Azurite, cache: &Path, extra: &[&str]) -> Mount {
-    let endpoint = az.endpoint();
     let cache = cache.to_str().unwrap();
     let mut args = vec![
-        "--endpoint",
-        endpoint.as_str(),
         "--cache-dir",
         cache,
         "--block-size",
@@ -31,13 +28,7 @@ fn mount(az: &Azurite, cache: &Path, extra: &[&str]) -> Mount {
         "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
-    let cs = az.connection_string();
-    Mount::start(
-        &lake(),
-        &args,
-        &[("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())],
-    )
-    .unwrap_or_else(|o| panic!("mount failed: {}", String::from_utf8_lossy(&o.stderr)))
+    mount_azurite(az, CONTAINER, &args)
 }
 
 /// One counter from the daemon's Prometheus endpoint (its address is in the log).
@@ -263,4 +254,30 @@ fn two_mounts_share_one_cache_dir() {
     check_all(&c, &files);
     assert_eq!(metric(&c, "store_get_requests_total"), 0);
     assert_eq!(metric(&c, "disk_corrupt_blocks_total"), 0);
+}
+
+#[test]
+fn warm_of_a_directory_with_no_files_is_an_error() {
+    let az = Azurite::start();
+    dataset(&az);
+    let cache = tempfile::tempdir().unwrap();
+    let endpoint = az.endpoint();
+    let cs = az.connection_string();
+    let out = lakemount(
+        &[
+            "warm",
+            &format!("{}/no/such/dir", lake()),
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+            "--endpoint",
+            &endpoint,
+        ],
+        &[("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no files below"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }

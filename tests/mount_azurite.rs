@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 
 use common::azurite::Azurite;
-use common::mount::{is_mounted, lakemount, Mount};
+use common::mount::{is_mounted, lakemount, mount_azurite, Mount};
 use common::tree::{pseudo_random, snapshot};
 
 const CONTAINER: &str = "lake";
@@ -14,24 +14,8 @@ fn lake() -> String {
     format!("az://{}/{CONTAINER}", common::azurite::ACCOUNT)
 }
 
-/// Mount options and environment that reach `az` at its loopback endpoint.
 fn mount(az: &Azurite, extra: &[&str]) -> Mount {
-    let endpoint = az.endpoint();
-    let mut args = vec!["--endpoint", endpoint.as_str()];
-    args.extend_from_slice(extra);
-    let cs = az.connection_string();
-    Mount::start(
-        &lake(),
-        &args,
-        &[("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())],
-    )
-    .unwrap_or_else(|o| {
-        panic!(
-            "mount failed: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    })
+    mount_azurite(az, CONTAINER, extra)
 }
 
 /// Writes `rel` under `root` and uploads the same bytes as blob `rel`.

@@ -59,6 +59,12 @@ pub async fn warm(
     threads: usize,
 ) -> Result<WarmReport> {
     let files = visible_files(&store).await?;
+    if files.is_empty() {
+        return Err(anyhow!(
+            "no files below {} (warm takes a directory)",
+            store.describe()
+        ));
+    }
     let total: u64 = files.iter().map(|f| f.size).sum();
     let progress = Progress::new("warm", files.len() as u64, total);
     let (cached, gets) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));

@@ -108,3 +108,25 @@ impl Drop for Mount {
         }
     }
 }
+
+/// Mounts `container` of `az` through its loopback endpoint with its connection string;
+/// panics with the command's output if that fails.
+pub fn mount_azurite(az: &super::azurite::Azurite, container: &str, extra: &[&str]) -> Mount {
+    let endpoint = az.endpoint();
+    let mut args = vec!["--endpoint", endpoint.as_str()];
+    args.extend_from_slice(extra);
+    let cs = az.connection_string();
+    let lake = format!("az://{}/{container}", super::azurite::ACCOUNT);
+    Mount::start(
+        &lake,
+        &args,
+        &[("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())],
+    )
+    .unwrap_or_else(|o| {
+        panic!(
+            "mount failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
