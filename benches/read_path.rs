@@ -118,11 +118,26 @@ fn main() {
     std::thread::sleep(Duration::from_secs(1));
     drop_tree(&cache);
     drop_tree(&lake);
-    let d = Daemon::lakemount(&lake_url, &mp, &cache_arg, &[]);
-    let (_, local_secs) = timed(|| read_all(&lake.join("big.bin")));
-    let (_, cached_secs) = timed(|| read_all(&mp.join("big.bin")));
+    // A memory tier smaller than the file: every trial reads the disk tier.
+    let disk_only = [&cache_arg[..], &["--max-memory", "256M"]].concat();
+    let d = Daemon::lakemount(&lake_url, &mp, &disk_only, &[]);
+    // Three alternating trials, each with every page cache dropped; medians compared.
+    let (mut local, mut cached) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        drop_tree(&cache);
+        drop_tree(&lake);
+        common::drop_pages(&mp.join("big.bin"));
+        local.push(timed(|| read_all(&lake.join("big.bin"))).1);
+        cached.push(timed(|| read_all(&mp.join("big.bin"))).1);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[1]
+    };
+    let (local_secs, cached_secs) = (median(&mut local), median(&mut cached));
     println!(
-        "b. 1 GiB from the disk cache after a remount: {:.0} MiB/s vs local file {:.0} MiB/s, page caches dropped: ratio {:.2} (target >= 0.8)",
+        "b. 1 GiB from the disk cache after a remount: {:.0} MiB/s vs local file {:.0} MiB/s, page caches dropped \
+(median of 3): ratio {:.2} (target >= 0.8)",
         1024.0 / cached_secs,
         1024.0 / local_secs,
         local_secs / cached_secs

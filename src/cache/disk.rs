@@ -25,6 +25,8 @@ use crate::metrics::Metrics;
 
 const MAGIC: &[u8; 8] = b"LMBLK001";
 const SUBDIR: &str = "blocks-v1";
+/// How finely a hit's time is written back to the block file's mtime.
+const RECENCY_STEP: Duration = Duration::from_secs(600);
 /// Temporary files older than this were left by a crashed writer.
 const STALE_TMP: Duration = Duration::from_secs(600);
 
@@ -211,11 +213,6 @@ impl DiskCache {
         match read_block(&path, identity, expected_len) {
             Ok(Some(data)) => {
                 self.index.lock().unwrap().lru.promote(&h);
-                // Persist the recency for the next index rebuild.
-                let _ = File::options()
-                    .write(true)
-                    .open(&path)
-                    .and_then(|f| f.set_modified(SystemTime::now()));
                 Metrics::add(&self.metrics.disk_hit_bytes_total, data.len() as u64);
                 Some(data)
             }
@@ -369,13 +366,26 @@ fn read_block(path: &Path, identity: &str, expected_len: u64) -> io::Result<Opti
         // Two identities with one SHA-256: not going to happen, but never serve the wrong block.
         return Err(bad("identity mismatch"));
     }
-    let mut data = vec![0u8; len as usize];
-    f.read_exact(&mut data).map_err(|_| bad("truncated data"))?;
-    if f.read(&mut [0u8; 1])? != 0 {
+    // Read one byte past the expected end to catch trailing garbage; no zero-filled buffer.
+    let mut data = Vec::with_capacity(len as usize + 1);
+    (&mut f).take(len + 1).read_to_end(&mut data)?;
+    if (data.len() as u64) < len {
+        return Err(bad("truncated data"));
+    }
+    if data.len() as u64 > len {
         return Err(bad("trailing bytes"));
     }
     if crc32c::crc32c(&data) != crc {
         return Err(bad("checksum mismatch"));
+    }
+    // Persist the recency for the next index rebuild, coarsely: one timestamp write per
+    // block per RECENCY_STEP, not one per hit.
+    let now = SystemTime::now();
+    let stale = f.metadata()?.modified().map_or(true, |m| {
+        now.duration_since(m).unwrap_or_default() > RECENCY_STEP
+    });
+    if stale {
+        let _ = f.set_modified(now);
     }
     Ok(Some(Bytes::from(data)))
 }
