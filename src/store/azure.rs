@@ -21,7 +21,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use url::Url;
 
-use super::{azure_list, ListPage, ObjectInfo, Store, StoreError, StoreResult};
+use super::{azure_list, retry, ListPage, ObjectInfo, Store, StoreError, StoreResult};
 
 /// How to authenticate; `Auto` tries, in order: bearer token, account key, workload identity,
 /// service principal, SAS, then managed identity (object_store's resolution order).
@@ -231,36 +231,64 @@ impl AzureStore {
     }
 
     /// Sends one signed request; non-success statuses become [`StoreError`]s.
+    /// Sends one signed request, retrying transient failures (see [`retry`]); other
+    /// non-success statuses become [`StoreError`]s at once.
     async fn send(&self, method: Method, url: Url) -> StoreResult<HttpResponse> {
-        let cred = self
-            .os
-            .credentials()
-            .get_credential()
-            .await
-            .map_err(|e| StoreError::Denied(format!("could not obtain a credential: {e}")))?;
+        let mut attempt = 0;
+        loop {
+            match self.send_once(method.clone(), &url).await {
+                Ok(resp) => return Ok(resp),
+                Err((err, Some(after))) if attempt + 1 < retry::ATTEMPTS => {
+                    let wait = retry::delay(attempt, after, retry::jitter());
+                    tracing::debug!("retrying in {wait:?}: {err}");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err((err, _)) => return Err(err),
+            }
+        }
+    }
+
+    /// One attempt. On failure, `Some(retry_after)` marks it worth retrying.
+    async fn send_once(
+        &self,
+        method: Method,
+        url: &Url,
+    ) -> Result<HttpResponse, (StoreError, Option<Option<Duration>>)> {
+        let cred = self.os.credentials().get_credential().await.map_err(|e| {
+            (
+                StoreError::Denied(format!("could not obtain a credential: {e}")),
+                None,
+            )
+        })?;
         let mut req = Request::builder()
             .method(method)
             .uri(url.as_str())
             .body(HttpRequestBody::empty())
-            .map_err(|e| StoreError::Other(e.to_string()))?;
+            .map_err(|e| (StoreError::Other(e.to_string()), None))?;
         AzureAuthorizer::new(&cred, &self.account)
             .try_authorize(&mut req)
-            .map_err(|e| StoreError::Denied(format!("could not sign the request: {e}")))?;
-        let resp = self
-            .http
-            .execute(req)
-            .await
-            .map_err(|e| StoreError::Unreachable(format!("{}: {e}", self.where_(&url))))?;
+            .map_err(|e| {
+                (
+                    StoreError::Denied(format!("could not sign the request: {e}")),
+                    None,
+                )
+            })?;
+        let resp = self.http.execute(req).await.map_err(|e| {
+            let err = StoreError::Unreachable(format!("{}: {e}", self.where_(url)));
+            (err, Some(None))
+        })?;
         if resp.status().is_success() {
             return Ok(resp);
         }
-        let code = resp
-            .headers()
-            .get("x-ms-error-code")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        Err(self.status_error(resp.status(), &code, &self.where_(&url)))
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+        let code = header("x-ms-error-code").unwrap_or("").to_string();
+        let retry = retry::retryable_status(resp.status().as_u16())
+            .then(|| retry::parse_retry_after(header("retry-after")));
+        Err((
+            self.status_error(resp.status(), &code, &self.where_(url)),
+            retry,
+        ))
     }
 
     fn status_error(&self, status: StatusCode, code: &str, what: &str) -> StoreError {

@@ -9,6 +9,7 @@ pub mod azure;
 pub mod azure_list;
 pub mod local;
 pub mod memory;
+pub mod retry;
 pub mod throttle;
 
 use std::fmt;
