@@ -214,3 +214,26 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_input_parses_or_fails_cleanly(s in ".{0,200}") {
+            let _ = LakeUrl::parse(&s);
+        }
+
+        #[test]
+        fn azure_urls_survive_display_and_parse(
+            account in "[a-z0-9]{3,24}",
+            container in "[a-z0-9]([a-z0-9]|-[a-z0-9]){2,30}",
+            prefix in "([a-zA-Z0-9_.]{1,8}/){0,3}",
+        ) {
+            let url = LakeUrl::parse(&format!("az://{account}/{container}/{prefix}")).unwrap();
+            prop_assert_eq!(LakeUrl::parse(&url.to_string()).unwrap(), url);
+        }
+    }
+}

@@ -194,8 +194,56 @@ mod tests {
     }
 
     #[test]
+    fn names_keep_leading_and_trailing_spaces() {
+        let xml = "<EnumerationResults><Blobs><Blob><Name>  two spaces </Name><Properties><Last-Modified>Wed, 25 Nov 2026 03:39:11 GMT</Last-Modified><Etag>0x1</Etag><Content-Length>7</Content-Length></Properties></Blob></Blobs></EnumerationResults>";
+        let page = super::parse(xml, "").unwrap();
+        assert_eq!(page.objects[0].key, "  two spaces ");
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(parse("<nope", "").is_err());
         assert!(parse("", "").is_err());
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn escape(s: &str) -> String {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    }
+
+    proptest! {
+        #[test]
+        fn any_response_parses_or_fails_cleanly(s in ".{0,400}") {
+            let _ = parse(&s, "");
+        }
+
+        #[test]
+        fn listed_names_come_back_exactly(
+            names in proptest::collection::vec("[^\u{0}-\u{1f}\u{fffe}\u{ffff}]{1,40}", 0..20),
+            prefixes in proptest::collection::vec("[a-z/ &<>]{1,20}/", 0..5),
+        ) {
+            let mut xml = String::from("<EnumerationResults><Blobs>");
+            for n in &names {
+                xml += &format!(
+                    "<Blob><Name>{}</Name><Properties><Last-Modified>Wed, 25 Nov 2026 03:39:11 GMT</Last-Modified><Etag>0x1</Etag><Content-Length>7</Content-Length></Properties></Blob>",
+                    escape(n)
+                );
+            }
+            for p in &prefixes {
+                xml += &format!("<BlobPrefix><Name>{}</Name></BlobPrefix>", escape(p));
+            }
+            xml += "</Blobs><NextMarker/></EnumerationResults>";
+            let page = parse(&xml, "").unwrap();
+            let got: Vec<_> = page.objects.iter().map(|o| o.key.clone()).collect();
+            prop_assert_eq!(got, names);
+            prop_assert_eq!(page.prefixes, prefixes);
+        }
     }
 }
