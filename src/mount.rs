@@ -371,7 +371,6 @@ pub fn build_fs(store: DynStore, s: &MountSettings, metrics: Arc<Metrics>) -> Re
         file_mode: s.file_mode,
         dir_mode: s.dir_mode,
         metadata_ttl: s.metadata_ttl,
-        read_only: true,
         ..FsConfig::default()
     };
     let read_path = PrefetchReadPath::new(blocks, s.max_readahead);

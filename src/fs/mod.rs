@@ -48,7 +48,6 @@ pub struct FsConfig {
     pub dir_mode: u16,
     /// How long metadata (listings, lookups, attributes) is trusted, here and in the kernel.
     pub metadata_ttl: Duration,
-    pub read_only: bool,
     /// Bound on directory entries held by the metadata cache.
     pub max_cached_entries: u64,
 }
@@ -61,7 +60,6 @@ impl Default for FsConfig {
             file_mode: 0o644,
             dir_mode: 0o755,
             metadata_ttl: Duration::from_secs(60),
-            read_only: true,
             max_cached_entries: 1_000_000,
         }
     }
