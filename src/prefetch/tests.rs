@@ -203,3 +203,58 @@ async fn four_concurrent_sequential_readers_waste_no_read_ahead() {
     // Read-ahead past each reader's 16 MiB stretch into the next one's is the only extra.
     assert!(r.gets() <= 64 + 4 * 8, "{} GETs for 64 blocks", r.gets());
 }
+
+/// A store that loses the tail of every response: a broken connection that looked fine.
+#[derive(Debug)]
+struct Truncating(MemoryStore);
+
+#[async_trait::async_trait]
+impl Store for Truncating {
+    fn describe(&self) -> String {
+        "truncating://".into()
+    }
+    async fn list_page(
+        &self,
+        p: &str,
+        m: Option<String>,
+    ) -> crate::store::StoreResult<crate::store::ListPage> {
+        self.0.list_page(p, m).await
+    }
+    async fn head(&self, key: &str) -> crate::store::StoreResult<Option<crate::store::ObjectInfo>> {
+        self.0.head(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+        etag: &str,
+    ) -> crate::store::StoreResult<bytes::Bytes> {
+        let data = self.0.get_range(key, range, etag).await?;
+        Ok(data.slice(..data.len() / 2))
+    }
+    async fn delete(&self, key: &str) -> crate::store::StoreResult<()> {
+        self.0.delete(key).await
+    }
+}
+
+#[tokio::test]
+async fn a_short_response_is_an_error_never_short_or_wrong_data() {
+    let mem = MemoryStore::new();
+    mem.put("f", vec![7u8; 3 * MIB as usize]);
+    let etag = mem.head("f").await.unwrap().unwrap().etag;
+    let store = Arc::new(Truncating(mem));
+    let cfg = BlockConfig {
+        block_size: MIB,
+        max_memory: 16 * MIB,
+    };
+    let cache = BlockCache::new(store, None, cfg, Arc::new(Metrics::default()));
+    let h = PrefetchReadPath::new(cache, 4 * MIB).open(ObjectVersion {
+        key: "f".into(),
+        etag,
+        size: 3 * MIB,
+    });
+    for off in [0, MIB + 5, 3 * MIB - 10] {
+        let err = h.read(off, 4096).await.unwrap_err();
+        assert!(matches!(err, crate::store::StoreError::Other(_)), "{err:?}");
+    }
+}
