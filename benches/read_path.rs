@@ -36,32 +36,6 @@ use lakemount::store::DynStore;
 const CAP: u64 = 200 * MIB;
 const LATENCY: Duration = Duration::from_millis(20);
 
-fn settings(mountpoint: &Path) -> MountSettings {
-    MountSettings {
-        lake: LakeUrl::Local {
-            path: "/bench".into(),
-        },
-        mountpoint: mountpoint.into(),
-        read_only: true,
-        foreground: true,
-        allow_other: false,
-        uid: 0,
-        gid: 0,
-        file_mode: 0o644,
-        dir_mode: 0o755,
-        metadata_ttl: Duration::from_secs(300),
-        endpoint: None,
-        auth: Default::default(),
-        log_file: None,
-        block_size: 8 * MIB,
-        max_readahead: 128 * MIB,
-        max_memory: 1 << 30,
-        cache_dir: None,
-        cache_size: lakemount::cache::disk::CacheSize::Bytes(64 << 30),
-        metrics_addr: None,
-    }
-}
-
 fn main() {
     lakemount::tune_allocator();
     let work = tempfile::tempdir().unwrap();
@@ -182,4 +156,17 @@ fn main() {
         peak as f64 / MIB as f64,
         wasted
     );
+}
+
+fn settings(mountpoint: &Path) -> MountSettings {
+    MountSettings {
+        metadata_ttl: Duration::from_secs(300),
+        max_memory: 1 << 30,
+        ..MountSettings::defaults(
+            LakeUrl::Local {
+                path: "/bench".into(),
+            },
+            mountpoint.into(),
+        )
+    }
 }

@@ -130,33 +130,30 @@ impl MountSettings {
         let mountpoint = args.mountpoint.clone().or(file.mountpoint).ok_or_else(|| {
             anyhow!("no mount point given (argument MOUNTPOINT or `mountpoint` in --config)")
         })?;
-        // SAFETY: getuid/getgid cannot fail and touch no memory.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let d = MountSettings::defaults(lake, mountpoint);
         let file_mode = args.file_mode.clone().or(file.file_mode);
         let dir_mode = args.dir_mode.clone().or(file.dir_mode);
+        let mode = |m: Option<String>, default| {
+            m.as_deref()
+                .map(parse_mode)
+                .transpose()
+                .map(|m| m.unwrap_or(default))
+        };
+        let metrics_addr = args.metrics_addr.clone().or(file.metrics_addr);
         MountSettings {
-            lake,
-            mountpoint,
-            read_only: args.read_only || file.read_only.unwrap_or(false),
+            read_only: args.read_only || file.read_only.unwrap_or(d.read_only),
             foreground: args.foreground,
-            allow_other: args.allow_other || file.allow_other.unwrap_or(false),
-            uid: args.uid.or(file.uid).unwrap_or(uid),
-            gid: args.gid.or(file.gid).unwrap_or(gid),
-            file_mode: file_mode
-                .as_deref()
-                .map(parse_mode)
-                .transpose()?
-                .unwrap_or(0o644),
-            dir_mode: dir_mode
-                .as_deref()
-                .map(parse_mode)
-                .transpose()?
-                .unwrap_or(0o755),
-            metadata_ttl: Duration::from_secs(
-                args.metadata_ttl.or(file.metadata_ttl).unwrap_or(60),
-            ),
+            allow_other: args.allow_other || file.allow_other.unwrap_or(d.allow_other),
+            uid: args.uid.or(file.uid).unwrap_or(d.uid),
+            gid: args.gid.or(file.gid).unwrap_or(d.gid),
+            file_mode: mode(file_mode, d.file_mode)?,
+            dir_mode: mode(dir_mode, d.dir_mode)?,
+            metadata_ttl: args
+                .metadata_ttl
+                .or(file.metadata_ttl)
+                .map_or(d.metadata_ttl, Duration::from_secs),
             endpoint: args.endpoint.clone().or(file.endpoint),
-            auth: args.auth.or(file.auth).unwrap_or_default(),
+            auth: args.auth.or(file.auth).unwrap_or(d.auth),
             log_file: args.log_file.clone().or(file.log_file),
             block_size: block_size(args.block_size.as_deref().or(file.block_size.as_deref()))?,
             max_readahead: size(
@@ -164,27 +161,53 @@ impl MountSettings {
                 args.max_readahead
                     .as_deref()
                     .or(file.max_readahead.as_deref()),
-                128 << 20,
+                d.max_readahead,
             )?,
             max_memory: size(
                 "max-memory",
                 args.max_memory.as_deref().or(file.max_memory.as_deref()),
-                default_max_memory(),
+                d.max_memory,
             )?,
             cache_dir: args.cache_dir.clone().or(file.cache_dir),
             cache_size: cache_size(args.cache_size.as_deref().or(file.cache_size.as_deref()))?,
-            metrics_addr: args
-                .metrics_addr
-                .clone()
-                .or(file.metrics_addr)
+            metrics_addr: metrics_addr
                 .map(|a| {
                     a.parse().map_err(|_| {
                         anyhow!("--metrics-addr {a:?}: expected HOST:PORT, e.g. 127.0.0.1:9464")
                     })
                 })
                 .transpose()?,
+            ..d
         }
         .checked()
+    }
+
+    /// The settings `lakemount mount LAKE MOUNTPOINT` gets without any other flag (but run in
+    /// the foreground), for embedding the filesystem in another program.
+    pub fn defaults(lake: LakeUrl, mountpoint: PathBuf) -> Self {
+        // SAFETY: getuid/getgid cannot fail and touch no memory.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        MountSettings {
+            lake,
+            mountpoint,
+            read_only: false,
+            foreground: true,
+            allow_other: false,
+            uid,
+            gid,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            metadata_ttl: Duration::from_secs(60),
+            endpoint: None,
+            auth: AuthMethod::default(),
+            log_file: None,
+            block_size: DEFAULT_BLOCK_SIZE,
+            max_readahead: 128 << 20,
+            max_memory: default_max_memory(),
+            cache_dir: None,
+            cache_size: CacheSize::PercentOfDisk(80.0),
+            metrics_addr: None,
+        }
     }
 
     fn checked(self) -> Result<Self> {

@@ -50,32 +50,6 @@ impl Store for Gated {
     }
 }
 
-fn settings(mountpoint: &std::path::Path) -> MountSettings {
-    MountSettings {
-        lake: LakeUrl::Local {
-            path: "/gated".into(),
-        },
-        mountpoint: mountpoint.into(),
-        read_only: true,
-        foreground: true,
-        allow_other: false,
-        uid: 0,
-        gid: 0,
-        file_mode: 0o644,
-        dir_mode: 0o755,
-        metadata_ttl: Duration::from_secs(60),
-        endpoint: None,
-        auth: Default::default(),
-        log_file: None,
-        block_size: 1 << 20,
-        max_readahead: 4 << 20,
-        max_memory: 64 << 20,
-        cache_dir: None,
-        cache_size: lakemount::cache::disk::CacheSize::Bytes(1 << 30),
-        metrics_addr: None,
-    }
-}
-
 #[test]
 fn a_read_waiting_on_the_lake_does_not_block_other_requests() {
     let store = Arc::new(Gated {
@@ -134,4 +108,18 @@ fn a_read_waiting_on_the_lake_does_not_block_other_requests() {
     assert_eq!(reader.join().unwrap().unwrap(), b"slow bytes");
     drop(session);
     assert!(!common::mount::is_mounted(dir.path()));
+}
+
+fn settings(mountpoint: &std::path::Path) -> MountSettings {
+    MountSettings {
+        block_size: 1 << 20,
+        max_readahead: 4 << 20,
+        max_memory: 64 << 20,
+        ..MountSettings::defaults(
+            LakeUrl::Local {
+                path: "/gated".into(),
+            },
+            mountpoint.into(),
+        )
+    }
 }
