@@ -349,13 +349,30 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 /// The filesystem a mount serves: the core over read-ahead, the memory block cache and (with
 /// `--cache-dir`) the disk block cache.
 pub fn build_fs(store: DynStore, s: &MountSettings, metrics: Arc<Metrics>) -> Result<Arc<LakeFs>> {
-    let disk = match &s.cache_dir {
-        Some(dir) => Some(Arc::new(
-            DiskCache::open(dir, s.cache_size, metrics.clone())
-                .with_context(|| format!("cache directory {}", dir.display()))?,
-        )),
-        None => None,
+    let disk = open_disk_cache(s, &metrics)?;
+    Ok(build_fs_with(store, s, metrics, disk))
+}
+
+/// The disk block cache of `--cache-dir`, if any.
+pub fn open_disk_cache(
+    s: &MountSettings,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<DiskCache>>> {
+    let Some(dir) = &s.cache_dir else {
+        return Ok(None);
     };
+    let disk = DiskCache::open(dir, s.cache_size, metrics.clone())
+        .with_context(|| format!("cache directory {}", dir.display()))?;
+    Ok(Some(Arc::new(disk)))
+}
+
+/// [`build_fs`] over an already opened disk cache.
+pub fn build_fs_with(
+    store: DynStore,
+    s: &MountSettings,
+    metrics: Arc<Metrics>,
+    disk: Option<Arc<DiskCache>>,
+) -> Arc<LakeFs> {
     let blocks = BlockCache::new(
         store.clone(),
         disk,
@@ -374,7 +391,7 @@ pub fn build_fs(store: DynStore, s: &MountSettings, metrics: Arc<Metrics>) -> Re
         ..FsConfig::default()
     };
     let read_path = PrefetchReadPath::new(blocks, s.max_readahead);
-    Ok(Arc::new(LakeFs::new(store, read_path, fs_cfg)))
+    Arc::new(LakeFs::new(store, read_path, fs_cfg))
 }
 
 /// A FUSE session serving `fs` at a mount point, from a thread of this process.
@@ -490,7 +507,8 @@ fn serve(s: &MountSettings, ready: &mut Readiness) -> Result<()> {
         })?
         .map_err(|e| explain(&lake, e))?;
     let metrics = Arc::new(Metrics::default());
-    let fs = build_fs(store, s, metrics.clone())?;
+    let disk = open_disk_cache(s, &metrics)?;
+    let fs = build_fs_with(store, s, metrics.clone(), disk.clone());
     if let Some(addr) = s.metrics_addr {
         let bound = rt
             .block_on(crate::metrics::serve(addr, metrics))
@@ -500,7 +518,13 @@ fn serve(s: &MountSettings, ready: &mut Readiness) -> Result<()> {
     let mut session = Session::start(fs, &mountpoint, s.allow_other, rt.handle().clone())?;
     tracing::info!("mounted {lake} at {}", mountpoint.display());
     ready.ready();
-    rt.block_on(session.run_until_stopped())
+    let result = rt.block_on(session.run_until_stopped());
+    if let Some(disk) = disk {
+        if !disk.wait_idle(Duration::from_secs(30)) {
+            tracing::warn!("some blocks were still being written to the disk cache at exit");
+        }
+    }
+    result
 }
 
 /// Polls (bounded) until a stat of the mount point is answered by our filesystem.

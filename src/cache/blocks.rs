@@ -326,9 +326,7 @@ impl BlockCache {
             )));
         }
         if let Some(disk) = &self.disk {
-            // Written behind the reader's back: a slow or full cache disk never delays a read.
-            let (disk, id, data) = (disk.clone(), id.to_string(), data.clone());
-            tokio::task::spawn_blocking(move || disk.put(&id, &data));
+            disk.write_behind(id.to_string(), data.clone());
         }
         Ok(block(data))
     }

@@ -14,6 +14,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -106,6 +107,8 @@ pub struct DiskCache {
     capacity: u64,
     index: Mutex<Index>,
     metrics: Arc<Metrics>,
+    /// Writes handed to `write_behind` and not finished yet.
+    pending: AtomicUsize,
 }
 
 /// What `lakemount cache stats` reports.
@@ -145,6 +148,7 @@ impl DiskCache {
                 bytes: 0,
             }),
             metrics,
+            pending: AtomicUsize::new(0),
         };
         cache.rebuild()?;
         Ok(cache)
@@ -266,6 +270,30 @@ impl DiskCache {
                 tracing::warn!("disk cache: cannot write {}: {e}", path.display());
             }
         }
+    }
+
+    /// Stores a block from a blocking-pool thread, so a slow or full cache disk never delays
+    /// the reader that fetched it. Needs a tokio runtime.
+    pub fn write_behind(self: &Arc<Self>, identity: String, data: Bytes) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            me.put(&identity, &data);
+            me.pending.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    /// Waits (polling, at most `limit`) until every `write_behind` has landed; false on timeout.
+    /// Called at unmount so blocks fetched last are not lost with the daemon.
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        let end = std::time::Instant::now() + limit;
+        while self.pending.load(Ordering::SeqCst) > 0 {
+            if std::time::Instant::now() > end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
     }
 
     /// Removes least recently used blocks until at most `target` bytes remain.
@@ -464,6 +492,22 @@ mod tests {
         assert_eq!(c.stats().bytes, per_block * 3);
         assert_eq!(c.clear().unwrap(), 3);
         assert!(c.get("k0", 1000).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn written_behind_blocks_have_landed_once_idle() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Arc::new(open(d.path(), 1 << 30));
+        for i in 0..20 {
+            c.write_behind(format!("k{i}"), Bytes::from(vec![i as u8; 4096]));
+        }
+        let c2 = c.clone();
+        let idle = tokio::task::spawn_blocking(move || c2.wait_idle(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        assert!(idle);
+        assert_eq!(c.stats().blocks, 20);
+        assert_eq!(&c.get("k7", 4096).unwrap()[..], &[7u8; 4096][..]);
     }
 
     #[test]
