@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use crate::store::azure::AuthMethod;
@@ -99,7 +100,7 @@ pub struct MountArgs {
     pub endpoint: Option<String>,
 
     /// Which credential to use [default: auto, which takes the first one configured].
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = auth_parser())]
     pub auth: Option<AuthMethod>,
 
     /// A TOML file whose keys mirror these flags (lake, mountpoint, read_only, allow_other, uid,
@@ -166,7 +167,7 @@ pub struct WarmArgs {
     pub endpoint: Option<String>,
 
     /// Which credential to use.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = auth_parser())]
     pub auth: Option<AuthMethod>,
 }
 
@@ -192,4 +193,9 @@ pub struct UnmountArgs {
     /// Detach now even if files are open; the mount goes away when they are closed.
     #[arg(long)]
     pub lazy: bool,
+}
+
+/// `--auth`: the store's method names, listed in --help.
+fn auth_parser() -> impl TypedValueParser<Value = AuthMethod> {
+    PossibleValuesParser::new(AuthMethod::NAMES).map(|s| s.parse().expect("a listed name"))
 }

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -39,17 +38,7 @@ fn metric(m: &Mount, name: &str) -> u64 {
         .nth(1)
         .and_then(|rest| rest.split('/').next())
         .unwrap_or_else(|| panic!("no metrics address in log: {log}"));
-    let mut sock = std::net::TcpStream::connect(addr).unwrap();
-    sock.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
-    let mut text = String::new();
-    sock.read_to_string(&mut text).unwrap();
-    let want = format!("lakemount_{name} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&want))
-        .unwrap_or_else(|| panic!("{name} not in {text}"))
-        .trim()
-        .parse()
-        .unwrap()
+    common::metrics::scrape(addr, name)
 }
 
 fn dataset(az: &Azurite) -> Vec<(String, Vec<u8>)> {
@@ -69,24 +58,29 @@ fn dataset(az: &Azurite) -> Vec<(String, Vec<u8>)> {
     files
 }
 
-fn warm(az: &Azurite, cache: &Path) -> String {
+/// `lakemount warm URL --cache-dir CACHE --block-size 1M` against `az`.
+fn warm_output(az: &Azurite, url: &str, cache: &Path) -> std::process::Output {
     let endpoint = az.endpoint();
     let cs = az.connection_string();
-    let out = lakemount(
-        &[
-            "warm",
-            &lake(),
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--block-size",
-            "1M",
-            "--endpoint",
-            &endpoint,
-        ],
-        &[("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())],
-    )
-    .output()
-    .unwrap();
+    let cache = cache.to_str().unwrap();
+    let args = [
+        "warm",
+        url,
+        "--cache-dir",
+        cache,
+        "--block-size",
+        "1M",
+        "--endpoint",
+        &endpoint,
+    ];
+    lakemount(&args, &[("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())])
+        .output()
+        .unwrap()
+}
+
+/// Warms the whole container; returns the summary line.
+fn warm(az: &Azurite, cache: &Path) -> String {
+    let out = warm_output(az, &lake(), cache);
     assert!(
         out.status.success(),
         "{}",
@@ -261,21 +255,7 @@ fn warm_of_a_directory_with_no_files_is_an_error() {
     let az = Azurite::start();
     dataset(&az);
     let cache = tempfile::tempdir().unwrap();
-    let endpoint = az.endpoint();
-    let cs = az.connection_string();
-    let out = lakemount(
-        &[
-            "warm",
-            &format!("{}/no/such/dir", lake()),
-            "--cache-dir",
-            cache.path().to_str().unwrap(),
-            "--endpoint",
-            &endpoint,
-        ],
-        &[("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())],
-    )
-    .output()
-    .unwrap();
+    let out = warm_output(&az, &format!("{}/no/such/dir", lake()), cache.path());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("no files below"), "{err}");

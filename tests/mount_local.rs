@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::mount::{is_mounted, lakemount, wait_for, Mount};
+use common::mount::{errno, is_mounted, lakemount, wait_for, Mount};
 use common::tree::{pseudo_random, snapshot};
 
 fn build_tree(root: &Path) {
@@ -46,17 +46,16 @@ fn missing_names_are_enoent_and_writes_are_erofs() {
     let m = Mount::start(&lake_url(src.path()), &["--read-only"], &[])
         .unwrap_or_else(|o| panic!("{o:?}"));
     let mp = m.path();
-    let errno = |r: std::io::Result<()>| r.unwrap_err().raw_os_error();
     assert_eq!(
-        errno(std::fs::metadata(mp.join("nope")).map(|_| ())),
+        errno(std::fs::metadata(mp.join("nope"))),
         Some(libc::ENOENT)
     );
     assert_eq!(
-        errno(std::fs::metadata(mp.join("labels/nope.csv")).map(|_| ())),
+        errno(std::fs::metadata(mp.join("labels/nope.csv"))),
         Some(libc::ENOENT)
     );
     assert_eq!(
-        errno(std::fs::File::create(mp.join("new.txt")).map(|_| ())),
+        errno(std::fs::File::create(mp.join("new.txt"))),
         Some(libc::EROFS)
     );
     assert_eq!(
@@ -74,12 +73,12 @@ fn missing_names_are_enoent_and_writes_are_erofs() {
     let append = std::fs::OpenOptions::new()
         .append(true)
         .open(mp.join("README.txt"));
-    assert_eq!(errno(append.map(|_| ())), Some(libc::EROFS));
+    assert_eq!(errno(append), Some(libc::EROFS));
     let trunc = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(mp.join("README.txt"));
-    assert_eq!(errno(trunc.map(|_| ())), Some(libc::EROFS));
+    assert_eq!(errno(trunc), Some(libc::EROFS));
     assert_eq!(
         errno(std::fs::rename(mp.join("README.txt"), mp.join("moved.txt"))),
         Some(libc::EROFS)

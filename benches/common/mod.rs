@@ -1,10 +1,12 @@
 //! What the benchmarks share: daemons under a guard, page-cache control, timing, epochs.
 #![allow(dead_code)]
 
+#[path = "../../tests/common/metrics.rs"]
+pub mod metrics;
 #[path = "../../tests/common/tree.rs"]
 pub mod tree;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -141,17 +143,7 @@ impl Daemon {
     }
 
     pub fn metric(&self, name: &str) -> u64 {
-        let mut s = std::net::TcpStream::connect(self.metrics.as_ref().unwrap()).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        let want = format!("lakemount_{name} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&want))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        metrics::scrape(self.metrics.as_ref().expect("a lakemount daemon"), name)
     }
 
     /// Peak resident memory (VmHWM) of the daemon so far.

@@ -266,8 +266,19 @@ impl DiskCache {
                 self.evict_to(self.capacity);
             }
             Err(e) => {
-                Metrics::add(&self.metrics.disk_write_errors_total, 1);
-                tracing::warn!("disk cache: cannot write {}: {e}", path.display());
+                // A cache disk that stays broken must not flood the log: failures 1, 2, 4, 8,
+                // ... and every 1000th are logged; the metric counts them all.
+                let n = self
+                    .metrics
+                    .disk_write_errors_total
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
+                if n.is_power_of_two() || n.is_multiple_of(1000) {
+                    tracing::warn!(
+                        "disk cache: cannot write {} ({n} failed writes so far): {e}",
+                        path.display()
+                    );
+                }
             }
         }
     }

@@ -25,7 +25,7 @@ use super::{azure_list, retry, ListPage, ObjectInfo, Store, StoreError, StoreRes
 
 /// How to authenticate; `Auto` tries, in order: bearer token, account key, workload identity,
 /// service principal, SAS, then managed identity (object_store's resolution order).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthMethod {
     #[default]
@@ -39,6 +39,26 @@ pub enum AuthMethod {
 }
 
 impl AuthMethod {
+    /// The names users write (flags, config files), in declaration order.
+    pub const NAMES: [&'static str; 7] = [
+        "auto",
+        "key",
+        "sas",
+        "managed-identity",
+        "service-principal",
+        "workload-identity",
+        "azure-cli",
+    ];
+    const ALL: [AuthMethod; 7] = [
+        AuthMethod::Auto,
+        AuthMethod::Key,
+        AuthMethod::Sas,
+        AuthMethod::ManagedIdentity,
+        AuthMethod::ServicePrincipal,
+        AuthMethod::WorkloadIdentity,
+        AuthMethod::AzureCli,
+    ];
+
     fn credential_type(self) -> Option<&'static str> {
         match self {
             AuthMethod::Auto => None,
@@ -49,6 +69,22 @@ impl AuthMethod {
             AuthMethod::WorkloadIdentity => Some("workload_identity"),
             AuthMethod::AzureCli => Some("azure_cli"),
         }
+    }
+}
+
+impl std::str::FromStr for AuthMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::NAMES
+            .iter()
+            .position(|n| *n == s)
+            .map(|i| Self::ALL[i])
+            .ok_or_else(|| {
+                format!(
+                    "unknown auth method {s:?}: one of {}",
+                    Self::NAMES.join(", ")
+                )
+            })
     }
 }
 
@@ -411,6 +447,20 @@ impl Store for AzureStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_names_match_the_config_file_spelling() {
+        for name in AuthMethod::NAMES {
+            let parsed: AuthMethod = name.parse().unwrap();
+            let from_toml: AuthMethod =
+                serde::Deserialize::deserialize(serde::de::value::StrDeserializer::<
+                    serde::de::value::Error,
+                >::new(name))
+                .unwrap();
+            assert_eq!(parsed, from_toml);
+        }
+        assert!("msi".parse::<AuthMethod>().is_err());
+    }
 
     #[test]
     fn connection_strings_give_key_and_endpoint() {

@@ -1,4 +1,5 @@
 #![allow(dead_code)]
 pub mod azurite;
+pub mod metrics;
 pub mod mount;
 pub mod tree;

@@ -21,6 +21,14 @@ pub fn lakemount(args: &[&str], env: &[(&str, &str)]) -> Command {
     cmd
 }
 
+/// The errno of a failed call (panics if it succeeded).
+pub fn errno<T>(r: std::io::Result<T>) -> Option<i32> {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.raw_os_error(),
+    }
+}
+
 /// Whether `path` is currently a mount point.
 pub fn is_mounted(path: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

@@ -1,0 +1,19 @@
+//! Reading one counter from a lakemount daemon's Prometheus endpoint.
+
+use std::io::{Read, Write};
+
+/// The value of `lakemount_NAME` served at `addr` (HOST:PORT).
+pub fn scrape(addr: &str, name: &str) -> u64 {
+    let mut sock =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("metrics at {addr}: {e}"));
+    sock.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    sock.read_to_string(&mut text).unwrap();
+    let want = format!("lakemount_{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&want))
+        .unwrap_or_else(|| panic!("{name} not in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
