@@ -459,10 +459,8 @@ impl Session {
     }
 
     /// Waits until SIGINT/SIGTERM (then unmounts) or until unmounted from outside.
-    async fn run_until_stopped(&mut self) -> Result<()> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
+    async fn run_until_stopped(&mut self, mut stop: StopSignals) -> Result<()> {
+        let (term, int) = (&mut stop.term, &mut stop.int);
         let Some(done) = self.done.as_mut() else {
             return Ok(());
         };
@@ -479,6 +477,24 @@ impl Session {
         tracing::info!("{why}: unmounting {}", self.mountpoint.display());
         self.unmount();
         Ok(())
+    }
+}
+
+/// SIGTERM and SIGINT, taken over before mounting so that a stop request arriving while the
+/// mount starts is not fatal: it is answered with a clean unmount once the mount is up.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install(rt: &tokio::runtime::Runtime) -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _g = rt.enter();
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
 }
 
@@ -515,10 +531,11 @@ fn serve(s: &MountSettings, ready: &mut Readiness) -> Result<()> {
             .with_context(|| format!("--metrics-addr {addr}"))?;
         tracing::info!("metrics at http://{bound}/metrics");
     }
+    let stop = StopSignals::install(&rt)?;
     let mut session = Session::start(fs, &mountpoint, s.allow_other, rt.handle().clone())?;
     tracing::info!("mounted {lake} at {}", mountpoint.display());
     ready.ready();
-    let result = rt.block_on(session.run_until_stopped());
+    let result = rt.block_on(session.run_until_stopped(stop));
     if let Some(disk) = disk {
         if !disk.wait_idle(Duration::from_secs(30)) {
             tracing::warn!("some blocks were still being written to the disk cache at exit");
@@ -527,27 +544,42 @@ fn serve(s: &MountSettings, ready: &mut Readiness) -> Result<()> {
     result
 }
 
-/// Polls (bounded) until a stat of the mount point is answered by our filesystem.
+/// Waits (bounded) until a stat of the mount point is answered by our filesystem.
+///
+/// The stat runs in a child process (`stat` from coreutils), never in a thread of ours: a
+/// thread blocked on our own mount when this process is killed would wait forever for an
+/// answer only this process could give, and the process could not finish dying.
 fn wait_until_answers(mountpoint: &Path) -> Result<()> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mp = mountpoint.to_path_buf();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::fs::metadata(&mp).map(|_| mounted_at(&mp)));
-    });
-    match rx.recv_timeout(READY_TIMEOUT) {
-        Ok(Ok(Some(m))) if is_ours(&m) => Ok(()),
-        Ok(Ok(other)) => bail!(
-            "{} did not show up as a lakemount mount ({other:?})",
-            mountpoint.display()
-        ),
-        Ok(Err(e)) => bail!(
-            "the new mount at {} does not answer: {e}",
-            mountpoint.display()
-        ),
-        Err(_) => bail!(
-            "the new mount at {} did not answer within {READY_TIMEOUT:?}",
-            mountpoint.display()
-        ),
+    let shown = mountpoint.display();
+    let mut child = Command::new("stat")
+        .arg("--")
+        .arg(mountpoint)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run stat(1) to check the new mount")?;
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the new mount at {shown} did not answer within {READY_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        bail!("the new mount at {shown} does not answer: {}", err.trim());
+    }
+    match mounted_at(mountpoint) {
+        Some(m) if is_ours(&m) => Ok(()),
+        other => bail!("{shown} did not show up as a lakemount mount ({other:?})"),
     }
 }
 
