@@ -84,6 +84,39 @@ struct Properties {
     resource_type: Option<String>,
 }
 
+/// The XML deserializer drops text that is only whitespace, which would turn a blob named
+/// " " into "": such names are rewritten into the percent-encoded form Azure itself uses for
+/// names XML cannot carry, which `Name::decode` undoes.
+fn protect_blank_names(xml: &str) -> std::borrow::Cow<'_, str> {
+    const OPEN: &str = "<Name>";
+    const CLOSE: &str = "</Name>";
+    let blank = |t: &str| !t.is_empty() && t.chars().all(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+    let mut out = String::new();
+    let mut rest = xml;
+    let mut changed = false;
+    while let Some(start) = rest.find(OPEN) {
+        let body = &rest[start + OPEN.len()..];
+        let Some(end) = body.find(CLOSE) else { break };
+        let text = &body[..end];
+        out.push_str(&rest[..start]);
+        if blank(text) {
+            changed = true;
+            let enc: String = text.bytes().map(|b| format!("%{b:02X}")).collect();
+            out.push_str(&format!("<Name Encoded=\"true\">{enc}"));
+        } else {
+            out.push_str(OPEN);
+            out.push_str(text);
+        }
+        out.push_str(CLOSE);
+        rest = &body[end + CLOSE.len()..];
+    }
+    if !changed {
+        return std::borrow::Cow::Borrowed(xml);
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
 /// Listings carry ETags bare (`0x8DC…`), HEAD responses quoted (`"0x8DC…"`): one form for
 /// both, so a block cached under one is found under the other.
 pub fn quoted_etag(e: &str) -> String {
@@ -100,8 +133,9 @@ pub fn parse_http_date(s: &str) -> Option<SystemTime> {
 /// Converts one List Blobs response into a page of keys relative to `root` (the lake
 /// URL's prefix, `""` or ending in `/`). Entries outside `root` are dropped.
 pub fn parse(xml: &str, root: &str) -> Result<ListPage, String> {
+    let xml = protect_blank_names(xml);
     let res: EnumerationResults =
-        quick_xml::de::from_str(xml).map_err(|e| format!("unexpected listing response: {e}"))?;
+        quick_xml::de::from_str(&xml).map_err(|e| format!("unexpected listing response: {e}"))?;
     let mut page = ListPage {
         next: res.next_marker.filter(|m| !m.is_empty()),
         ..ListPage::default()
@@ -198,6 +232,22 @@ mod tests {
         let xml = "<EnumerationResults><Blobs><Blob><Name>  two spaces </Name><Properties><Last-Modified>Wed, 25 Nov 2026 03:39:11 GMT</Last-Modified><Etag>0x1</Etag><Content-Length>7</Content-Length></Properties></Blob></Blobs></EnumerationResults>";
         let page = super::parse(xml, "").unwrap();
         assert_eq!(page.objects[0].key, "  two spaces ");
+    }
+
+    #[test]
+    fn names_of_only_spaces_survive() {
+        let blob = |n: &str| {
+            format!("<Blob><Name>{n}</Name><Properties><Last-Modified>Wed, 25 Nov 2026 03:39:11 GMT</Last-Modified><Etag>0x1</Etag><Content-Length>1</Content-Length></Properties></Blob>")
+        };
+        let xml = format!(
+            "<EnumerationResults><Blobs>{}{}<BlobPrefix><Name>d/  /</Name></BlobPrefix></Blobs></EnumerationResults>",
+            blob(" "),
+            blob("d/ ")
+        );
+        let page = parse(&xml, "").unwrap();
+        let keys: Vec<_> = page.objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, [" ", "d/ "]);
+        assert_eq!(page.prefixes, ["d/  /"]);
     }
 
     #[test]
