@@ -59,9 +59,16 @@ pub struct MountArgs {
     /// An existing, empty directory to mount on. May come from --config instead.
     pub mountpoint: Option<PathBuf>,
 
-    /// Refuse all writes (EROFS). This version mounts read-only in any case.
+    /// Refuse all changes (EROFS). Without it, files written through the mount are uploaded
+    /// to the lake when closed (see SEMANTICS.md for what is supported).
     #[arg(long)]
     pub read_only: bool,
+
+    /// Where files being written are staged before they are uploaded; a failed upload's data
+    /// stays here [default: CACHE_DIR/staging with --cache-dir, else /var/lib/lakemount/staging
+    /// as root, else ~/.local/state/lakemount/staging].
+    #[arg(long, value_name = "DIR")]
+    pub staging_dir: Option<PathBuf>,
 
     /// Stay in the foreground and log to stderr instead of running as a daemon.
     #[arg(short, long)]
@@ -104,7 +111,8 @@ pub struct MountArgs {
     pub auth: Option<AuthMethod>,
 
     /// A TOML file whose keys mirror these flags (lake, mountpoint, read_only, allow_other, uid,
-    /// gid, file_mode, dir_mode, metadata_ttl, endpoint, auth, log_file). Flags win.
+    /// gid, file_mode, dir_mode, metadata_ttl, endpoint, auth, log_file, block_size,
+    /// max_readahead, max_memory, cache_dir, cache_size, staging_dir, metrics_addr). Flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 

@@ -17,6 +17,7 @@ use crate::cache::blocks::{BlockCache, BlockConfig};
 use crate::cache::disk::DiskCache;
 use crate::cli::MountArgs;
 use crate::config::MountSettings;
+use crate::fs::write::WriteConfig;
 use crate::fs::{FsConfig, LakeFs};
 use crate::fuse::FuseAdapter;
 use crate::metrics::Metrics;
@@ -388,6 +389,11 @@ pub fn build_fs_with(
         file_mode: s.file_mode,
         dir_mode: s.dir_mode,
         metadata_ttl: s.metadata_ttl,
+        read_only: s.read_only,
+        write: WriteConfig {
+            staging_dir: s.staging_dir.clone(),
+            block_size: s.block_size,
+        },
         ..FsConfig::default()
     };
     let read_path = PrefetchReadPath::new(blocks, s.max_readahead);
@@ -409,15 +415,18 @@ impl Session {
         allow_other: bool,
         rt: tokio::runtime::Handle,
     ) -> Result<Session> {
+        let read_only = fs.config().read_only;
         let adapter = FuseAdapter::new(fs, rt);
         let mut cfg = fuser::Config::default();
         cfg.mount_options = vec![
             MountOption::FSName(FSNAME.into()),
             MountOption::Subtype("lakemount".into()),
-            MountOption::RO,
             MountOption::NoDev,
             MountOption::NoSuid,
         ];
+        if read_only {
+            cfg.mount_options.push(MountOption::RO);
+        }
         if allow_other {
             cfg.acl = SessionACL::All;
             cfg.mount_options.push(MountOption::DefaultPermissions);
