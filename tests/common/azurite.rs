@@ -300,6 +300,20 @@ impl Client {
             .body
     }
 
+    /// Whether blob `name` is a directory marker (metadata `hdi_isfolder=true`).
+    pub fn is_dir_marker(&self, container: &str, name: &str) -> bool {
+        let r = self.expect("HEAD", &blob(container, name), &[], &[], b"", 200);
+        r.header("x-ms-meta-hdi_isfolder")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+
+    /// [`Client::list_blobs`] without directory markers: the files.
+    pub fn list_files(&self, container: &str, prefix: &str) -> Vec<String> {
+        let mut names = self.list_blobs(container, prefix);
+        names.retain(|n| !self.is_dir_marker(container, n));
+        names
+    }
+
     pub fn delete_blob(&self, container: &str, name: &str) {
         self.expect("DELETE", &blob(container, name), &[], &[], b"", 202);
     }
