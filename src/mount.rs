@@ -324,6 +324,11 @@ fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
 }
 
 pub(crate) fn explain(lake: &str, e: StoreError) -> anyhow::Error {
+    explain_for("mount", lake, e)
+}
+
+/// "cannot VERB LAKE: reason: hint".
+pub(crate) fn explain_for(verb: &str, lake: &str, e: StoreError) -> anyhow::Error {
     let hint = match &e {
         StoreError::Denied(_) => {
             ": check the account key, SAS token (expiry, list permission) or identity role assignment"
@@ -331,7 +336,7 @@ pub(crate) fn explain(lake: &str, e: StoreError) -> anyhow::Error {
         StoreError::Unreachable(_) => ": check the endpoint and the network",
         _ => "",
     };
-    anyhow!("cannot mount {lake}: {e}{hint}")
+    anyhow!("cannot {verb} {lake}: {e}{hint}")
 }
 
 /// The I/O runtime: FUSE requests are answered from its tasks.
