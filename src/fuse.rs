@@ -396,6 +396,20 @@ impl Filesystem for FuseAdapter {
             .spawn(async move { empty(reply, fs.rmdir(parent.0, &name).await) });
     }
 
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // Regular files come through create(); FIFOs, sockets and devices cannot be blobs.
+        reply.error(Errno::EPERM);
+    }
+
     fn rename(
         &self,
         _req: &Request,

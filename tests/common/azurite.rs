@@ -116,6 +116,24 @@ impl Azurite {
         self.spawn();
     }
 
+    /// An account SAS with permissions `perms` (e.g. `rl`, `rwdlc`) on blobs, signed with the
+    /// account key: for tools (rclone's `sas_url`) that need one.
+    pub fn account_sas(&self, perms: &str) -> String {
+        let key = BASE64.decode(KEY).unwrap();
+        let (ss, srt, se, spr, sv) = ("b", "sco", "2035-01-01T00:00:00Z", "http", "2019-12-12");
+        let to_sign = format!("{ACCOUNT}\n{perms}\n{ss}\n{srt}\n\n{se}\n\n{spr}\n{sv}\n");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+        mac.update(to_sign.as_bytes());
+        let sig = BASE64.encode(mac.finalize().into_bytes());
+        let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+        format!(
+            "sv={sv}&ss={ss}&srt={srt}&sp={}&se={}&spr={spr}&sig={}",
+            enc(perms),
+            enc(se),
+            enc(&sig)
+        )
+    }
+
     /// Everything Azurite has printed so far (all runs).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
