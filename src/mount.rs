@@ -194,6 +194,9 @@ fn spawn_daemon(s: &MountSettings) -> Result<()> {
                 s.mountpoint.display(),
                 log_path.display()
             );
+            if let Some(note) = staged_leftovers(&s.staging_dir, false) {
+                eprintln!("lakemount: warning: {note}");
+            }
             Ok(())
         }
         Ok(line) if line.starts_with("error: ") => {
@@ -367,6 +370,9 @@ pub fn open_disk_cache(
     let Some(dir) = &s.cache_dir else {
         return Ok(None);
     };
+    if dir.exists() && !dir.is_dir() {
+        bail!("cache directory {} is not a directory", dir.display());
+    }
     let disk = DiskCache::open(dir, s.cache_size, metrics.clone())
         .with_context(|| format!("cache directory {}", dir.display()))?;
     Ok(Some(Arc::new(disk)))
@@ -520,8 +526,55 @@ impl Drop for Session {
     }
 }
 
+/// Creates the staging directory (private: it holds file contents) so that a bad
+/// `--staging-dir` fails the mount instead of every later write.
+fn prepare_staging(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let shown = dir.display();
+    if dir.exists() && !dir.is_dir() {
+        bail!("staging directory {shown} is not a directory");
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .and_then(|()| std::fs::set_permissions(dir, PermissionsExt::from_mode(0o700)))
+        .with_context(|| format!("staging directory {shown}"))
+}
+
+/// Staged writes that never reached the lake (a failed upload, a daemon killed before the
+/// commit): with `each`, one log line per file; returns a summary saying how to recover them.
+fn staged_leftovers(dir: &Path, each: bool) -> Option<String> {
+    let left = crate::fs::write::leftovers(dir);
+    if each {
+        for l in &left {
+            tracing::warn!(
+                "not uploaded: {} ({} bytes) was meant for {}",
+                l.data.display(),
+                l.size,
+                l.target
+            );
+        }
+    }
+    (!left.is_empty()).then(|| {
+        format!(
+            "{} staged file(s) from an earlier run were never uploaded and are kept in {}; \
+             each ID.target names the lake path of its ID.data: recover them with \
+             `lakemount upload` (README: \"Recovering staged writes\")",
+            left.len(),
+            dir.display()
+        )
+    })
+}
+
 fn serve(s: &MountSettings, ready: &mut Readiness) -> Result<()> {
     let mountpoint = check_mountpoint(&s.mountpoint)?;
+    if !s.read_only {
+        prepare_staging(&s.staging_dir)?;
+    }
+    if let Some(note) = staged_leftovers(&s.staging_dir, true) {
+        tracing::warn!("{note}");
+    }
     let rt = runtime()?;
     let lake = s.lake.to_string();
     let store = {

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -127,6 +128,12 @@ impl WriteHandle {
             .mode(0o600)
             .open(&path)
             .map_err(|e| io(&path, e))?;
+        // Held while the handle lives and dropped by the kernel when the process dies however
+        // it dies, so the next mount can tell a live staging file from one left behind.
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(io(&path, std::io::Error::last_os_error()));
+        }
         let target = format!("{}\n{key}\n", store.describe());
         write_private(&sidecar, target.as_bytes()).map_err(|e| io(&sidecar, e))?;
         let (base, loaded) = match start {
@@ -504,6 +511,49 @@ impl WriteHandle {
     }
 }
 
+/// A staging file no handle holds any more: its data never reached the lake (the upload
+/// failed, or the daemon died before the commit).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Leftover {
+    /// `STAGING/ID.data`.
+    pub data: PathBuf,
+    /// Where it was meant to go: the lake URL and the path below it (from `ID.target`).
+    pub target: String,
+    pub size: u64,
+}
+
+/// The staging files in `dir` that are not being written: those whose lock is free.
+pub fn leftovers(dir: &Path) -> Vec<Leftover> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let data = e.path();
+        if data.extension().is_none_or(|x| x != "data") {
+            continue;
+        }
+        let Ok(f) = File::open(&data) else { continue };
+        // SAFETY: flock on a descriptor we own; closing it (drop) releases the lock.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+            continue;
+        }
+        let target = std::fs::read_to_string(data.with_extension("target"))
+            .ok()
+            .and_then(|t| {
+                let mut lines = t.lines();
+                let (lake, key) = (lines.next()?, lines.next()?);
+                let sep = if lake.ends_with('/') { "" } else { "/" };
+                Some(format!("{lake}{sep}{key}"))
+            })
+            .unwrap_or_else(|| "an unknown target".to_string());
+        let size = f.metadata().map_or(0, |m| m.len());
+        out.push(Leftover { data, target, size });
+    }
+    out.sort_by(|a, b| a.data.cmp(&b.data));
+    out
+}
+
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
@@ -600,6 +650,30 @@ mod tests {
         assert_eq!(std::fs::read(h.staging_path()).unwrap(), b"new content");
         let target = std::fs::read_to_string(h.staging_path().with_extension("target")).unwrap();
         assert!(target.ends_with("\nf\n"), "{target}");
+    }
+
+    #[tokio::test]
+    async fn only_staging_files_without_a_live_handle_are_leftovers() {
+        // Blocks larger than the data: no upload task holds the handle.
+        let (store, cfg, _d) = setup(1 << 20);
+        let h = handle(&store, &cfg, Start::Empty);
+        h.write(0, b"written, never committed").await.unwrap();
+        assert_eq!(
+            leftovers(&cfg.staging_dir),
+            [],
+            "a live handle's file is not left over"
+        );
+        let data = h.staging_path().to_path_buf();
+        // What a killed daemon leaves: the file and its sidecar, no handle, no commit.
+        drop(h);
+        assert_eq!(
+            leftovers(&cfg.staging_dir),
+            [Leftover {
+                data,
+                target: "memory://f".into(),
+                size: 24
+            }]
+        );
     }
 
     #[tokio::test]

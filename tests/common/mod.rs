@@ -2,4 +2,5 @@
 pub mod azurite;
 pub mod metrics;
 pub mod mount;
+pub mod proc;
 pub mod tree;
