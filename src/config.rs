@@ -42,9 +42,15 @@ impl MountFile {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         toml::from_str(&text).map_err(|e| {
-            // toml's message spans several lines with a source excerpt: keep the first.
-            let msg = e.message().to_string();
-            anyhow!("config file {}: {msg}", path.display())
+            // toml's own rendering spans several lines with a source excerpt: one line here.
+            let msg = e.message().replace('\n', " ");
+            match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    anyhow!("config file {}, line {line}: {msg}", path.display())
+                }
+                None => anyhow!("config file {}: {msg}", path.display()),
+            }
         })
     }
 }
@@ -284,6 +290,14 @@ mod tests {
         };
         let err = format!("{:#}", MountSettings::resolve(&args).unwrap_err());
         assert!(err.contains("metadata_tll") && !err.contains('\n'), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        let f = write("lake = \"az://acct/data\"\n\nmountpoint = \"/mnt\n");
+        let args = MountArgs {
+            config: Some(f.path().into()),
+            ..Default::default()
+        };
+        let err = format!("{:#}", MountSettings::resolve(&args).unwrap_err());
+        assert!(err.contains("line 3") && !err.contains('\n'), "{err}");
         assert!(parse_mode("0999").is_err());
         assert!(parse_mode("rw-r--r--").is_err());
         assert_eq!(parse_mode("755").unwrap(), 0o755);

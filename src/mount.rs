@@ -337,6 +337,9 @@ pub(crate) fn explain_for(verb: &str, lake: &str, e: StoreError) -> anyhow::Erro
             ": check the account key, SAS token (expiry, list permission) or identity role assignment"
         }
         StoreError::Unreachable(_) => ": check the endpoint and the network",
+        // A listing answered 404 without naming a missing container: not an Azure Blob
+        // endpoint for this account.
+        StoreError::NotFound(_) => ": check the endpoint and the account name",
         _ => "",
     };
     anyhow!("cannot {verb} {lake}: {e}{hint}")
@@ -370,12 +373,21 @@ pub fn open_disk_cache(
     let Some(dir) = &s.cache_dir else {
         return Ok(None);
     };
-    if dir.exists() && !dir.is_dir() {
-        bail!("cache directory {} is not a directory", dir.display());
-    }
+    no_file_at("cache directory", dir)?;
     let disk = DiskCache::open(dir, s.cache_size, metrics.clone())
         .with_context(|| format!("cache directory {}", dir.display()))?;
     Ok(Some(Arc::new(disk)))
+}
+
+/// `--max-memory` shared between reads (blocks fetched and held) and writes (blocks being
+/// uploaded, one buffer per upload slot): up to 8 upload slots, at most a quarter of the
+/// budget. A read-only mount gives reads all of it.
+fn split_memory(s: &MountSettings) -> (u64, usize) {
+    if s.read_only {
+        return (s.max_memory, 1);
+    }
+    let slots = (s.max_memory / 4 / s.block_size).clamp(1, 8);
+    (s.max_memory - slots * s.block_size, slots as usize)
 }
 
 /// [`build_fs`] over an already opened disk cache.
@@ -385,12 +397,13 @@ pub fn build_fs_with(
     metrics: Arc<Metrics>,
     disk: Option<Arc<DiskCache>>,
 ) -> Arc<LakeFs> {
+    let (read_memory, upload_slots) = split_memory(s);
     let blocks = BlockCache::new(
         store.clone(),
         disk,
         BlockConfig {
             block_size: s.block_size,
-            max_memory: s.max_memory,
+            max_memory: read_memory,
         },
         metrics,
     );
@@ -405,6 +418,7 @@ pub fn build_fs_with(
             staging_dir: s.staging_dir.clone(),
             block_size: s.block_size,
         },
+        upload_slots,
         ..FsConfig::default()
     };
     let read_path = PrefetchReadPath::new(blocks, s.max_readahead);
@@ -526,14 +540,20 @@ impl Drop for Session {
     }
 }
 
+/// A directory we create if missing must not be something else already.
+fn no_file_at(what: &str, dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("{what} {} is not a directory", dir.display());
+    }
+    Ok(())
+}
+
 /// Creates the staging directory (private: it holds file contents) so that a bad
 /// `--staging-dir` fails the mount instead of every later write.
 fn prepare_staging(dir: &Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let shown = dir.display();
-    if dir.exists() && !dir.is_dir() {
-        bail!("staging directory {shown} is not a directory");
-    }
+    no_file_at("staging directory", dir)?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -569,6 +589,10 @@ fn staged_leftovers(dir: &Path, each: bool) -> Option<String> {
 
 fn serve(s: &MountSettings, ready: &mut Readiness) -> Result<()> {
     let mountpoint = check_mountpoint(&s.mountpoint)?;
+    if let Some(dir) = &s.cache_dir {
+        // Before the staging directory, which defaults to one inside it.
+        no_file_at("cache directory", dir)?;
+    }
     if !s.read_only {
         prepare_staging(&s.staging_dir)?;
     }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -64,6 +64,18 @@ pub struct Block {
     used: AtomicBool,
     /// Counted in the memory tier.
     held: AtomicBool,
+    /// Evicted while a reader still held it: counted in `orphans` until dropped.
+    orphaned: AtomicBool,
+    orphans: Arc<AtomicU64>,
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        if self.orphaned.load(Ordering::SeqCst) {
+            self.orphans
+                .fetch_sub(self.data.len() as u64, Ordering::SeqCst);
+        }
+    }
 }
 
 type Fetch = Shared<BoxFuture<'static, Result<Arc<Block>, Arc<StoreError>>>>;
@@ -82,6 +94,9 @@ pub struct BlockCache {
     memory: Mutex<Memory>,
     inflight: Mutex<HashMap<String, Fetch>>,
     slots: Arc<Semaphore>,
+    /// Bytes of blocks evicted from the memory tier that readers still hold (an open
+    /// handle keeps the block it reads): memory in use, so the tier holds that much less.
+    orphans: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
 }
 
@@ -103,6 +118,7 @@ impl BlockCache {
             }),
             inflight: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(cfg.fetch_slots() as usize)),
+            orphans: Arc::new(AtomicU64::new(0)),
             metrics,
         })
     }
@@ -133,6 +149,11 @@ impl BlockCache {
     /// Bytes currently held by the memory tier.
     pub fn memory_bytes(&self) -> u64 {
         self.memory.lock().unwrap().bytes
+    }
+
+    /// Bytes of evicted blocks that readers still hold.
+    pub fn orphaned_bytes(&self) -> u64 {
+        self.orphans.load(Ordering::SeqCst)
     }
 
     /// A held block, marked as read.
@@ -168,10 +189,10 @@ impl BlockCache {
                 m.unread_prefetched -= old.data.len() as u64;
             }
         }
-        while m.bytes > cap {
+        while m.bytes + self.orphans.load(Ordering::SeqCst) > cap {
             // Blocks already read and held by nobody else go first, oldest first; then
             // read-ahead nobody has reached yet; a block a handle is reading (its current
-            // block) only when nothing else is left.
+            // block) only when nothing else is left and the tier alone is over.
             let pick = |want_used: bool| {
                 m.lru
                     .iter()
@@ -183,12 +204,19 @@ impl BlockCache {
             };
             let victim = match pick(true).or_else(|| pick(false)) {
                 Some(k) => m.lru.pop(&k),
-                None => m.lru.pop_lru().map(|(_, b)| b),
+                None if m.bytes > cap => m.lru.pop_lru().map(|(_, b)| b),
+                None => None,
             };
             let Some(victim) = victim else {
                 break;
             };
             m.bytes -= victim.data.len() as u64;
+            if Arc::strong_count(&victim) > 1 {
+                // Our reference keeps it alive until this is counted: its Drop subtracts.
+                victim.orphaned.store(true, Ordering::SeqCst);
+                self.orphans
+                    .fetch_add(victim.data.len() as u64, Ordering::SeqCst);
+            }
             Metrics::add(&self.metrics.memory_evictions_total, 1);
             if victim.prefetched && !victim.used.swap(true, Ordering::Relaxed) {
                 m.unread_prefetched -= victim.data.len() as u64;
@@ -234,9 +262,15 @@ impl BlockCache {
                 return true;
             }
             // Read-ahead must not push out what it fetched before and nobody has read yet:
-            // unread blocks plus blocks coming stay within half the memory tier.
+            // unread blocks plus blocks coming stay within half the memory tier (what is
+            // left of it next to evicted blocks readers still hold).
             let coming = inflight.len() as u64 * self.cfg.block_size;
-            if m.unread_prefetched + coming + self.cfg.block_size > self.cfg.memory_capacity() / 2 {
+            let room = self
+                .cfg
+                .memory_capacity()
+                .saturating_sub(self.orphans.load(Ordering::SeqCst))
+                / 2;
+            if m.unread_prefetched + coming + self.cfg.block_size > room {
                 return false;
             }
         }
@@ -304,6 +338,8 @@ impl BlockCache {
                 prefetched,
                 used: AtomicBool::new(false),
                 held: AtomicBool::new(false),
+                orphaned: AtomicBool::new(false),
+                orphans: self.orphans.clone(),
             })
         };
         if let Some(disk) = &self.disk {

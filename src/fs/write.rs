@@ -436,7 +436,9 @@ impl WriteHandle {
         let blocks = size.div_ceil(bs);
         let nothing_staged = self.st.lock().unwrap().uploaded.is_empty();
         let done = if blocks <= 1 && nothing_staged {
-            // Small files: one request instead of two.
+            // Small files: one request instead of two. Its buffer is an upload's: it takes
+            // a slot, which is what bounds the memory of writes.
+            let _slot = self.slots.acquire().await.expect("never closed");
             let data = self.read(0, size as u32).await?;
             self.store.put(&key, data, &opts).await?
         } else {

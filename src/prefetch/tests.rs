@@ -166,6 +166,41 @@ async fn the_memory_budget_bounds_fetches_and_held_blocks() {
     assert!(r.cache.memory_bytes() <= 2 * MIB);
 }
 
+async fn read_block(r: &Rig, h: &dyn FileReader, block: u64) {
+    let at = (block * MIB) as usize;
+    let b = h.read(at as u64, 4096).await.unwrap();
+    assert_eq!(&b[..], &r.data[at..at + 4096]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_that_open_handles_still_hold_after_eviction_count_against_the_budget() {
+    // 4 MiB budget with 1 MiB blocks: 2 MiB of held blocks. Reads 17 MiB apart are random
+    // access: each fetches just its block, which its handle then keeps.
+    let r = rig(69 * MIB, MIB, 4 * MIB, 16 * MIB).await;
+    let mut handles: Vec<_> = (0..4).map(|_| r.path.open(r.obj.clone())).collect();
+    for (i, h) in handles.iter().enumerate() {
+        read_block(&r, h.as_ref(), 17 * (i as u64 + 1)).await;
+    }
+    r.settle().await;
+    // Four blocks in use, two of them evicted: memory in use is counted either way.
+    assert_eq!(
+        (r.cache.memory_bytes(), r.cache.orphaned_bytes()),
+        (2 * MIB, 2 * MIB)
+    );
+    // The two handles whose blocks are still held let go; a new block comes in. The tier
+    // keeps only what the budget leaves next to the evicted blocks still in use.
+    handles.truncate(2);
+    let h = r.path.open(r.obj.clone());
+    read_block(&r, h.as_ref(), 0).await;
+    r.settle().await;
+    assert_eq!(
+        (r.cache.memory_bytes(), r.cache.orphaned_bytes()),
+        (MIB, 2 * MIB)
+    );
+    drop(handles);
+    assert_eq!(r.cache.orphaned_bytes(), 0, "released with the last reader");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_object_is_an_error_not_old_or_mixed_bytes() {
     let r = rig(4 * MIB, MIB, 64 * MIB, MIB).await;

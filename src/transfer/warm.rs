@@ -125,10 +125,10 @@ pub fn run(args: &WarmArgs) -> Result<()> {
     let store = {
         let _g = rt.enter();
         store::open(&lake, args.endpoint.clone(), args.auth.unwrap_or_default())
-            .map_err(|e| crate::mount::explain(&shown, e))?
+            .map_err(|e| crate::mount::explain_for("warm", &shown, e))?
     };
     rt.block_on(store.probe())
-        .map_err(|e| crate::mount::explain(&shown, e))?;
+        .map_err(|e| crate::mount::explain_for("warm", &shown, e))?;
     let disk = Arc::new(
         DiskCache::open(&args.cache_dir, size, Arc::new(Metrics::default()))
             .with_context(|| format!("cache directory {}", args.cache_dir.display()))?,
