@@ -52,6 +52,12 @@ fn uncommitted_blocks(az: &Azurite, name: &str) -> usize {
     }
 }
 
+/// What the kernel answers on a mount whose daemon died: ECONNABORTED for a request caught
+/// in the teardown, ENOTCONN after it.
+fn daemon_gone(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
+}
+
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
@@ -109,7 +115,7 @@ fn a_daemon_killed_mid_write_leaves_the_lake_whole_and_the_data_staged_for_recov
     );
     kill_9(pid);
     let err = f1.write_all(b"more").unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    assert!(daemon_gone(&err), "{err}");
     drop(f1);
 
     // Another client sees the old object whole and nothing of the new file.
@@ -284,10 +290,9 @@ fn a_daemon_killed_while_filling_the_disk_cache_leaves_only_whole_blocks() {
     kill_9(pid);
     resume.send(()).unwrap();
     let after = reader.join().unwrap();
-    assert_eq!(
-        after.map_err(|e| e.raw_os_error()),
-        Err(Some(libc::ENOTCONN)),
-        "the reader sees the daemon gone, not short data"
+    assert!(
+        after.as_ref().is_err_and(daemon_gone),
+        "the reader sees the daemon gone, not short data: {after:?}"
     );
     let left = block_files(&cache);
     let blocks = left.iter().filter(|p| !is_tmp(p)).count();
