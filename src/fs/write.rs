@@ -129,10 +129,12 @@ impl WriteHandle {
             .open(&path)
             .map_err(|e| io(&path, e))?;
         // Held while the handle lives and dropped by the kernel when the process dies however
-        // it dies, so the next mount can tell a live staging file from one left behind.
+        // it dies, so the next mount can tell a live staging file from one left behind. Only
+        // that report needs it: a file system without locks must not stop writes.
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(io(&path, std::io::Error::last_os_error()));
+            let e = std::io::Error::last_os_error();
+            tracing::debug!("cannot lock {}: {e}", path.display());
         }
         let target = format!("{}\n{key}\n", store.describe());
         write_private(&sidecar, target.as_bytes()).map_err(|e| io(&sidecar, e))?;
