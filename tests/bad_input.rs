@@ -56,12 +56,31 @@ fn every_command(dir: &Path, url: &str, want: &str) {
     assert!(!is_mounted(Path::new(mp)));
 }
 
-fn workdir() -> tempfile::TempDir {
+/// A scratch directory with `mnt/` and `src/a.txt`; should a case mount after all (a failing
+/// test), the mount is undone before the directory goes.
+struct Work(tempfile::TempDir);
+
+impl Work {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        let mp = self.path().join("mnt");
+        if is_mounted(&mp) {
+            let _ = lakemount(&["unmount", "--lazy", mp.to_str().unwrap()], &[]).output();
+        }
+    }
+}
+
+fn workdir() -> Work {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("mnt")).unwrap();
     std::fs::create_dir(dir.path().join("src")).unwrap();
     std::fs::write(dir.path().join("src/a.txt"), b"a").unwrap();
-    dir
+    Work(dir)
 }
 
 #[test]

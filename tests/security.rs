@@ -235,6 +235,8 @@ fn credentials_never_appear_in_output_logs_or_errors() {
     // without the list permission), a dead endpoint, a conflicting upload.
     let mp = w.join("mnt-fail");
     std::fs::create_dir(&mp).unwrap();
+    // Only if a failure case mounted after all.
+    let _fail_guard = Unmount(mp.clone());
     let mps = mp.to_str().unwrap();
     let missing = format!("az://{ACCOUNT}/no-such-container");
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
