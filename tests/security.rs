@@ -244,10 +244,20 @@ fn credentials_never_appear_in_output_logs_or_errors() {
     drop(closed);
     let read_only_sas = az.account_sas("r");
     let (lake, into_in) = (lake(), format!("{}/in", lake()));
+    let fail_log = w.join("failed-mounts.log");
+    let fail_log_arg = fail_log.to_str().unwrap();
     let failing: [(&str, Vec<&str>, Env); 4] = [
         (
             "missing container",
-            vec!["mount", &missing, mps, "--endpoint", &endpoint],
+            vec![
+                "mount",
+                &missing,
+                mps,
+                "--endpoint",
+                &endpoint,
+                "--log-file",
+                fail_log_arg,
+            ],
             vec![("AZURE_STORAGE_CONNECTION_STRING", &cs)],
         ),
         (
@@ -260,12 +270,24 @@ fn credentials_never_appear_in_output_logs_or_errors() {
                 &endpoint,
                 "--auth",
                 "sas",
+                "--log-file",
+                fail_log_arg,
             ],
             vec![("AZURE_STORAGE_SAS_TOKEN", &read_only_sas)],
         ),
         (
             "dead endpoint",
-            vec!["mount", &lake, mps, "--endpoint", &dead, "--auth", "key"],
+            vec![
+                "mount",
+                &lake,
+                mps,
+                "--endpoint",
+                &dead,
+                "--auth",
+                "key",
+                "--log-file",
+                fail_log_arg,
+            ],
             key_env.to_vec(),
         ),
         (
@@ -289,6 +311,7 @@ fn credentials_never_appear_in_output_logs_or_errors() {
         outputs.command(name, &out);
     }
     assert!(!common::mount::is_mounted(&mp));
+    outputs.file("failed mounts: daemon log", &fail_log);
 
     let forms = secret_forms(&sas);
     let mut read_only_forms = secret_forms(&read_only_sas);
