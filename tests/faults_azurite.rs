@@ -1,11 +1,13 @@
-//! The mount against a lake that goes away and comes back (Azurite stopped and restarted).
+//! The mount against a lake that goes away and comes back (Azurite stopped and restarted),
+//! and against one that answers with faults (an injecting proxy in front of Azurite).
 
 mod common;
 
 use std::time::Duration;
 
-use common::azurite::Azurite;
-use common::mount::{is_mounted, mount_azurite, wait_for};
+use common::azurite::{Azurite, ACCOUNT};
+use common::faultproxy::FaultProxy;
+use common::mount::{is_mounted, lakemount, mount_azurite, wait_for, Mount};
 use common::tree::{pseudo_random, sha256};
 
 const CONTAINER: &str = "lake";
@@ -49,4 +51,74 @@ fn the_mount_survives_the_lake_going_away_and_coming_back() {
         sha256(&std::fs::read(m.path().join("second.bin")).unwrap()),
         sha256(&second)
     );
+}
+
+#[test]
+fn faults_on_the_wire_are_retried_and_every_byte_stays_right() {
+    let az = Azurite::start();
+    az.create_container(CONTAINER);
+    let big = pseudo_random(12 << 20, 21);
+    az.put_blob_large(CONTAINER, "data/big.bin", &big);
+    for i in 0..6 {
+        az.put_blob(
+            CONTAINER,
+            &format!("data/small{i}.txt"),
+            format!("small {i}").as_bytes(),
+        );
+    }
+    // Every 4th request: 503 ServerBusy (Retry-After: 1), 500, or a body cut off, in turn.
+    let proxy = FaultProxy::start(az.port(), 4);
+    let cs = az.connection_string();
+    let env = [("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())];
+    let endpoint = proxy.endpoint();
+    let m = Mount::start(
+        &format!("az://{ACCOUNT}/{CONTAINER}"),
+        &["--endpoint", &endpoint, "--block-size", "1M"],
+        &env,
+    )
+    .unwrap_or_else(|o| panic!("mount through the proxy failed: {o:?}"));
+    let d = m.path().join("data");
+    let mut names: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 7, "{names:?}");
+    assert_eq!(
+        sha256(&std::fs::read(d.join("big.bin")).unwrap()),
+        sha256(&big)
+    );
+    for i in 0..6 {
+        let got = std::fs::read(d.join(format!("small{i}.txt"))).unwrap();
+        assert_eq!(got, format!("small {i}").as_bytes());
+    }
+    // Writes go through the same faults: staged blocks and the commit are retried.
+    let out = pseudo_random(5 << 20, 22);
+    std::fs::write(m.path().join("out.bin"), &out).unwrap();
+    assert_eq!(sha256(&az.get_blob(CONTAINER, "out.bin")), sha256(&out));
+    let injected = proxy.injected.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(injected >= 6, "only {injected} faults injected");
+    // So does `lakemount upload`.
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("up.bin"), &out).unwrap();
+    let up = lakemount(
+        &[
+            "upload",
+            src.path().to_str().unwrap(),
+            &format!("az://{ACCOUNT}/{CONTAINER}/up"),
+            "--endpoint",
+            &endpoint,
+            "--block-size",
+            "1M",
+        ],
+        &env,
+    )
+    .output()
+    .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert_eq!(sha256(&az.get_blob(CONTAINER, "up/up.bin")), sha256(&out));
 }
