@@ -122,3 +122,55 @@ fn faults_on_the_wire_are_retried_and_every_byte_stays_right() {
     );
     assert_eq!(sha256(&az.get_blob(CONTAINER, "up/up.bin")), sha256(&out));
 }
+
+#[test]
+fn a_blob_replaced_while_read_gives_estale_never_a_mix() {
+    use std::io::Read;
+    let az = Azurite::start();
+    az.create_container(CONTAINER);
+    let old = pseudo_random(16 << 20, 31);
+    let new = pseudo_random(16 << 20, 32);
+    az.put_blob_large(CONTAINER, "f.bin", &old);
+    let m = mount_azurite(
+        &az,
+        CONTAINER,
+        &[
+            "--block-size",
+            "1M",
+            "--max-readahead",
+            "1M",
+            "--metadata-ttl",
+            "1",
+        ],
+    );
+    let p = m.path().join("f.bin");
+    let mut f = std::fs::File::open(&p).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, old[..1 << 20]);
+    az.put_blob_large(CONTAINER, "f.bin", &new);
+    // The handle reads on: every byte it gets is the old blob's, until it gets ESTALE.
+    let mut off = 1 << 20;
+    let err = loop {
+        match f.read(&mut buf) {
+            Ok(0) => panic!("read the whole old blob although most of it was not fetched yet"),
+            Ok(n) => {
+                assert_eq!(
+                    buf[..n],
+                    old[off..off + n],
+                    "bytes at {off} are not the old blob's"
+                );
+                off += n;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
+    // New opens see the new blob once the metadata TTL has passed.
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            std::fs::read(&p).is_ok_and(|d| sha256(&d) == sha256(&new))
+        }),
+        "the new blob never showed"
+    );
+}
