@@ -121,13 +121,7 @@ fn default_log_file(mountpoint: &Path) -> PathBuf {
     let dir = if unsafe { libc::geteuid() } == 0 {
         PathBuf::from("/var/log/lakemount")
     } else {
-        let home = std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
-        std::env::var_os("XDG_STATE_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home.join(".local/state"))
-            .join("lakemount")
+        crate::config::user_state_dir()
     };
     dir.join(format!("{name}.log"))
 }

@@ -309,12 +309,17 @@ impl LakeFs {
             .await?
             .ok_or(FsError(libc::ENOENT))?;
         let key = join_key(&dir.dir_prefix(), name);
+        Ok(self.entered(parent, name, key, kind))
+    }
+
+    /// Records `name` in `parent` as `kind`, with one kernel reference, and its attributes.
+    fn entered(&self, parent: u64, name: &str, key: String, kind: EntryKind) -> Attr {
         let ino = self
             .inodes
             .lock()
             .unwrap()
             .upsert(parent, name, key, kind.clone(), 1);
-        Ok(self.attr(ino, &kind))
+        self.attr(ino, &kind)
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
@@ -830,12 +835,7 @@ impl LakeFs {
             mtime: Some(SystemTime::now()),
         };
         self.changed(&key, Some(kind.clone())).await;
-        let ino = self
-            .inodes
-            .lock()
-            .unwrap()
-            .upsert(parent, name, key, kind.clone(), 1);
-        Ok(self.attr(ino, &kind))
+        Ok(self.entered(parent, name, key, kind))
     }
 
     /// unlink(2). A file still being written is dropped when its last handle closes.

@@ -34,23 +34,34 @@ async fn rig(size: u64, block: u64, max_memory: u64, max_readahead: u64) -> Rig 
         max_memory,
         retry: ReadRetry::default(),
     };
-    let cache = BlockCache::new(store.clone(), None, cfg, Arc::new(Metrics::default()));
-    let path = PrefetchReadPath::new(cache.clone(), max_readahead);
-    let obj = ObjectVersion {
-        key: "f".into(),
-        etag,
-        size,
-    };
-    Rig {
-        store,
-        cache,
-        path,
-        data,
-        obj,
-    }
+    Rig::assemble(store, data, etag, cfg, max_readahead)
 }
 
 impl Rig {
+    /// The read path over `store`, which holds `data` as object `f` under `etag`.
+    fn assemble(
+        store: Arc<ThrottledStore>,
+        data: Vec<u8>,
+        etag: String,
+        cfg: BlockConfig,
+        max_readahead: u64,
+    ) -> Rig {
+        let cache = BlockCache::new(store.clone(), None, cfg, Arc::new(Metrics::default()));
+        let path = PrefetchReadPath::new(cache.clone(), max_readahead);
+        let obj = ObjectVersion {
+            key: "f".into(),
+            etag,
+            size: data.len() as u64,
+        };
+        Rig {
+            store,
+            cache,
+            path,
+            data,
+            obj,
+        }
+    }
+
     fn gets(&self) -> u64 {
         self.store.stats.gets.load(Ordering::SeqCst)
     }
@@ -228,20 +239,7 @@ async fn faulty_rig(size: u64, faults: Faults, retry: ReadRetry) -> Rig {
         max_memory: 32 * MIB,
         retry,
     };
-    let cache = BlockCache::new(store.clone(), None, cfg, Arc::new(Metrics::default()));
-    let path = PrefetchReadPath::new(cache.clone(), 8 * MIB);
-    let obj = ObjectVersion {
-        key: "f".into(),
-        etag,
-        size,
-    };
-    Rig {
-        store,
-        cache,
-        path,
-        data,
-        obj,
-    }
+    Rig::assemble(store, data, etag, cfg, 8 * MIB)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
