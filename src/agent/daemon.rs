@@ -190,7 +190,7 @@ pub fn supervise(a: SuperviseArgs) -> Result<()> {
             if let Some(status) = child.try_wait()? {
                 break status;
             }
-            if !ready && probe::is_lakemount(&a.mountpoint) {
+            if !ready && probe::is_ready(&a.mountpoint) {
                 ready = true;
                 ever_ready = true;
                 state.state = "ready".into();
