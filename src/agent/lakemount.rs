@@ -119,13 +119,7 @@ impl Lakemount {
         if out.status.success() {
             return Ok(());
         }
-        let last = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim()
-            .to_string();
+        let last = error_line(&err);
         match out.status.code() {
             Some(UPLOAD_CONFLICTS) => Err(anyhow!("some files were already in the lake: {last}")),
             _ => Err(anyhow!("{last} ({})", out.status)),
@@ -156,6 +150,26 @@ pub struct UploadTarget {
     pub endpoint: Option<String>,
     pub auth: Option<String>,
     pub threads: Option<u32>,
+}
+
+/// The line of a command's stderr that says what went wrong: the last one that mentions an
+/// error (usage hints follow it), else the last one.
+fn error_line(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let line = lines
+        .iter()
+        .rev()
+        .find(|l| l.to_ascii_lowercase().contains("error"))
+        .or(lines.last())
+        .copied()
+        .unwrap_or("no error message");
+    line.trim_start_matches("lakemount: ")
+        .trim_start_matches("error: ")
+        .to_string()
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -307,6 +321,17 @@ metadata_ttl = 300
         // Every key is one lakemount's config file accepts.
         let file: crate::config::MountFile = toml::from_str(&spec.toml()).unwrap();
         assert_eq!(file.metadata_ttl, Some(300));
+    }
+
+    #[test]
+    fn the_error_line_is_picked_from_a_commands_stderr() {
+        let clap = "error: unrecognized subcommand 'upload'\n\nUsage: lakemount [OPTIONS] <COMMAND>\n\nFor more information, try '--help'.\n";
+        assert_eq!(error_line(clap), "unrecognized subcommand 'upload'");
+        assert_eq!(
+            error_line("progress 10%\nlakemount: error: access denied (HTTP 403)\n"),
+            "access denied (HTTP 403)"
+        );
+        assert_eq!(error_line("just this\n"), "just this");
     }
 
     #[test]

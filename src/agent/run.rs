@@ -351,9 +351,17 @@ fn start_container(
         })
 }
 
+/// The command gets the host's environment less credentials (the agent's own, for the lake,
+/// and Batch's task token), plus the variables a container would get.
 fn start_on_host(command: &[String], workdir: &Path, env: Vec<(String, String)>) -> Result<Child> {
-    Command::new(&command[0])
-        .args(&command[1..])
+    let mut cmd = Command::new(&command[0]);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("AZURE_") || k == "AZ_BATCH_AUTHENTICATION_TOKEN" || k == "NOTIFY_SOCKET" {
+            cmd.env_remove(k.as_ref());
+        }
+    }
+    cmd.args(&command[1..])
         .envs(env)
         .current_dir(workdir)
         .stdin(Stdio::null())
