@@ -39,6 +39,15 @@ pub fn autoscale_formula(max_nodes: u32, nodes_per_task: u32) -> String {
     )
 }
 
+/// An ISO 8601 duration as Batch writes it back: `PT2H`, `PT1H30M`, `PT45M`.
+pub fn iso_minutes(minutes: u64) -> String {
+    match (minutes / 60, minutes % 60) {
+        (0, m) => format!("PT{m}M"),
+        (h, 0) => format!("PT{h}H"),
+        (h, m) => format!("PT{h}H{m}M"),
+    }
+}
+
 fn env_settings(pairs: impl IntoIterator<Item = (String, String)>) -> Value {
     Value::Array(
         pairs
@@ -192,7 +201,7 @@ pub fn task_spec(cfg: &AgentConfig, t: &TaskRequest) -> Result<Value> {
     }
     let mut constraints = json!({"maxTaskRetryCount": cfg.job.max_task_retries});
     if cfg.job.max_task_minutes > 0 {
-        constraints["maxWallClockTime"] = json!(format!("PT{}M", cfg.job.max_task_minutes));
+        constraints["maxWallClockTime"] = json!(iso_minutes(cfg.job.max_task_minutes));
     }
     let mut task = json!({
         "id": t.id,
@@ -233,6 +242,13 @@ nodes_per_task = 2
 "#,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn durations_are_written_as_batch_writes_them() {
+        assert_eq!(iso_minutes(45), "PT45M");
+        assert_eq!(iso_minutes(120), "PT2H");
+        assert_eq!(iso_minutes(90), "PT1H30M");
     }
 
     #[test]
