@@ -282,3 +282,35 @@ fn unit_files_pass_systemd_analyze_verify() {
     verify_unit("lakemount@.service", Some("datasets"));
     verify_unit("lake-agent.service", None);
 }
+
+#[test]
+fn the_framework_image_recipe_copies_files_that_exist_and_parse() {
+    let dir = Path::new(REPO).join("docker/pytorch");
+    let dockerfile = std::fs::read_to_string(dir.join("Dockerfile")).unwrap();
+    let copies: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(copies.len(), 2, "{dockerfile}");
+    for src in copies {
+        assert!(
+            Path::new(REPO).join(src).is_file(),
+            "COPY {src}: no such file"
+        );
+    }
+    assert!(dockerfile.contains("/mnt/lake"));
+    let out = Command::new("sh")
+        .arg("-n")
+        .arg(dir.join("torchrun-lake"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // Compiled, not run: the image has torch, this machine need not.
+    let out = Command::new("python3")
+        .args(["-c", "import ast, sys; ast.parse(open(sys.argv[1]).read())"])
+        .arg(dir.join("train.py"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
