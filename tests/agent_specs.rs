@@ -314,3 +314,45 @@ fn the_framework_image_recipe_copies_files_that_exist_and_parse() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// The configuration shown in the README's "Running on Azure Batch" section.
+fn readme_config() -> String {
+    let readme = std::fs::read_to_string(Path::new(REPO).join("README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Running on Azure Batch")
+        .expect("the section")..];
+    let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let block = &section[start..];
+    let end = block.find("```").unwrap();
+    block[..end]
+        .lines()
+        .map(|l| l.strip_prefix("   ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_readme_configuration_loads_and_gives_valid_specs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("lake-agent.toml");
+    std::fs::write(&cfg, readme_config()).unwrap();
+    let pool = spec(&cfg, &["pool-spec"]);
+    let job = spec(&cfg, &["job-spec"]);
+    let task = spec(
+        &cfg,
+        &[
+            "task-spec",
+            "--id",
+            "epoch-1",
+            "--",
+            "torchrun-lake",
+            "/workspace/train.py",
+        ],
+    );
+    let Some(python) = batch_python() else {
+        return;
+    };
+    validate(&python, "pool", &pool);
+    validate(&python, "job", &job);
+    validate(&python, "task", &task);
+}
