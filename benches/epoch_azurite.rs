@@ -15,43 +15,11 @@ use std::process::Command;
 use common::{epoch, Daemon};
 
 use azurite::Azurite;
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 
 const FILES: usize = 5000;
 
 fn drop_pages(dir: &Path) {
     common::drop_tree(dir);
-}
-
-/// An account SAS (read + list on blobs) signed with the account key, for rclone's sas_url.
-fn account_sas() -> String {
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(azurite::KEY)
-        .unwrap();
-    let (sp, ss, srt, se, spr, sv) = (
-        "rl",
-        "b",
-        "sco",
-        "2035-01-01T00:00:00Z",
-        "http",
-        "2019-12-12",
-    );
-    let to_sign = format!(
-        "{}\n{sp}\n{ss}\n{srt}\n\n{se}\n\n{spr}\n{sv}\n",
-        azurite::ACCOUNT
-    );
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
-    mac.update(to_sign.as_bytes());
-    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    let enc = |s: &str| {
-        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-    };
-    format!(
-        "sv={sv}&ss={ss}&srt={srt}&sp={sp}&se={}&spr={spr}&sig={}",
-        enc(se),
-        enc(&sig)
-    )
 }
 
 fn main() {
@@ -98,7 +66,7 @@ fn main() {
         return;
     }
     let conf = work.path().join("rclone.conf");
-    let sas_url = format!("{}/lake?{}", az.endpoint(), account_sas());
+    let sas_url = format!("{}/lake?{}", az.endpoint(), az.account_sas("rl"));
     std::fs::write(
         &conf,
         format!("[az]\ntype = azureblob\nsas_url = {sas_url}\n"),

@@ -47,6 +47,65 @@ pub enum Command {
     /// Inspect or empty a disk block cache.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Copy a local file or directory tree into the lake, many files and blocks at once.
+    #[command(
+        long_about = "Copy a local file or directory tree into the lake, many files and \
+blocks at once. SRC's contents go below DEST (a directory, as with `rclone copy`); a file SRC \
+becomes DEST/NAME. Every object is committed whole with its Content-MD5: an interrupted upload \
+leaves the previous version (or nothing), never a part.\n\n\
+Without --overwrite, nothing is uploaded if any target exists and differs: the first conflicts \
+are listed and the exit code is 3. Identical targets (same size and Content-MD5) are skipped.\n\n\
+Example:\n  lakemount upload ./crops az://myaccount/datasets/crops/v2 --threads 32"
+    )]
+    Upload(TransferArgs),
+    /// Copy everything below a lake URL (or one blob) to a local directory.
+    #[command(
+        long_about = "Copy everything below a lake URL (or one blob) to a local \
+directory, many files and blocks at once. Each file is checked against its Content-MD5 (when \
+the blob has one) and renamed into place only when complete.\n\n\
+Without --overwrite, nothing is downloaded if any local target exists and differs: the first \
+conflicts are listed and the exit code is 3. Identical files are skipped.\n\n\
+Example:\n  lakemount download az://myaccount/runs/job42 ./job42"
+    )]
+    Download(TransferArgs),
+}
+
+/// Arguments of `upload` (SRC local, DEST lake URL) and `download` (SRC lake URL, DEST local).
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    /// Upload: a local file or directory. Download: a lake URL (az://ACCOUNT/CONTAINER/PATH, ...).
+    pub src: String,
+
+    /// Upload: a lake URL naming the destination directory. Download: a local directory.
+    pub dest: String,
+
+    /// Files and blocks transferred at once.
+    #[arg(long, default_value_t = 16, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=512).map(usize::from))]
+    pub threads: usize,
+
+    /// Replace targets that exist and differ (without it: exit code 3, nothing transferred).
+    #[arg(long)]
+    pub overwrite: bool,
+
+    /// Only paths (relative to SRC) matching this glob, e.g. '**/*.jpg'; repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+
+    /// Leave out paths matching this glob, e.g. 'tmp/**'; repeatable, wins over --include.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+
+    /// Block size of large files [default: 8M; larger for files over 390 GiB].
+    #[arg(long, value_name = "SIZE")]
+    pub block_size: Option<String>,
+
+    /// Blob service endpoint (Azurite, sovereign clouds); see `lakemount mount --help`.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+
+    /// Which credential to use.
+    #[arg(long, value_parser = auth_parser())]
+    pub auth: Option<AuthMethod>,
 }
 
 #[derive(Debug, Args, Default)]
@@ -59,9 +118,16 @@ pub struct MountArgs {
     /// An existing, empty directory to mount on. May come from --config instead.
     pub mountpoint: Option<PathBuf>,
 
-    /// Refuse all writes (EROFS). This version mounts read-only in any case.
+    /// Refuse all changes (EROFS). Without it, files written through the mount are uploaded
+    /// to the lake when closed (see SEMANTICS.md for what is supported).
     #[arg(long)]
     pub read_only: bool,
+
+    /// Where files being written are staged before they are uploaded; a failed upload's data
+    /// stays here [default: CACHE_DIR/staging with --cache-dir, else /var/lib/lakemount/staging
+    /// as root, else ~/.local/state/lakemount/staging].
+    #[arg(long, value_name = "DIR")]
+    pub staging_dir: Option<PathBuf>,
 
     /// Stay in the foreground and log to stderr instead of running as a daemon.
     #[arg(short, long)]
@@ -104,7 +170,8 @@ pub struct MountArgs {
     pub auth: Option<AuthMethod>,
 
     /// A TOML file whose keys mirror these flags (lake, mountpoint, read_only, allow_other, uid,
-    /// gid, file_mode, dir_mode, metadata_ttl, endpoint, auth, log_file). Flags win.
+    /// gid, file_mode, dir_mode, metadata_ttl, endpoint, auth, log_file, block_size,
+    /// max_readahead, max_memory, cache_dir, cache_size, staging_dir, metrics_addr). Flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 

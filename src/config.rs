@@ -33,6 +33,7 @@ pub struct MountFile {
     pub max_memory: Option<String>,
     pub cache_dir: Option<PathBuf>,
     pub cache_size: Option<String>,
+    pub staging_dir: Option<PathBuf>,
     pub metrics_addr: Option<String>,
 }
 
@@ -69,6 +70,7 @@ pub struct MountSettings {
     pub max_memory: u64,
     pub cache_dir: Option<PathBuf>,
     pub cache_size: CacheSize,
+    pub staging_dir: PathBuf,
     pub metrics_addr: Option<SocketAddr>,
 }
 
@@ -106,6 +108,22 @@ fn default_max_memory() -> u64 {
         })
         .map_or(4 << 30, |kb| kb * 1024);
     (total / 8).clamp(512 << 20, 16 << 30)
+}
+
+/// Staging for writes when there is no cache disk: persistent state, not /tmp, so data
+/// kept after a failed upload survives a reboot.
+fn default_staging_dir() -> PathBuf {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/lakemount/staging");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".local/state"))
+        .join("lakemount/staging")
 }
 
 pub fn parse_mode(s: &str) -> Result<u16> {
@@ -168,6 +186,15 @@ impl MountSettings {
                 args.max_memory.as_deref().or(file.max_memory.as_deref()),
                 d.max_memory,
             )?,
+            staging_dir: args
+                .staging_dir
+                .clone()
+                .or(file.staging_dir)
+                .or_else(|| {
+                    let cache = args.cache_dir.as_ref().or(file.cache_dir.as_ref())?;
+                    Some(cache.join("staging"))
+                })
+                .unwrap_or(d.staging_dir),
             cache_dir: args.cache_dir.clone().or(file.cache_dir),
             cache_size: cache_size(args.cache_size.as_deref().or(file.cache_size.as_deref()))?,
             metrics_addr: metrics_addr
@@ -206,6 +233,7 @@ impl MountSettings {
             max_memory: default_max_memory(),
             cache_dir: None,
             cache_size: CacheSize::PercentOfDisk(80.0),
+            staging_dir: default_staging_dir(),
             metrics_addr: None,
         }
     }

@@ -124,6 +124,37 @@ impl LakeUrl {
         }
     }
 
+    /// The URL of the directory holding this one, and this one's last name; `None` at a
+    /// container root or `/`.
+    pub fn split_last(&self) -> Option<(LakeUrl, String)> {
+        match self {
+            LakeUrl::Azure {
+                account,
+                container,
+                prefix,
+            } => {
+                let trimmed = prefix.strip_suffix('/')?;
+                let (parent, name) = match trimmed.rsplit_once('/') {
+                    Some((p, n)) => (format!("{p}/"), n),
+                    None => (String::new(), trimmed),
+                };
+                let parent = LakeUrl::Azure {
+                    account: account.clone(),
+                    container: container.clone(),
+                    prefix: parent,
+                };
+                Some((parent, name.to_string()))
+            }
+            LakeUrl::Local { path } => {
+                let name = path.file_name()?.to_str()?.to_string();
+                let parent = LakeUrl::Local {
+                    path: path.parent()?.to_path_buf(),
+                };
+                Some((parent, name))
+            }
+        }
+    }
+
     fn azure(account: &str, container: &str, prefix: &str) -> Result<LakeUrl, String> {
         check_account(account)?;
         check_container(container)?;

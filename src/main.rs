@@ -3,6 +3,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use lakemount::cli::{CacheCommand, Cli, Command};
 
+/// Exit code of an upload or download refused because targets exist (see --help).
+const CONFLICTS: u8 = 3;
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "lakemount=info,warn",
@@ -32,9 +35,15 @@ fn main() -> ExitCode {
         Command::Cache(CacheCommand::Clear { cache_dir }) => {
             lakemount::cache::admin::clear(cache_dir)
         }
+        Command::Upload(args) => lakemount::transfer::upload::run(args),
+        Command::Download(args) => lakemount::transfer::download::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<lakemount::transfer::tree::Conflicts>() => {
+            eprintln!("lakemount: {e}");
+            ExitCode::from(CONFLICTS)
+        }
         Err(e) => {
             // One line: the chain of causes joined with ": ".
             eprintln!("lakemount: error: {e:#}");

@@ -17,6 +17,7 @@ use crate::cache::blocks::{BlockCache, BlockConfig};
 use crate::cache::disk::DiskCache;
 use crate::cli::MountArgs;
 use crate::config::MountSettings;
+use crate::fs::write::WriteConfig;
 use crate::fs::{FsConfig, LakeFs};
 use crate::fuse::FuseAdapter;
 use crate::metrics::Metrics;
@@ -323,6 +324,11 @@ fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
 }
 
 pub(crate) fn explain(lake: &str, e: StoreError) -> anyhow::Error {
+    explain_for("mount", lake, e)
+}
+
+/// "cannot VERB LAKE: reason: hint".
+pub(crate) fn explain_for(verb: &str, lake: &str, e: StoreError) -> anyhow::Error {
     let hint = match &e {
         StoreError::Denied(_) => {
             ": check the account key, SAS token (expiry, list permission) or identity role assignment"
@@ -330,7 +336,7 @@ pub(crate) fn explain(lake: &str, e: StoreError) -> anyhow::Error {
         StoreError::Unreachable(_) => ": check the endpoint and the network",
         _ => "",
     };
-    anyhow!("cannot mount {lake}: {e}{hint}")
+    anyhow!("cannot {verb} {lake}: {e}{hint}")
 }
 
 /// The I/O runtime: FUSE requests are answered from its tasks.
@@ -388,6 +394,11 @@ pub fn build_fs_with(
         file_mode: s.file_mode,
         dir_mode: s.dir_mode,
         metadata_ttl: s.metadata_ttl,
+        read_only: s.read_only,
+        write: WriteConfig {
+            staging_dir: s.staging_dir.clone(),
+            block_size: s.block_size,
+        },
         ..FsConfig::default()
     };
     let read_path = PrefetchReadPath::new(blocks, s.max_readahead);
@@ -409,15 +420,18 @@ impl Session {
         allow_other: bool,
         rt: tokio::runtime::Handle,
     ) -> Result<Session> {
+        let read_only = fs.config().read_only;
         let adapter = FuseAdapter::new(fs, rt);
         let mut cfg = fuser::Config::default();
         cfg.mount_options = vec![
             MountOption::FSName(FSNAME.into()),
             MountOption::Subtype("lakemount".into()),
-            MountOption::RO,
             MountOption::NoDev,
             MountOption::NoSuid,
         ];
+        if read_only {
+            cfg.mount_options.push(MountOption::RO);
+        }
         if allow_other {
             cfg.acl = SessionACL::All;
             cfg.mount_options.push(MountOption::DefaultPermissions);

@@ -106,11 +106,11 @@ fn odd_blob_names_are_skipped_not_fatal() {
 }
 
 #[test]
-fn missing_names_and_writes_fail_with_the_right_errno() {
+fn missing_names_are_enoent_and_a_read_only_mount_refuses_writes() {
     let az = Azurite::start();
     az.create_container(CONTAINER);
     az.put_blob(CONTAINER, "dir/file.txt", b"content");
-    let m = mount(&az, &[]);
+    let m = mount(&az, &["--read-only"]);
     let mp = m.path();
     assert_eq!(
         errno(std::fs::metadata(mp.join("nope"))),

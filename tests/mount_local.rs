@@ -40,7 +40,7 @@ fn mount_of_a_local_directory_matches_it_byte_for_byte() {
 }
 
 #[test]
-fn missing_names_are_enoent_and_writes_are_erofs() {
+fn missing_names_are_enoent_and_a_read_only_mount_refuses_writes_with_erofs() {
     let src = tempfile::tempdir().unwrap();
     build_tree(src.path());
     let m = Mount::start(&lake_url(src.path()), &["--read-only"], &[])
@@ -272,4 +272,74 @@ impl Drop for Remount {
         let _ = lakemount(&["unmount", "--lazy", self.0.to_str().unwrap()], &[]).output();
         wait_for(Duration::from_secs(10), || !is_mounted(&self.0));
     }
+}
+
+/// A local lake is hierarchical: renames of files and whole directories are atomic
+/// (rename(2) in the lake directory), and every change lands in the directory at once.
+#[test]
+fn a_writable_local_mount_creates_renames_and_removes_in_the_lake() {
+    let src = tempfile::tempdir().unwrap();
+    build_tree(src.path());
+    let staging = tempfile::tempdir().unwrap();
+    let st = staging.path().to_str().unwrap();
+    let m = Mount::start(&lake_url(src.path()), &["--staging-dir", st], &[])
+        .unwrap_or_else(|o| panic!("{o:?}"));
+    let mp = m.path();
+    let lake = src.path();
+    std::fs::create_dir(mp.join("out")).unwrap();
+    std::fs::write(mp.join("out/result.bin"), pseudo_random(3 << 20, 9)).unwrap();
+    assert_eq!(
+        std::fs::read(lake.join("out/result.bin")).unwrap(),
+        pseudo_random(3 << 20, 9)
+    );
+    // A directory rename is one rename in the lake: the same inode, nothing copied.
+    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let before = ino(&lake.join("many"));
+    std::fs::rename(mp.join("many"), mp.join("renamed")).unwrap();
+    assert_eq!(ino(&lake.join("renamed")), before);
+    assert_eq!(std::fs::read(mp.join("renamed/f0007.txt")).unwrap(), b"7\n");
+    assert_eq!(
+        errno(std::fs::metadata(mp.join("many"))),
+        Some(libc::ENOENT)
+    );
+    std::fs::rename(mp.join("README.txt"), mp.join("out/README.txt")).unwrap();
+    assert!(lake.join("out/README.txt").is_file() && !lake.join("README.txt").exists());
+    assert_eq!(
+        errno(std::fs::remove_dir(mp.join("out"))),
+        Some(libc::ENOTEMPTY)
+    );
+    std::fs::remove_dir_all(mp.join("out")).unwrap();
+    assert!(!lake.join("out").exists());
+    assert_eq!(
+        errno(std::os::unix::fs::symlink("x", mp.join("link"))),
+        Some(libc::EPERM)
+    );
+    assert_eq!(
+        errno(std::fs::hard_link(
+            mp.join("labels/train.csv"),
+            mp.join("hard")
+        )),
+        Some(libc::EPERM)
+    );
+    let fifo =
+        std::ffi::CString::new(mp.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    let r = unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) };
+    assert_eq!(
+        (r, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::EPERM))
+    );
+    let shown: Vec<_> = std::fs::read_dir(&mp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        !shown.iter().any(|n| n.starts_with(".lakemount")),
+        "the local store's own staging area is hidden: {shown:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(staging.path()).unwrap().count(),
+        0,
+        "staging emptied"
+    );
 }

@@ -71,6 +71,17 @@ impl MetaCache {
         self.entries.get(key).await
     }
 
+    /// Forgets the listing of `prefix` (this mount changed it).
+    pub async fn invalidate_dir(&self, prefix: &str) {
+        self.dirs.invalidate(prefix).await;
+    }
+
+    /// Forgets everything (a directory was renamed: every name below it moved).
+    pub fn invalidate_all(&self) {
+        self.dirs.invalidate_all();
+        self.entries.invalidate_all();
+    }
+
     pub async fn put_entry(&self, key: &str, kind: Option<EntryKind>) {
         if self.enabled() {
             self.entries.insert(key.to_string(), kind).await;

@@ -137,6 +137,33 @@ impl InodeTable {
         }
     }
 
+    /// The name is gone (unlink, rmdir); the inode lives on until the kernel forgets it.
+    pub fn unlink(&mut self, parent: u64, name: &str) {
+        self.children.remove(&(parent, name.to_string()));
+    }
+
+    /// Moves `name` in `parent` to `newname` in `newparent` (key `newkey`), replacing what
+    /// was there; keys of everything below a moved directory follow.
+    pub fn rename(&mut self, parent: u64, name: &str, newparent: u64, newname: &str, newkey: &str) {
+        self.children.remove(&(newparent, newname.to_string()));
+        let Some(ino) = self.children.remove(&(parent, name.to_string())) else {
+            return;
+        };
+        self.children.insert((newparent, newname.to_string()), ino);
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        let old = std::mem::replace(&mut node.key, newkey.to_string());
+        node.parent = newparent;
+        node.name = newname.to_string();
+        let old_sub = format!("{old}/");
+        for n in self.nodes.values_mut() {
+            if let Some(rest) = n.key.strip_prefix(&old_sub) {
+                n.key = format!("{newkey}/{rest}");
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.nodes.len()
     }

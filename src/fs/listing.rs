@@ -103,6 +103,7 @@ mod tests {
             mtime: SystemTime::UNIX_EPOCH,
             etag: "\"e\"".into(),
             is_dir_marker: marker,
+            content_md5: None,
         }
     }
 

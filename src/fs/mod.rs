@@ -4,6 +4,7 @@
 pub mod inode;
 pub mod listing;
 pub mod names;
+pub mod write;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,7 @@ use crate::reader::{FileReader, ObjectVersion, ReadPath};
 use crate::store::{list_all, DynStore, StoreError};
 use inode::{InodeTable, ROOT_INO};
 use listing::{DirListing, EntryKind};
+use write::{Start, WriteConfig, WriteHandle};
 
 /// An errno for the kernel. Store failures are logged where they are converted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +52,12 @@ pub struct FsConfig {
     pub metadata_ttl: Duration,
     /// Bound on directory entries held by the metadata cache.
     pub max_cached_entries: u64,
+    /// Refuse every change with EROFS.
+    pub read_only: bool,
+    /// Staging and upload block size of writes.
+    pub write: WriteConfig,
+    /// Blocks being uploaded at once, across all files.
+    pub upload_slots: usize,
 }
 
 impl Default for FsConfig {
@@ -61,6 +69,12 @@ impl Default for FsConfig {
             dir_mode: 0o755,
             metadata_ttl: Duration::from_secs(60),
             max_cached_entries: 1_000_000,
+            read_only: false,
+            write: WriteConfig {
+                staging_dir: std::env::temp_dir().join("lakemount-staging"),
+                block_size: 8 << 20,
+            },
+            upload_slots: 8,
         }
     }
 }
@@ -106,6 +120,40 @@ pub struct StatFs {
     pub frsize: u32,
 }
 
+/// What an open file handle reads (and writes) through.
+#[derive(Clone)]
+enum OpenFile {
+    Read(Arc<dyn FileReader>),
+    /// A file with a writer: reads come from its staging file once it was changed, else from
+    /// `base` (the object as opened). Only handles opened for writing commit it.
+    Write {
+        ino: u64,
+        w: Arc<WriteHandle>,
+        base: Option<Arc<dyn FileReader>>,
+        writable: bool,
+    },
+}
+
+/// A file being written, shared by all handles open on it.
+struct Writer {
+    w: Arc<WriteHandle>,
+    handles: usize,
+}
+
+/// How a file is opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenMode {
+    pub write: bool,
+    pub truncate: bool,
+}
+
+impl OpenMode {
+    pub const READ: OpenMode = OpenMode {
+        write: false,
+        truncate: false,
+    };
+}
+
 struct OpenDir {
     ino: u64,
     parent: u64,
@@ -118,7 +166,10 @@ pub struct LakeFs {
     cfg: FsConfig,
     meta: MetaCache,
     inodes: Mutex<InodeTable>,
-    files: Mutex<HashMap<u64, Arc<dyn FileReader>>>,
+    files: Mutex<HashMap<u64, OpenFile>>,
+    /// Files with a writer, by inode.
+    writers: Mutex<HashMap<u64, Writer>>,
+    upload_slots: Arc<tokio::sync::Semaphore>,
     dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
     next_fh: AtomicU64,
     mounted_at: SystemTime,
@@ -129,9 +180,16 @@ fn join_key(dir_prefix: &str, name: &str) -> String {
     format!("{dir_prefix}{name}")
 }
 
+/// The listing prefix of the directory holding `key`: `a/b/` for `a/b/c`, `` for `c`.
+fn parent_prefix(key: &str) -> String {
+    key.rfind('/')
+        .map_or(String::new(), |i| key[..=i].to_string())
+}
+
 impl LakeFs {
     pub fn new(store: DynStore, read_path: Arc<dyn ReadPath>, cfg: FsConfig) -> Self {
         let now = SystemTime::now();
+        let slots = Arc::new(tokio::sync::Semaphore::new(cfg.upload_slots.max(1)));
         LakeFs {
             store,
             read_path,
@@ -139,6 +197,8 @@ impl LakeFs {
             cfg,
             inodes: Mutex::new(InodeTable::new(now)),
             files: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
+            upload_slots: slots,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             mounted_at: now,
@@ -240,6 +300,10 @@ impl LakeFs {
         if !dir.kind.is_dir() {
             return Err(FsError(libc::ENOTDIR));
         }
+        if let Some(ino) = self.pending_child(parent, name) {
+            self.inodes.lock().unwrap().add_lookup(ino);
+            return self.getattr(ino).await;
+        }
         let kind = self
             .resolve(&dir.dir_prefix(), name)
             .await?
@@ -260,6 +324,11 @@ impl LakeFs {
     /// Attributes of `ino`, re-checked against the store once the metadata TTL has passed.
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
         let node = self.node(ino)?;
+        if let Some(w) = self.writer(ino) {
+            let mut a = self.attr(ino, &node.kind);
+            a.size = w.size();
+            return Ok(a);
+        }
         if ino == ROOT_INO || node.checked.elapsed() < self.cfg.metadata_ttl {
             return Ok(self.attr(ino, &node.kind));
         }
@@ -279,50 +348,237 @@ impl LakeFs {
         Ok(self.attr(ino, &kind))
     }
 
-    /// Opens a file for reading; writes are refused on a read-only mount (EROFS). Also says
-    /// whether the kernel may keep the pages it cached at earlier opens: only when the file
-    /// is still the version (ETag) it was then.
-    pub async fn open(&self, ino: u64, write: bool) -> FsResult<(u64, bool)> {
-        if write {
+    /// Opens a file. Writing needs a writable mount (else EROFS). Also says whether the kernel
+    /// may keep the pages it cached at earlier opens: only when the file is still the
+    /// version (ETag) it was then.
+    pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<(u64, bool)> {
+        if mode.write && self.cfg.read_only {
             return Err(FsError(libc::EROFS));
         }
         self.getattr(ino).await?;
+        if let Some(fh) = self.open_on_writer(ino, mode).await? {
+            return Ok((fh, true));
+        }
         let (node, keep_cache) = {
             let mut t = self.inodes.lock().unwrap();
             let n = t.get_mut(ino).ok_or(FsError(libc::ENOENT))?;
             let EntryKind::File { etag, .. } = &n.kind else {
                 return Err(FsError(libc::EISDIR));
             };
-            let keep = n.opened_etag.as_ref() == Some(etag);
+            let keep = n.opened_etag.as_ref() == Some(etag) && !mode.truncate;
             n.opened_etag = Some(etag.clone());
             (n.clone(), keep)
         };
         let EntryKind::File { size, etag, .. } = node.kind else {
             return Err(FsError(libc::EISDIR));
         };
-        let reader = self.read_path.open(ObjectVersion {
-            key: node.key,
+        let version = ObjectVersion {
+            key: node.key.clone(),
             etag,
             size,
-        });
+        };
+        let reader: Arc<dyn FileReader> = Arc::from(self.read_path.open(version.clone()));
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().unwrap().insert(fh, Arc::from(reader));
+        if !mode.write {
+            self.files
+                .lock()
+                .unwrap()
+                .insert(fh, OpenFile::Read(reader));
+            return Ok((fh, keep_cache));
+        }
+        let start = if mode.truncate || size == 0 {
+            Start::Empty
+        } else {
+            Start::Existing(version)
+        };
+        let w = self.new_writer(&node.key, start)?;
+        self.attach_writer(ino, fh, w, Some(reader), true);
         Ok((fh, keep_cache))
     }
 
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        let reader = self
-            .files
+    /// A handle on the writer `ino` already has, if it has one: all handles of a file being
+    /// written see the same bytes.
+    async fn open_on_writer(&self, ino: u64, mode: OpenMode) -> FsResult<Option<u64>> {
+        let Some(w) = self.writer(ino) else {
+            return Ok(None);
+        };
+        if mode.truncate {
+            w.set_size(0).await?;
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.attach_writer(ino, fh, w, None, mode.write);
+        Ok(Some(fh))
+    }
+
+    fn new_writer(&self, key: &str, start: Start) -> FsResult<Arc<WriteHandle>> {
+        WriteHandle::create(
+            self.store.clone(),
+            key,
+            start,
+            &self.cfg.write,
+            self.upload_slots.clone(),
+        )
+        .map_err(|e| {
+            tracing::error!("cannot write {key}: {e}");
+            FsError(libc::EIO)
+        })
+    }
+
+    fn attach_writer(
+        &self,
+        ino: u64,
+        fh: u64,
+        w: Arc<WriteHandle>,
+        base: Option<Arc<dyn FileReader>>,
+        writable: bool,
+    ) {
+        self.writers
+            .lock()
+            .unwrap()
+            .entry(ino)
+            .or_insert_with(|| Writer {
+                w: w.clone(),
+                handles: 0,
+            })
+            .handles += 1;
+        let file = OpenFile::Write {
+            ino,
+            w,
+            base,
+            writable,
+        };
+        self.files.lock().unwrap().insert(fh, file);
+    }
+
+    fn writer(&self, ino: u64) -> Option<Arc<WriteHandle>> {
+        self.writers.lock().unwrap().get(&ino).map(|w| w.w.clone())
+    }
+
+    /// The inode of `name` in `parent` if it is a file being written (maybe not in the lake yet).
+    fn pending_child(&self, parent: u64, name: &str) -> Option<u64> {
+        let ino = self.inodes.lock().unwrap().child(parent, name)?;
+        self.writers
+            .lock()
+            .unwrap()
+            .contains_key(&ino)
+            .then_some(ino)
+    }
+
+    fn open_file(&self, fh: u64) -> FsResult<OpenFile> {
+        self.files
             .lock()
             .unwrap()
             .get(&fh)
             .cloned()
-            .ok_or(FsError(libc::EBADF))?;
-        Ok(reader.read(offset, size).await?)
+            .ok_or(FsError(libc::EBADF))
     }
 
-    pub fn release(&self, fh: u64) {
-        self.files.lock().unwrap().remove(&fh);
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        match self.open_file(fh)? {
+            OpenFile::Read(r) => Ok(r.read(offset, size).await?),
+            OpenFile::Write { w, base, .. } => match base {
+                Some(base) if !w.is_loaded() => Ok(base.read(offset, size).await?),
+                _ => Ok(w.read(offset, size).await?),
+            },
+        }
+    }
+
+    /// Writes through handle `fh`; returns the bytes taken.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        match self.open_file(fh)? {
+            OpenFile::Write {
+                w, writable: true, ..
+            } => Ok(w.write(offset, data).await.map_err(|e| {
+                tracing::error!("writing {}: {e}", w.key());
+                FsError(libc::EIO)
+            })?),
+            _ => Err(FsError(libc::EBADF)),
+        }
+    }
+
+    /// close(2) and fsync(2): commits what the handle wrote, so the file is in the lake,
+    /// complete, when this returns. EIO if the upload failed (the data stays staged).
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let OpenFile::Write {
+            ino,
+            w,
+            writable: true,
+            ..
+        } = self.open_file(fh)?
+        else {
+            return Ok(());
+        };
+        self.commit(ino, &w).await
+    }
+
+    async fn commit(&self, ino: u64, w: &Arc<WriteHandle>) -> FsResult<()> {
+        match w.commit().await {
+            Ok(None) => Ok(()),
+            Ok(Some((done, size))) => {
+                let kind = EntryKind::File {
+                    size,
+                    mtime: done.mtime,
+                    etag: done.etag.clone(),
+                };
+                let key = w.key();
+                if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
+                    n.kind = kind.clone();
+                    n.checked = std::time::Instant::now();
+                    // The kernel's pages are what was just written.
+                    n.opened_etag = Some(done.etag);
+                }
+                self.changed(&key, Some(kind)).await;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(
+                    "upload of {} failed: {e}; the data is kept in {}",
+                    w.key(),
+                    w.staging_path().display()
+                );
+                Err(FsError(libc::EIO))
+            }
+        }
+    }
+
+    /// The last close of a handle. A writer's leftovers are committed (errors are only
+    /// logged: nobody is left to tell) and its staging file removed once safe.
+    pub async fn release(&self, fh: u64) {
+        let Some(file) = self.files.lock().unwrap().remove(&fh) else {
+            return;
+        };
+        let OpenFile::Write {
+            ino, w, writable, ..
+        } = file
+        else {
+            return;
+        };
+        if writable && w.is_dirty() {
+            let _ = self.commit(ino, &w).await;
+        }
+        let last = {
+            let mut writers = self.writers.lock().unwrap();
+            match writers.get_mut(&ino) {
+                Some(entry) if Arc::ptr_eq(&entry.w, &w) => {
+                    entry.handles -= 1;
+                    let last = entry.handles == 0;
+                    if last {
+                        writers.remove(&ino);
+                    }
+                    last
+                }
+                _ => true,
+            }
+        };
+        if last {
+            w.finish();
+        }
+    }
+
+    /// Records a change this mount made to `key`: its own writes are visible at once.
+    async fn changed(&self, key: &str, kind: Option<EntryKind>) {
+        self.meta.put_entry(key, kind).await;
+        self.meta.invalidate_dir(&parent_prefix(key)).await;
     }
 
     /// Opens a directory: its listing is taken once here, so offsets stay valid while it is read.
@@ -332,11 +588,33 @@ impl LakeFs {
             return Err(FsError(libc::ENOTDIR));
         }
         let listing = self.listing(&node.dir_prefix()).await?;
-        let entries = listing
+        let mut entries: Vec<(String, EntryKind)> = listing
             .entries
             .iter()
             .map(|(n, k)| (n.clone(), k.clone()))
             .collect();
+        // Files being written here that are not in the lake yet.
+        let pending: Vec<(u64, Arc<WriteHandle>)> = self
+            .writers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(ino, w)| (*ino, w.w.clone()))
+            .collect();
+        for (child, w) in pending {
+            let name = match self.inodes.lock().unwrap().get(child) {
+                Some(n) if n.parent == ino => n.name.clone(),
+                _ => continue,
+            };
+            if !listing.entries.contains_key(&name) {
+                let kind = EntryKind::File {
+                    size: w.size(),
+                    mtime: SystemTime::now(),
+                    etag: String::new(),
+                };
+                entries.push((name, kind));
+            }
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let dir = OpenDir {
             ino,
@@ -415,6 +693,326 @@ impl LakeFs {
 
     pub fn releasedir(&self, fh: u64) {
         self.dirs.lock().unwrap().remove(&fh);
+    }
+
+    fn writable(&self) -> FsResult<()> {
+        if self.cfg.read_only {
+            Err(FsError(libc::EROFS))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The directory node `parent` and the key `name` would have in it, for a new name.
+    fn new_name(&self, parent: u64, name: &str) -> FsResult<(inode::Node, String)> {
+        if name.len() > 255 {
+            return Err(FsError(libc::ENAMETOOLONG));
+        }
+        if names::invalid_reason(name).is_some() {
+            return Err(FsError(libc::EINVAL));
+        }
+        let dir = self.node(parent)?;
+        if !dir.kind.is_dir() {
+            return Err(FsError(libc::ENOTDIR));
+        }
+        let key = join_key(&dir.dir_prefix(), name);
+        Ok((dir, key))
+    }
+
+    /// What `name` in `parent` is now, files being written included.
+    async fn existing(
+        &self,
+        parent: u64,
+        dir: &inode::Node,
+        name: &str,
+    ) -> FsResult<Option<EntryKind>> {
+        if let Some(ino) = self.pending_child(parent, name) {
+            return Ok(self.node(ino).ok().map(|n| n.kind));
+        }
+        self.resolve(&dir.dir_prefix(), name).await
+    }
+
+    /// create(2): a new, empty file, written when closed. An existing file is replaced
+    /// (unless `exclusive`), as with O_TRUNC.
+    pub async fn create(&self, parent: u64, name: &str, exclusive: bool) -> FsResult<(Attr, u64)> {
+        self.writable()?;
+        let (dir, key) = self.new_name(parent, name)?;
+        match self.existing(parent, &dir, name).await? {
+            Some(k) if k.is_dir() => return Err(FsError(libc::EISDIR)),
+            Some(_) if exclusive => return Err(FsError(libc::EEXIST)),
+            _ => {}
+        }
+        let kind = EntryKind::File {
+            size: 0,
+            mtime: SystemTime::now(),
+            etag: String::new(),
+        };
+        let ino = self
+            .inodes
+            .lock()
+            .unwrap()
+            .upsert(parent, name, key.clone(), kind.clone(), 1);
+        if let Some(fh) = self
+            .open_on_writer(
+                ino,
+                OpenMode {
+                    write: true,
+                    truncate: true,
+                },
+            )
+            .await?
+        {
+            return Ok((self.getattr(ino).await?, fh));
+        }
+        let w = self.new_writer(&key, Start::Empty)?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.attach_writer(ino, fh, w, None, true);
+        Ok((self.attr(ino, &kind), fh))
+    }
+
+    /// Sets the size (truncate(2), ftruncate(2), O_TRUNC); other attributes (mode, owner,
+    /// times) are accepted and not stored: the mount shows its configured ones.
+    pub async fn setattr(&self, ino: u64, size: Option<u64>, fh: Option<u64>) -> FsResult<Attr> {
+        let Some(size) = size else {
+            return self.getattr(ino).await;
+        };
+        self.writable()?;
+        let node = self.node(ino)?;
+        if node.kind.is_dir() {
+            return Err(FsError(libc::EISDIR));
+        }
+        let via_handle = match fh.map(|fh| self.open_file(fh)) {
+            Some(Ok(OpenFile::Write { w, .. })) => Some(w),
+            _ => self.writer(ino),
+        };
+        if let Some(w) = via_handle {
+            w.set_size(size).await.map_err(|e| {
+                tracing::error!("truncating {}: {e}", w.key());
+                FsError(libc::EIO)
+            })?;
+            return self.getattr(ino).await;
+        }
+        // No open writer: `truncate -s N path`. Done as a whole write of the new content.
+        let current = self.getattr(ino).await?;
+        if current.size == size {
+            return Ok(current);
+        }
+        let (fh, _) = self
+            .open(
+                ino,
+                OpenMode {
+                    write: true,
+                    truncate: size == 0,
+                },
+            )
+            .await?;
+        let result = async {
+            if let OpenFile::Write { w, .. } = self.open_file(fh)? {
+                w.set_size(size).await.map_err(|_| FsError(libc::EIO))?;
+            }
+            self.flush(fh).await
+        }
+        .await;
+        self.release(fh).await;
+        result?;
+        self.getattr(ino).await
+    }
+
+    /// mkdir(2): a directory marker in the lake (what hierarchical accounts hold natively).
+    pub async fn mkdir(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        self.writable()?;
+        let (dir, key) = self.new_name(parent, name)?;
+        if self.existing(parent, &dir, name).await?.is_some() {
+            return Err(FsError(libc::EEXIST));
+        }
+        self.store.make_dir(&key).await?;
+        let kind = EntryKind::Dir {
+            mtime: Some(SystemTime::now()),
+        };
+        self.changed(&key, Some(kind.clone())).await;
+        let ino = self
+            .inodes
+            .lock()
+            .unwrap()
+            .upsert(parent, name, key, kind.clone(), 1);
+        Ok(self.attr(ino, &kind))
+    }
+
+    /// unlink(2). A file still being written is dropped when its last handle closes.
+    pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.writable()?;
+        let (dir, key) = self.new_name(parent, name)?;
+        let pending = self.pending_child(parent, name);
+        match self.existing(parent, &dir, name).await? {
+            None => return Err(FsError(libc::ENOENT)),
+            Some(k) if k.is_dir() => return Err(FsError(libc::EISDIR)),
+            Some(_) => {}
+        }
+        if let Some(ino) = pending {
+            if let Some(w) = self.writer(ino) {
+                w.mark_unlinked();
+            }
+        }
+        match self.store.delete(&key).await {
+            Err(StoreError::NotFound(_)) if pending.is_some() => {}
+            r => r?,
+        }
+        self.inodes.lock().unwrap().unlink(parent, name);
+        self.changed(&key, None).await;
+        self.keep_dir(&dir.key).await
+    }
+
+    /// rmdir(2): ENOTEMPTY while anything is below it.
+    pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.writable()?;
+        let (dir, key) = self.new_name(parent, name)?;
+        match self.existing(parent, &dir, name).await? {
+            Some(k) if !k.is_dir() => return Err(FsError(libc::ENOTDIR)),
+            // A directory that only existed through its files vanishes with the last of
+            // them; the kernel may still know it: removing it is then a no-op.
+            None if self.inodes.lock().unwrap().child(parent, name).is_none() => {
+                return Err(FsError(libc::ENOENT))
+            }
+            _ => {}
+        }
+        if !self.is_empty_dir(&key).await? {
+            return Err(FsError(libc::ENOTEMPTY));
+        }
+        self.store.remove_dir(&key).await?;
+        self.inodes.lock().unwrap().unlink(parent, name);
+        self.changed(&key, None).await;
+        self.meta.invalidate_dir(&format!("{key}/")).await;
+        self.keep_dir(&dir.key).await
+    }
+
+    async fn is_empty_dir(&self, key: &str) -> FsResult<bool> {
+        let page = self.store.list_page(&format!("{key}/"), None).await?;
+        if !page.objects.is_empty() || !page.prefixes.is_empty() {
+            return Ok(false);
+        }
+        let sub = format!("{key}/");
+        let inodes = self.inodes.lock().unwrap();
+        let writing = self
+            .writers
+            .lock()
+            .unwrap()
+            .keys()
+            .any(|ino| inodes.get(*ino).is_some_and(|n| n.key.starts_with(&sub)));
+        Ok(!writing)
+    }
+
+    /// On a flat account a directory exists only while something is in it: when the last
+    /// entry of `key` goes, a marker keeps the directory, as POSIX (and HNS) would.
+    async fn keep_dir(&self, key: &str) -> FsResult<()> {
+        if key.is_empty() || self.store.hierarchical().await {
+            return Ok(());
+        }
+        if !self.store.dir_exists(&format!("{key}/")).await? {
+            self.store.make_dir(key).await?;
+            self.changed(
+                key,
+                Some(EntryKind::Dir {
+                    mtime: Some(SystemTime::now()),
+                }),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// rename(2). Hierarchical stores rename files and directories atomically; flat ones
+    /// rename a file by copy + delete and refuse directories with EXDEV (so `mv` copies).
+    pub async fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        newparent: u64,
+        newname: &str,
+        noreplace: bool,
+    ) -> FsResult<()> {
+        self.writable()?;
+        let (dir, from) = self.new_name(parent, name)?;
+        let (newdir, to) = self.new_name(newparent, newname)?;
+        let src = self
+            .existing(parent, &dir, name)
+            .await?
+            .ok_or(FsError(libc::ENOENT))?;
+        if from == to {
+            return Ok(());
+        }
+        let dst = self.existing(newparent, &newdir, newname).await?;
+        if noreplace && dst.is_some() {
+            return Err(FsError(libc::EEXIST));
+        }
+        let hierarchical = self.store.hierarchical().await;
+        match (&src, &dst) {
+            (EntryKind::File { .. }, Some(EntryKind::Dir { .. })) => {
+                return Err(FsError(libc::EISDIR))
+            }
+            (EntryKind::Dir { .. }, Some(EntryKind::File { .. })) => {
+                return Err(FsError(libc::ENOTDIR))
+            }
+            (EntryKind::Dir { .. }, _) if to.starts_with(&format!("{from}/")) => {
+                return Err(FsError(libc::EINVAL))
+            }
+            (EntryKind::Dir { .. }, _) if !hierarchical => return Err(FsError(libc::EXDEV)),
+            (EntryKind::Dir { .. }, Some(EntryKind::Dir { .. })) => {
+                if !self.is_empty_dir(&to).await? {
+                    return Err(FsError(libc::ENOTEMPTY));
+                }
+                self.store.remove_dir(&to).await?;
+            }
+            _ => {}
+        }
+        // A file being written goes up under its old name first, then moves like any other.
+        let writer = self
+            .pending_child(parent, name)
+            .and_then(|ino| self.writer(ino).map(|w| (ino, w)));
+        let mut in_lake = true;
+        if let Some((ino, w)) = &writer {
+            self.commit(*ino, w).await?;
+            in_lake = self.store.head(&from).await?.is_some();
+        }
+        if in_lake {
+            if hierarchical {
+                self.store.rename(&from, &to).await?;
+            } else {
+                self.store.copy(&from, &to).await?;
+                self.store.delete(&from).await?;
+            }
+        }
+        if let Some((_, w)) = &writer {
+            w.retarget(&to);
+        }
+        self.inodes
+            .lock()
+            .unwrap()
+            .rename(parent, name, newparent, newname, &to);
+        if src.is_dir() {
+            // Every cached name below moved.
+            self.meta.invalidate_all();
+        } else {
+            let moved = if in_lake {
+                self.store.head(&to).await?
+            } else {
+                None
+            };
+            let kind = moved.map(|h| EntryKind::File {
+                size: h.size,
+                mtime: h.mtime,
+                etag: h.etag,
+            });
+            if let Some(k) = &kind {
+                let mut t = self.inodes.lock().unwrap();
+                if let Some(n) = t.child(newparent, newname).and_then(|i| t.get_mut(i)) {
+                    n.kind = k.clone();
+                    n.checked = std::time::Instant::now();
+                }
+            }
+            self.changed(&to, kind).await;
+        }
+        self.changed(&from, None).await;
+        self.keep_dir(&dir.key).await
     }
 
     pub fn statfs(&self) -> StatFs {

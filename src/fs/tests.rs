@@ -127,25 +127,43 @@ async fn lookup_reports_sizes_and_missing_names() {
 }
 
 #[tokio::test]
-async fn reads_return_exact_bytes_and_writes_are_refused() {
+async fn reads_return_exact_bytes_and_a_read_only_mount_refuses_changes() {
     let s = Arc::new(MemoryStore::new());
     let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
     s.put("f.bin", data.clone());
     let fs = fs_over(s, Duration::from_secs(60));
     let f = fs.lookup(ROOT_INO, "f.bin").await.unwrap();
-    assert_eq!(fs.open(f.ino, true).await, Err(FsError(libc::EROFS)));
+    let ro = LakeFs::new(
+        fs.store.clone(),
+        fs.read_path.clone(),
+        FsConfig {
+            read_only: true,
+            ..FsConfig::default()
+        },
+    );
+    let rf = ro.lookup(ROOT_INO, "f.bin").await.unwrap();
+    let w = OpenMode {
+        write: true,
+        truncate: false,
+    };
+    assert_eq!(ro.open(rf.ino, w).await, Err(FsError(libc::EROFS)));
+    assert_eq!(ro.mkdir(ROOT_INO, "d").await, Err(FsError(libc::EROFS)));
+    assert_eq!(
+        ro.unlink(ROOT_INO, "f.bin").await,
+        Err(FsError(libc::EROFS))
+    );
     assert!(
-        !fs.open(f.ino, false).await.unwrap().1,
+        !fs.open(f.ino, OpenMode::READ).await.unwrap().1,
         "first open: nothing cached to keep"
     );
-    let fh = fs.open(f.ino, false).await.unwrap().0;
+    let fh = fs.open(f.ino, OpenMode::READ).await.unwrap().0;
     assert_eq!(&fs.read(fh, 0, 10).await.unwrap()[..], &data[..10]);
     assert_eq!(
         &fs.read(fh, 99_990, 4096).await.unwrap()[..],
         &data[99_990..]
     );
     assert!(fs.read(fh, 200_000, 10).await.unwrap().is_empty());
-    fs.release(fh);
+    fs.release(fh).await;
     assert_eq!(fs.read(fh, 0, 1).await, Err(FsError(libc::EBADF)));
     let d = fs.lookup(ROOT_INO, "f.bin").await.unwrap();
     assert_eq!(fs.opendir(d.ino).await, Err(FsError(libc::ENOTDIR)));
@@ -157,7 +175,7 @@ async fn an_open_handle_never_mixes_two_versions() {
     s.put("f", "old content");
     let fs = fs_over(s.clone(), Duration::from_secs(60));
     let f = fs.lookup(ROOT_INO, "f").await.unwrap();
-    let fh = fs.open(f.ino, false).await.unwrap().0;
+    let fh = fs.open(f.ino, OpenMode::READ).await.unwrap().0;
     assert_eq!(&fs.read(fh, 0, 3).await.unwrap()[..], b"old");
     s.put("f", "new content");
     assert_eq!(fs.read(fh, 3, 8).await, Err(FsError(libc::ESTALE)));
@@ -293,12 +311,15 @@ async fn the_page_cache_is_kept_only_while_the_etag_is_unchanged() {
     s.put("f", "one");
     let fs = fs_over(s.clone(), Duration::from_millis(20));
     let f = fs.lookup(ROOT_INO, "f").await.unwrap();
-    assert!(!fs.open(f.ino, false).await.unwrap().1);
-    assert!(fs.open(f.ino, false).await.unwrap().1, "same version: keep");
+    assert!(!fs.open(f.ino, OpenMode::READ).await.unwrap().1);
+    assert!(
+        fs.open(f.ino, OpenMode::READ).await.unwrap().1,
+        "same version: keep"
+    );
     s.put("f", "two");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let (fh, keep) = fs.open(f.ino, false).await.unwrap();
+        let (fh, keep) = fs.open(f.ino, OpenMode::READ).await.unwrap();
         match fs.read(fh, 0, 3).await {
             Ok(b) if &b[..] == b"two" => {
                 assert!(!keep, "a new version must drop the kernel's pages");
@@ -313,5 +334,235 @@ async fn the_page_cache_is_kept_only_while_the_etag_is_unchanged() {
             "new version never seen"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+mod writes {
+    use super::*;
+    use crate::store::Store;
+
+    const W: OpenMode = OpenMode {
+        write: true,
+        truncate: false,
+    };
+
+    fn fs_with(store: Arc<MemoryStore>, staging: &std::path::Path) -> LakeFs {
+        let cfg = FsConfig {
+            write: WriteConfig {
+                staging_dir: staging.to_path_buf(),
+                block_size: 4,
+            },
+            ..FsConfig::default()
+        };
+        LakeFs::new(store.clone(), DirectReadPath::new(store), cfg)
+    }
+
+    async fn read_all(fs: &LakeFs, ino: u64) -> Vec<u8> {
+        let fh = fs.open(ino, OpenMode::READ).await.unwrap().0;
+        let data = fs.read(fh, 0, 1 << 20).await.unwrap().to_vec();
+        fs.release(fh).await;
+        data
+    }
+
+    #[tokio::test]
+    async fn a_created_file_is_listed_at_once_and_in_the_lake_after_close() {
+        let s = Arc::new(MemoryStore::new());
+        let t = tempfile::tempdir().unwrap();
+        let fs = fs_with(s.clone(), t.path());
+        let d = fs.mkdir(ROOT_INO, "out").await.unwrap();
+        let (a, fh) = fs.create(d.ino, "x.bin", true).await.unwrap();
+        assert_eq!(fs.write(fh, 0, b"hello ").await, Ok(6));
+        assert_eq!(fs.write(fh, 6, b"world").await, Ok(5));
+        let dh = fs.opendir(d.ino).await.unwrap();
+        assert_eq!(
+            names(&fs, dh, false),
+            [".", "..", "x.bin"],
+            "listed while written"
+        );
+        assert_eq!(fs.getattr(a.ino).await.unwrap().size, 11);
+        assert!(
+            s.data("out/x.bin").is_none(),
+            "not in the lake before close"
+        );
+        fs.flush(fh).await.unwrap();
+        fs.release(fh).await;
+        assert_eq!(&s.data("out/x.bin").unwrap()[..], b"hello world");
+        let info = s.head("out/x.bin").await.unwrap().unwrap();
+        assert!(info.content_md5.is_some(), "Content-MD5 set");
+        assert_eq!(read_all(&fs, a.ino).await, b"hello world");
+        assert_eq!(
+            fs.create(d.ino, "x.bin", true).await.map(|_| ()),
+            Err(FsError(libc::EEXIST))
+        );
+        assert_eq!(
+            std::fs::read_dir(t.path()).unwrap().count(),
+            0,
+            "staging cleaned up"
+        );
+    }
+
+    #[tokio::test]
+    async fn appends_and_writes_inside_an_existing_file_rewrite_it() {
+        let s = Arc::new(MemoryStore::new());
+        s.put("log.txt", "line1\n");
+        let t = tempfile::tempdir().unwrap();
+        let fs = fs_with(s.clone(), t.path());
+        let f = fs.lookup(ROOT_INO, "log.txt").await.unwrap();
+        let (fh, _) = fs.open(f.ino, W).await.unwrap();
+        assert_eq!(&fs.read(fh, 0, 100).await.unwrap()[..], b"line1\n");
+        fs.write(fh, 6, b"line2\n").await.unwrap();
+        fs.write(fh, 4, b"X").await.unwrap();
+        fs.flush(fh).await.unwrap();
+        fs.release(fh).await;
+        assert_eq!(&s.data("log.txt").unwrap()[..], b"lineX\nline2\n");
+    }
+
+    #[tokio::test]
+    async fn truncate_without_a_handle_rewrites_the_object() {
+        let s = Arc::new(MemoryStore::new());
+        s.put("f", "0123456789");
+        let t = tempfile::tempdir().unwrap();
+        let fs = fs_with(s.clone(), t.path());
+        let f = fs.lookup(ROOT_INO, "f").await.unwrap();
+        assert_eq!(fs.setattr(f.ino, Some(3), None).await.unwrap().size, 3);
+        assert_eq!(&s.data("f").unwrap()[..], b"012");
+        assert_eq!(fs.setattr(f.ino, Some(0), None).await.unwrap().size, 0);
+        assert_eq!(s.data("f").unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn rmdir_refuses_a_directory_with_entries_and_unlink_keeps_the_parent() {
+        let s = Arc::new(MemoryStore::new());
+        s.put("d/a", "a");
+        let t = tempfile::tempdir().unwrap();
+        let fs = fs_with(s.clone(), t.path());
+        let d = fs.lookup(ROOT_INO, "d").await.unwrap();
+        assert_eq!(fs.rmdir(ROOT_INO, "d").await, Err(FsError(libc::ENOTEMPTY)));
+        assert_eq!(fs.unlink(ROOT_INO, "d").await, Err(FsError(libc::EISDIR)));
+        assert_eq!(fs.rmdir(d.ino, "a").await, Err(FsError(libc::ENOTDIR)));
+        fs.unlink(d.ino, "a").await.unwrap();
+        assert_eq!(s.keys(), ["d"], "a marker keeps the emptied directory");
+        assert_eq!(fs.lookup(d.ino, "a").await, Err(FsError(libc::ENOENT)));
+        assert!(fs.lookup(ROOT_INO, "d").await.unwrap().kind == Kind::Dir);
+        fs.rmdir(ROOT_INO, "d").await.unwrap();
+        assert!(s.keys().is_empty());
+        assert_eq!(fs.lookup(ROOT_INO, "d").await, Err(FsError(libc::ENOENT)));
+        assert_eq!(
+            fs.unlink(ROOT_INO, "nope").await,
+            Err(FsError(libc::ENOENT))
+        );
+    }
+
+    #[tokio::test]
+    async fn flat_rename_copies_files_and_refuses_directories_with_exdev() {
+        let s = Arc::new(MemoryStore::new());
+        s.put("a.txt", "A");
+        s.put("b.txt", "B");
+        s.put("dir/x", "x");
+        let t = tempfile::tempdir().unwrap();
+        let fs = fs_with(s.clone(), t.path());
+        let a = fs.lookup(ROOT_INO, "a.txt").await.unwrap();
+        let dir = fs.lookup(ROOT_INO, "dir").await.unwrap();
+        assert_eq!(
+            fs.rename(ROOT_INO, "a.txt", ROOT_INO, "b.txt", true).await,
+            Err(FsError(libc::EEXIST))
+        );
+        fs.rename(ROOT_INO, "a.txt", ROOT_INO, "b.txt", false)
+            .await
+            .unwrap();
+        assert_eq!(&s.data("b.txt").unwrap()[..], b"A", "replaced");
+        assert!(s.data("a.txt").is_none());
+        assert_eq!(
+            read_all(&fs, a.ino).await,
+            b"A",
+            "the inode follows its name"
+        );
+        fs.rename(ROOT_INO, "b.txt", dir.ino, "b.txt", false)
+            .await
+            .unwrap();
+        assert_eq!(&s.data("dir/b.txt").unwrap()[..], b"A");
+        assert_eq!(
+            fs.rename(ROOT_INO, "dir", ROOT_INO, "dir2", false).await,
+            Err(FsError(libc::EXDEV))
+        );
+        assert_eq!(
+            fs.rename(ROOT_INO, "missing", ROOT_INO, "m2", false).await,
+            Err(FsError(libc::ENOENT))
+        );
+        assert_eq!(
+            fs.rename(dir.ino, "x", 9999, "x", false).await,
+            Err(FsError(libc::ENOENT)),
+            "into a directory that does not exist"
+        );
+    }
+
+    #[tokio::test]
+    async fn hierarchical_rename_moves_a_directory_and_everything_below() {
+        let s = Arc::new(MemoryStore::hierarchical());
+        s.put("dir/x", "x");
+        s.put("dir/sub/y", "y");
+        let t = tempfile::tempdir().unwrap();
+        let fs = fs_with(s.clone(), t.path());
+        let dir = fs.lookup(ROOT_INO, "dir").await.unwrap();
+        let sub = fs.lookup(dir.ino, "sub").await.unwrap();
+        let y = fs.lookup(sub.ino, "y").await.unwrap();
+        fs.rename(ROOT_INO, "dir", ROOT_INO, "moved", false)
+            .await
+            .unwrap();
+        assert_eq!(s.keys(), ["moved/sub/y", "moved/x"]);
+        assert_eq!(read_all(&fs, y.ino).await, b"y", "open inodes below follow");
+        let m = fs.lookup(ROOT_INO, "moved").await.unwrap();
+        assert_eq!(m.ino, dir.ino);
+        assert_eq!(
+            fs.rename(ROOT_INO, "moved", m.ino, "inside", false).await,
+            Err(FsError(libc::EINVAL))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_upload_gives_eio_keeps_the_data_and_leaves_the_lake_alone() {
+        let s = Arc::new(MemoryStore::new());
+        s.put("f", "old");
+        let t = tempfile::tempdir().unwrap();
+        let fs = fs_with(s.clone(), t.path());
+        let f = fs.lookup(ROOT_INO, "f").await.unwrap();
+        let (fh, _) = fs
+            .open(
+                f.ino,
+                OpenMode {
+                    write: true,
+                    truncate: true,
+                },
+            )
+            .await
+            .unwrap();
+        fs.write(fh, 0, b"new data!").await.unwrap();
+        s.fail_writes.store(true, Ordering::Relaxed);
+        assert_eq!(fs.flush(fh).await, Err(FsError(libc::EIO)));
+        fs.release(fh).await;
+        assert_eq!(&s.data("f").unwrap()[..], b"old");
+        let kept: Vec<_> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        let data = kept
+            .iter()
+            .find(|p| p.extension().unwrap() == "data")
+            .unwrap();
+        assert_eq!(std::fs::read(data).unwrap(), b"new data!");
+    }
+
+    #[tokio::test]
+    async fn a_file_unlinked_while_written_never_reaches_the_lake() {
+        let s = Arc::new(MemoryStore::new());
+        let t = tempfile::tempdir().unwrap();
+        let fs = fs_with(s.clone(), t.path());
+        let (_, fh) = fs.create(ROOT_INO, "tmp", false).await.unwrap();
+        fs.write(fh, 0, b"scratch").await.unwrap();
+        fs.unlink(ROOT_INO, "tmp").await.unwrap();
+        fs.flush(fh).await.unwrap();
+        fs.release(fh).await;
+        assert!(s.keys().is_empty());
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
     }
 }

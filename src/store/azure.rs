@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use http::{Method, Request, StatusCode};
 use object_store::azure::{AzureAuthorizer, AzureConfigKey, MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::client::{
@@ -21,7 +22,44 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use url::Url;
 
-use super::{azure_list, retry, ListPage, ObjectInfo, Store, StoreError, StoreResult};
+use super::{
+    azure_list, md5_base64, retry, Committed, ListPage, ObjectInfo, PutOptions, Store, StoreError,
+    StoreResult,
+};
+
+/// One REST call: method, URL, extra headers and body.
+#[derive(Clone)]
+struct Call {
+    method: Method,
+    url: Url,
+    headers: Vec<(&'static str, String)>,
+    body: Bytes,
+    /// A header naming a source object (`x-ms-copy-source`, `x-ms-rename-source`): a SAS the
+    /// credential adds to this request's URL must be added to the source as well.
+    source_header: Option<&'static str>,
+}
+
+impl Call {
+    fn new(method: Method, url: Url) -> Self {
+        Call {
+            method,
+            url,
+            headers: Vec::new(),
+            body: Bytes::new(),
+            source_header: None,
+        }
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    fn body(mut self, body: Bytes) -> Self {
+        self.body = body;
+        self
+    }
+}
 
 /// How to authenticate; `Auto` tries, in order: bearer token, account key, workload identity,
 /// service principal, SAS, then managed identity (object_store's resolution order).
@@ -153,6 +191,7 @@ pub struct AzureStore {
     account: String,
     container: String,
     prefix: String,
+    hns: tokio::sync::OnceCell<bool>,
 }
 
 impl fmt::Debug for AzureStore {
@@ -230,6 +269,7 @@ impl AzureStore {
             account: target.account,
             container: target.container,
             prefix: target.prefix,
+            hns: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -266,13 +306,16 @@ impl AzureStore {
         shown.to_string()
     }
 
-    /// Sends one signed request; non-success statuses become [`StoreError`]s.
     /// Sends one signed request, retrying transient failures (see [`retry`]); other
     /// non-success statuses become [`StoreError`]s at once.
     async fn send(&self, method: Method, url: Url) -> StoreResult<HttpResponse> {
+        self.call(Call::new(method, url)).await
+    }
+
+    async fn call(&self, call: Call) -> StoreResult<HttpResponse> {
         let mut attempt = 0;
         loop {
-            match self.send_once(method.clone(), &url).await {
+            match self.send_once(&call).await {
                 Ok(resp) => return Ok(resp),
                 Err((err, Some(after))) if attempt + 1 < retry::ATTEMPTS => {
                     let wait = retry::delay(attempt, after, retry::jitter());
@@ -288,20 +331,30 @@ impl AzureStore {
     /// One attempt. On failure, `Some(retry_after)` marks it worth retrying.
     async fn send_once(
         &self,
-        method: Method,
-        url: &Url,
+        call: &Call,
     ) -> Result<HttpResponse, (StoreError, Option<Option<Duration>>)> {
+        let url = &call.url;
         let cred = self.os.credentials().get_credential().await.map_err(|e| {
             (
                 StoreError::Denied(format!("could not obtain a credential: {e}")),
                 None,
             )
         })?;
+        let bad = |e: String| (StoreError::Invalid(e), None);
         let mut req = Request::builder()
-            .method(method)
+            .method(call.method.clone())
             .uri(url.as_str())
-            .body(HttpRequestBody::empty())
-            .map_err(|e| (StoreError::Other(e.to_string()), None))?;
+            .body(HttpRequestBody::from(call.body.clone()))
+            .map_err(|e| bad(e.to_string()))?;
+        let headers = req.headers_mut();
+        if call.method == Method::PUT {
+            // The Shared Key signature covers Content-Length, so it must be set before signing.
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(call.body.len()));
+        }
+        for (name, value) in &call.headers {
+            let value = HeaderValue::from_str(value).map_err(|e| bad(format!("{name}: {e}")))?;
+            headers.insert(HeaderName::from_static(name), value);
+        }
         AzureAuthorizer::new(&cred, &self.account)
             .try_authorize(&mut req)
             .map_err(|e| {
@@ -310,6 +363,15 @@ impl AzureStore {
                     None,
                 )
             })?;
+        if let (Some(name), Some(sas)) = (call.source_header, req.uri().query()) {
+            // A SAS credential was added to this request's URL (our own calls with a source
+            // carry no query): the source needs it too. Shared Key requests have no query.
+            let sas = sas.to_string();
+            if let Some(v) = req.headers_mut().get_mut(name) {
+                let with_sas = format!("{}?{sas}", v.to_str().unwrap_or_default());
+                *v = HeaderValue::from_str(&with_sas).map_err(|e| bad(e.to_string()))?;
+            }
+        }
         let resp = self.http.execute(req).await.map_err(|e| {
             let err = StoreError::Unreachable(format!("{}: {e}", self.where_(url)));
             (err, Some(None))
@@ -366,6 +428,18 @@ impl AzureStore {
     }
 }
 
+/// The new version a successful write reports.
+fn committed(resp: HttpResponse) -> StoreResult<Committed> {
+    let h = resp.headers();
+    let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+    Ok(Committed {
+        etag: azure_list::quoted_etag(get("etag").unwrap_or_default()),
+        mtime: get("last-modified")
+            .and_then(azure_list::parse_http_date)
+            .unwrap_or_else(SystemTime::now),
+    })
+}
+
 fn map_os_error(key: &str, e: object_store::Error) -> StoreError {
     match e {
         object_store::Error::NotFound { .. } => StoreError::NotFound(key.to_string()),
@@ -409,6 +483,7 @@ impl Store for AzureStore {
                 .unwrap_or(SystemTime::UNIX_EPOCH),
             etag: azure_list::quoted_etag(get("etag").unwrap_or_default()),
             is_dir_marker,
+            content_md5: get("content-md5").map(str::to_string),
         }))
     }
 
@@ -432,6 +507,139 @@ impl Store for AzureStore {
             .delete(&self.object_path(key)?)
             .await
             .map_err(|e| map_os_error(key, e))
+    }
+
+    async fn put_block(&self, key: &str, block_id: &str, data: Bytes) -> StoreResult<()> {
+        let mut url = self.blob_url(key);
+        url.query_pairs_mut()
+            .append_pair("comp", "block")
+            .append_pair("blockid", block_id);
+        self.call(Call::new(Method::PUT, url).body(data)).await?;
+        Ok(())
+    }
+
+    async fn commit_blocks(
+        &self,
+        key: &str,
+        blocks: &[String],
+        opts: &PutOptions,
+    ) -> StoreResult<Committed> {
+        let mut xml = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
+        for id in blocks {
+            // Block ids are base64: no character needs XML escaping.
+            xml.push_str(&format!("<Latest>{id}</Latest>"));
+        }
+        xml.push_str("</BlockList>");
+        let mut url = self.blob_url(key);
+        url.query_pairs_mut().append_pair("comp", "blocklist");
+        let mut call = Call::new(Method::PUT, url)
+            .header("content-type", "application/xml")
+            .body(Bytes::from(xml));
+        if let Some(md5) = &opts.content_md5 {
+            call = call.header("x-ms-blob-content-md5", md5_base64(md5));
+        }
+        committed(self.call(call).await?)
+    }
+
+    async fn put(&self, key: &str, data: Bytes, opts: &PutOptions) -> StoreResult<Committed> {
+        let mut call = Call::new(Method::PUT, self.blob_url(key))
+            .header("x-ms-blob-type", "BlockBlob")
+            .body(data);
+        if let Some(md5) = &opts.content_md5 {
+            // Checked against the body by the service, and stored as the blob's Content-MD5.
+            call = call.header("content-md5", md5_base64(md5));
+        }
+        committed(self.call(call).await?)
+    }
+
+    async fn make_dir(&self, key: &str) -> StoreResult<()> {
+        let call = Call::new(Method::PUT, self.blob_url(key))
+            .header("x-ms-blob-type", "BlockBlob")
+            .header("x-ms-meta-hdi_isfolder", "true");
+        self.call(call).await.map(|_| ())
+    }
+
+    async fn remove_dir(&self, key: &str) -> StoreResult<()> {
+        // Only a marker is removed: a file of the same name is not this directory.
+        match self.head(key).await? {
+            Some(h) if h.is_dir_marker => match self.delete(key).await {
+                Err(StoreError::NotFound(_)) => Ok(()),
+                r => r,
+            },
+            _ => Ok(()),
+        }
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> StoreResult<()> {
+        let mut call = Call::new(Method::PUT, self.blob_url(to))
+            .header("x-ms-copy-source", self.blob_url(from).to_string());
+        call.source_header = Some("x-ms-copy-source");
+        let resp = self.call(call).await?;
+        let status = |r: &HttpResponse| {
+            r.headers()
+                .get("x-ms-copy-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("success")
+                .to_string()
+        };
+        let mut state = status(&resp);
+        // Copies within an account are usually done at once; a pending one is polled.
+        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        while state == "pending" && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            state = status(&self.send(Method::HEAD, self.blob_url(to)).await?);
+        }
+        match state.as_str() {
+            "success" => Ok(()),
+            other => Err(StoreError::Other(format!(
+                "copy of {from} to {to} ended {other:?}"
+            ))),
+        }
+    }
+
+    async fn hierarchical(&self) -> bool {
+        *self
+            .hns
+            .get_or_init(|| async {
+                // Get Account Information; an answer without the header means a flat account.
+                let mut url = self.container_url.clone();
+                url.path_segments_mut().expect("http url").pop();
+                url.query_pairs_mut()
+                    .append_pair("restype", "account")
+                    .append_pair("comp", "properties");
+                match self.send(Method::HEAD, url).await {
+                    Ok(r) => r
+                        .headers()
+                        .get("x-ms-is-hns-enabled")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+                    Err(e) => {
+                        tracing::debug!(
+                            "account information unavailable ({e}): flat namespace assumed"
+                        );
+                        false
+                    }
+                }
+            })
+            .await
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> StoreResult<()> {
+        if !self.hierarchical().await {
+            return Err(StoreError::Unsupported(format!(
+                "rename of {from}: the account has no hierarchical namespace"
+            )));
+        }
+        // The Data Lake endpoint renames files and whole directories in one atomic call.
+        let mut url = self.blob_url(to);
+        if let Some(host) = url.host_str().map(|h| h.replacen(".blob.", ".dfs.", 1)) {
+            url.set_host(Some(&host))
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        }
+        let source = self.blob_url(from).path().to_string();
+        let mut call = Call::new(Method::PUT, url).header("x-ms-rename-source", source);
+        call.source_header = Some("x-ms-rename-source");
+        self.call(call).await.map(|_| ())
     }
 
     async fn dir_exists(&self, prefix: &str) -> StoreResult<bool> {

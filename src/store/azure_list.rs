@@ -82,6 +82,8 @@ struct Properties {
     content_length: u64,
     #[serde(rename = "ResourceType", default)]
     resource_type: Option<String>,
+    #[serde(rename = "Content-MD5", default)]
+    content_md5: Option<String>,
 }
 
 /// The XML deserializer drops text that is only whitespace, which would turn a blob named
@@ -159,6 +161,7 @@ pub fn parse(xml: &str, root: &str) -> Result<ListPage, String> {
                         .unwrap_or(SystemTime::UNIX_EPOCH),
                     etag: quoted_etag(&b.properties.etag),
                     is_dir_marker: is_folder,
+                    content_md5: b.properties.content_md5.filter(|m| !m.is_empty()),
                 });
             }
             Item::BlobPrefix(p) => {

@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ListPage, ObjectInfo, Store, StoreError, StoreResult};
+use super::{Committed, ListPage, ObjectInfo, PutOptions, Store, StoreError, StoreResult};
+
+/// Staged blocks of uploads in progress live here, under the lake root (so a commit is a
+/// rename within one file system); listings of the root hide it.
+const STAGING: &str = ".lakemount-staging";
 
 #[derive(Debug)]
 pub struct LocalStore {
@@ -23,6 +27,55 @@ impl LocalStore {
 
     fn path(&self, key: &str) -> PathBuf {
         self.root.join(key)
+    }
+
+    /// The staging directory of uploads to `key`: named by a hash, as keys can be long.
+    fn staging(&self, key: &str) -> PathBuf {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(key.as_bytes());
+        let name: String = h[..16].iter().map(|b| format!("{b:02x}")).collect();
+        self.root.join(STAGING).join(name)
+    }
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A fresh temporary name next to the staging area, unique across threads and processes.
+fn temp_path(root: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    root.join(STAGING)
+        .join(format!("tmp-{}-{n}", std::process::id()))
+}
+
+/// Writes `fill`'s output to a temporary file, then renames it onto `key` atomically.
+fn replace_with(
+    root: &Path,
+    key: &str,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> StoreResult<Committed> {
+    let dest = root.join(key);
+    let tmp = temp_path(root);
+    let result = (|| {
+        std::fs::create_dir_all(root.join(STAGING))?;
+        let mut f = File::create(&tmp)?;
+        fill(&mut f)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, &dest)?;
+        std::fs::metadata(&dest)
+    })();
+    match result {
+        Ok(m) => Ok(Committed {
+            etag: etag(&m),
+            mtime: m.modified().unwrap_or(std::time::UNIX_EPOCH),
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(io_err(key, e))
+        }
     }
 }
 
@@ -44,6 +97,7 @@ fn info(key: String, meta: &Metadata) -> ObjectInfo {
         mtime: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
         etag: etag(meta),
         is_dir_marker: false,
+        content_md5: None,
     }
 }
 
@@ -71,6 +125,9 @@ fn list_dir(root: &Path, prefix: &str) -> StoreResult<ListPage> {
     let entries = std::fs::read_dir(&dir).map_err(|e| io_err(prefix, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| io_err(prefix, e))?;
+        if prefix.is_empty() && entry.file_name() == STAGING {
+            continue;
+        }
         let Some(name) = entry.file_name().to_str().map(str::to_string) else {
             tracing::warn!(dir = %dir.display(), name = ?entry.file_name(), "skipping a name that is not UTF-8");
             continue;
@@ -133,6 +190,81 @@ impl Store for LocalStore {
     async fn delete(&self, key: &str) -> StoreResult<()> {
         let (path, key) = (self.path(key), key.to_string());
         blocking(move || std::fs::remove_file(&path).map_err(|e| io_err(&key, e))).await
+    }
+
+    async fn put_block(&self, key: &str, block_id: &str, data: Bytes) -> StoreResult<()> {
+        let (dir, key, id) = (self.staging(key), key.to_string(), hex(block_id));
+        blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| io_err(&key, e))?;
+            std::fs::write(dir.join(id), &data).map_err(|e| io_err(&key, e))
+        })
+        .await
+    }
+
+    async fn commit_blocks(
+        &self,
+        key: &str,
+        blocks: &[String],
+        _opts: &PutOptions,
+    ) -> StoreResult<Committed> {
+        let (root, dir, key) = (self.root.clone(), self.staging(key), key.to_string());
+        let ids: Vec<String> = blocks.iter().map(|b| hex(b)).collect();
+        blocking(move || {
+            for id in &ids {
+                if !dir.join(id).is_file() {
+                    return Err(StoreError::Invalid(format!(
+                        "{key}: a block was not staged"
+                    )));
+                }
+            }
+            let done = replace_with(&root, &key, |f| {
+                for id in &ids {
+                    std::io::copy(&mut File::open(dir.join(id))?, f)?;
+                }
+                Ok(())
+            })?;
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(done)
+        })
+        .await
+    }
+
+    async fn put(&self, key: &str, data: Bytes, _opts: &PutOptions) -> StoreResult<Committed> {
+        let (root, key) = (self.root.clone(), key.to_string());
+        blocking(move || replace_with(&root, &key, |f| std::io::Write::write_all(f, &data))).await
+    }
+
+    async fn make_dir(&self, key: &str) -> StoreResult<()> {
+        let (path, key) = (self.path(key), key.to_string());
+        blocking(move || std::fs::create_dir(&path).map_err(|e| io_err(&key, e))).await
+    }
+
+    async fn remove_dir(&self, key: &str) -> StoreResult<()> {
+        let (path, key) = (self.path(key), key.to_string());
+        blocking(move || match std::fs::remove_dir(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r.map_err(|e| io_err(&key, e)),
+        })
+        .await
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> StoreResult<()> {
+        let (root, src, to) = (self.root.clone(), self.path(from), to.to_string());
+        let from = from.to_string();
+        blocking(move || {
+            let mut input = File::open(&src).map_err(|e| io_err(&from, e))?;
+            replace_with(&root, &to, |f| std::io::copy(&mut input, f).map(|_| ())).map(|_| ())
+        })
+        .await
+    }
+
+    async fn hierarchical(&self) -> bool {
+        true
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> StoreResult<()> {
+        let (src, dst, key) = (self.path(from), self.path(to), from.to_string());
+        blocking(move || std::fs::rename(&src, &dst).map_err(|e| io_err(&key, e))).await
     }
 
     async fn dir_exists(&self, prefix: &str) -> StoreResult<bool> {

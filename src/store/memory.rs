@@ -2,16 +2,18 @@
 //! It accepts any key (including ones that are not valid POSIX paths) so the filesystem
 //! core's handling of odd names can be tested without a server.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ListPage, ObjectInfo, Store, StoreError, StoreResult};
+use super::{
+    md5_base64, Committed, ListPage, ObjectInfo, PutOptions, Store, StoreError, StoreResult,
+};
 
 #[derive(Clone, Debug)]
 struct Object {
@@ -19,6 +21,7 @@ struct Object {
     etag: String,
     mtime: SystemTime,
     is_dir_marker: bool,
+    content_md5: Option<String>,
 }
 
 /// Request counters, so tests can prove what reached the store.
@@ -27,6 +30,8 @@ pub struct Counters {
     pub lists: AtomicU64,
     pub heads: AtomicU64,
     pub gets: AtomicU64,
+    /// Blocks staged plus whole objects written.
+    pub puts: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -34,6 +39,11 @@ pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, Object>>,
     page_size: usize,
     next_etag: AtomicU64,
+    /// Staged, uncommitted blocks per (key, block id): invisible, like Azure's.
+    staged: Mutex<HashMap<(String, String), Bytes>>,
+    hierarchical: bool,
+    /// While set, every write fails as if the network were down (fault injection).
+    pub fail_writes: AtomicBool,
     pub counters: Counters,
 }
 
@@ -54,19 +64,71 @@ impl MemoryStore {
             objects: Mutex::new(BTreeMap::new()),
             page_size: page_size.max(1),
             next_etag: AtomicU64::new(1),
+            staged: Mutex::new(HashMap::new()),
+            hierarchical: false,
+            fail_writes: AtomicBool::new(false),
             counters: Counters::default(),
         }
     }
 
-    fn insert(&self, key: &str, data: Bytes, is_dir_marker: bool) {
+    /// A store that behaves like a hierarchical-namespace account: atomic renames.
+    pub fn hierarchical() -> Self {
+        MemoryStore {
+            hierarchical: true,
+            ..Self::default()
+        }
+    }
+
+    fn insert_with(
+        &self,
+        key: &str,
+        data: Bytes,
+        is_dir_marker: bool,
+        md5: Option<String>,
+    ) -> Committed {
         let etag = format!("\"0x{:X}\"", self.next_etag.fetch_add(1, Ordering::Relaxed));
+        let mtime = SystemTime::now();
         let obj = Object {
             data,
-            etag,
-            mtime: SystemTime::now(),
+            etag: etag.clone(),
+            mtime,
             is_dir_marker,
+            content_md5: md5,
         };
         self.objects.lock().unwrap().insert(key.to_string(), obj);
+        Committed { etag, mtime }
+    }
+
+    fn insert(&self, key: &str, data: Bytes, is_dir_marker: bool) {
+        self.insert_with(key, data, is_dir_marker, None);
+    }
+
+    /// The content of `key`, if it exists.
+    pub fn data(&self, key: &str) -> Option<Bytes> {
+        self.objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|o| o.data.clone())
+    }
+
+    /// Every key, in order.
+    pub fn keys(&self) -> Vec<String> {
+        self.objects.lock().unwrap().keys().cloned().collect()
+    }
+
+    /// Staged blocks not yet committed (or abandoned).
+    pub fn staged_blocks(&self) -> usize {
+        self.staged.lock().unwrap().len()
+    }
+
+    fn check_writes(&self, key: &str) -> StoreResult<()> {
+        if self.fail_writes.load(Ordering::Relaxed) {
+            return Err(StoreError::Unreachable(format!(
+                "{key}: injected write failure"
+            )));
+        }
+        Ok(())
     }
 
     pub fn put(&self, key: &str, data: impl Into<Bytes>) {
@@ -88,6 +150,7 @@ impl MemoryStore {
             mtime: obj.mtime,
             etag: obj.etag.clone(),
             is_dir_marker: obj.is_dir_marker,
+            content_md5: obj.content_md5.clone(),
         }
     }
 }
@@ -181,11 +244,105 @@ impl Store for MemoryStore {
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.check_writes(key)?;
         if self.remove(key) {
             Ok(())
         } else {
             Err(StoreError::NotFound(key.to_string()))
         }
+    }
+
+    async fn put_block(&self, key: &str, block_id: &str, data: Bytes) -> StoreResult<()> {
+        self.check_writes(key)?;
+        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.staged
+            .lock()
+            .unwrap()
+            .insert((key.to_string(), block_id.to_string()), data);
+        Ok(())
+    }
+
+    async fn commit_blocks(
+        &self,
+        key: &str,
+        blocks: &[String],
+        opts: &PutOptions,
+    ) -> StoreResult<Committed> {
+        self.check_writes(key)?;
+        let mut staged = self.staged.lock().unwrap();
+        let mut data = Vec::new();
+        for id in blocks {
+            let block = staged
+                .get(&(key.to_string(), id.clone()))
+                .ok_or_else(|| StoreError::Invalid(format!("{key}: block {id} was not staged")))?;
+            data.extend_from_slice(block);
+        }
+        // Committing drops every staged block of the key, as Azure does.
+        staged.retain(|(k, _), _| k != key);
+        drop(staged);
+        let md5 = opts.content_md5.as_ref().map(md5_base64);
+        Ok(self.insert_with(key, Bytes::from(data), false, md5))
+    }
+
+    async fn put(&self, key: &str, data: Bytes, opts: &PutOptions) -> StoreResult<Committed> {
+        self.check_writes(key)?;
+        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        let md5 = opts.content_md5.as_ref().map(md5_base64);
+        Ok(self.insert_with(key, data, false, md5))
+    }
+
+    async fn make_dir(&self, key: &str) -> StoreResult<()> {
+        self.check_writes(key)?;
+        self.put_dir_marker(key);
+        Ok(())
+    }
+
+    async fn remove_dir(&self, key: &str) -> StoreResult<()> {
+        self.check_writes(key)?;
+        let mut objects = self.objects.lock().unwrap();
+        if objects.get(key).is_some_and(|o| o.is_dir_marker) {
+            objects.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> StoreResult<()> {
+        self.check_writes(to)?;
+        let obj = self
+            .objects
+            .lock()
+            .unwrap()
+            .get(from)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(from.to_string()))?;
+        self.insert_with(to, obj.data, obj.is_dir_marker, obj.content_md5);
+        Ok(())
+    }
+
+    async fn hierarchical(&self) -> bool {
+        self.hierarchical
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> StoreResult<()> {
+        if !self.hierarchical {
+            return Err(StoreError::Unsupported(format!("rename of {from}")));
+        }
+        self.check_writes(to)?;
+        let mut objects = self.objects.lock().unwrap();
+        let sub = format!("{from}/");
+        let moving: Vec<String> = objects
+            .keys()
+            .filter(|k| *k == from || k.starts_with(&sub))
+            .cloned()
+            .collect();
+        if moving.is_empty() {
+            return Err(StoreError::NotFound(from.to_string()));
+        }
+        for k in moving {
+            let obj = objects.remove(&k).expect("listed");
+            objects.insert(format!("{to}{}", &k[from.len()..]), obj);
+        }
+        Ok(())
     }
 }
 

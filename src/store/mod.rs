@@ -32,6 +32,29 @@ pub struct ObjectInfo {
     /// A zero-length blob with metadata `hdi_isfolder=true`: how hierarchical-namespace
     /// accounts (and tools that emulate them) store a directory.
     pub is_dir_marker: bool,
+    /// Base64 MD5 of the content when the store keeps one (Azure's Content-MD5, which
+    /// lakemount's uploads always set): lets transfers skip identical files and check downloads.
+    pub content_md5: Option<String>,
+}
+
+/// What a write returns: the new version of the object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub etag: String,
+    pub mtime: SystemTime,
+}
+
+/// Options of a whole-object write.
+#[derive(Clone, Debug, Default)]
+pub struct PutOptions {
+    /// MD5 of the whole content, stored with the object (Content-MD5).
+    pub content_md5: Option<[u8; 16]>,
+}
+
+/// Base64 of an MD5 digest, the form Azure stores and returns.
+pub fn md5_base64(d: &[u8; 16]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(d)
 }
 
 /// One page of a one-level listing.
@@ -59,6 +82,12 @@ pub enum StoreError {
     Unreachable(String),
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The target exists (create-only writes, renames that must not replace).
+    #[error("already exists: {0}")]
+    Exists(String),
+    /// The store cannot do this (e.g. an atomic rename without a hierarchical namespace).
+    #[error("not supported: {0}")]
+    Unsupported(String),
     #[error("{0}")]
     Other(String),
 }
@@ -71,6 +100,8 @@ impl StoreError {
             StoreError::Changed(_) => libc::ESTALE,
             StoreError::Denied(_) => libc::EACCES,
             StoreError::Invalid(_) => libc::EINVAL,
+            StoreError::Exists(_) => libc::EEXIST,
+            StoreError::Unsupported(_) => libc::EOPNOTSUPP,
             StoreError::NoContainer(_) | StoreError::Unreachable(_) | StoreError::Other(_) => {
                 libc::EIO
             }
@@ -103,6 +134,58 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     async fn delete(&self, key: &str) -> StoreResult<()>;
 
+    /// Stages one block of a coming write of `key`, under `block_id` (the same length for
+    /// every block of one upload). Staged blocks are invisible until [`Store::commit_blocks`];
+    /// staging an id again replaces that block.
+    async fn put_block(&self, key: &str, _block_id: &str, _data: Bytes) -> StoreResult<()> {
+        Err(read_only(key))
+    }
+
+    /// Makes `key` the concatenation of the staged `blocks`, replacing any object there in
+    /// one step: readers see the old object or the new one, never a part.
+    async fn commit_blocks(
+        &self,
+        key: &str,
+        _blocks: &[String],
+        _opts: &PutOptions,
+    ) -> StoreResult<Committed> {
+        Err(read_only(key))
+    }
+
+    /// Writes `key` in one request (small objects), replacing any object there.
+    async fn put(&self, key: &str, _data: Bytes, _opts: &PutOptions) -> StoreResult<Committed> {
+        Err(read_only(key))
+    }
+
+    /// Creates directory `key` (without the trailing `/`): a marker blob on flat accounts.
+    async fn make_dir(&self, key: &str) -> StoreResult<()> {
+        Err(read_only(key))
+    }
+
+    /// Removes the directory `key`, which the caller found empty. A directory that exists
+    /// only because keys were below it has nothing to remove: that is not an error.
+    async fn remove_dir(&self, key: &str) -> StoreResult<()> {
+        Err(read_only(key))
+    }
+
+    /// Server-side copy of object `from` onto `to`, replacing `to`.
+    async fn copy(&self, _from: &str, to: &str) -> StoreResult<()> {
+        Err(read_only(to))
+    }
+
+    /// Whether [`Store::rename`] works: a hierarchical namespace, where files and whole
+    /// directories are renamed atomically.
+    async fn hierarchical(&self) -> bool {
+        false
+    }
+
+    /// Atomic rename of a file or directory (hierarchical stores only), replacing a file at `to`.
+    async fn rename(&self, from: &str, _to: &str) -> StoreResult<()> {
+        Err(StoreError::Unsupported(format!(
+            "rename of {from}: the store has no hierarchical namespace"
+        )))
+    }
+
     /// Whether any key starts with `prefix` (which ends in `/`): a directory exists there.
     async fn dir_exists(&self, prefix: &str) -> StoreResult<bool> {
         let page = self.list_page(prefix, None).await?;
@@ -114,6 +197,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn probe(&self) -> StoreResult<()> {
         self.list_page("", None).await.map(|_| ())
     }
+}
+
+/// What a store that cannot write (a test double, say) answers to writes.
+fn read_only(key: &str) -> StoreError {
+    StoreError::Unsupported(format!("{key}: this store is read-only"))
 }
 
 pub type DynStore = Arc<dyn Store>;

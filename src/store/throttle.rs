@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{DynStore, ListPage, ObjectInfo, Store, StoreResult};
+use super::{Committed, DynStore, ListPage, ObjectInfo, PutOptions, Store, StoreResult};
 
 #[derive(Debug, Default)]
 pub struct ThrottleStats {
@@ -100,6 +100,51 @@ impl Store for ThrottledStore {
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
+        tokio::time::sleep(self.latency).await;
         self.inner.delete(key).await
+    }
+
+    async fn put_block(&self, key: &str, block_id: &str, data: Bytes) -> StoreResult<()> {
+        tokio::time::sleep(self.latency).await;
+        self.inner.put_block(key, block_id, data).await
+    }
+
+    async fn commit_blocks(
+        &self,
+        key: &str,
+        blocks: &[String],
+        opts: &PutOptions,
+    ) -> StoreResult<Committed> {
+        tokio::time::sleep(self.latency).await;
+        self.inner.commit_blocks(key, blocks, opts).await
+    }
+
+    async fn put(&self, key: &str, data: Bytes, opts: &PutOptions) -> StoreResult<Committed> {
+        tokio::time::sleep(self.latency).await;
+        self.inner.put(key, data, opts).await
+    }
+
+    async fn make_dir(&self, key: &str) -> StoreResult<()> {
+        tokio::time::sleep(self.latency).await;
+        self.inner.make_dir(key).await
+    }
+
+    async fn remove_dir(&self, key: &str) -> StoreResult<()> {
+        tokio::time::sleep(self.latency).await;
+        self.inner.remove_dir(key).await
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> StoreResult<()> {
+        tokio::time::sleep(self.latency).await;
+        self.inner.copy(from, to).await
+    }
+
+    async fn hierarchical(&self) -> bool {
+        self.inner.hierarchical().await
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> StoreResult<()> {
+        tokio::time::sleep(self.latency).await;
+        self.inner.rename(from, to).await
     }
 }

@@ -116,6 +116,24 @@ impl Azurite {
         self.spawn();
     }
 
+    /// An account SAS with permissions `perms` (e.g. `rl`, `rwdlc`) on blobs, signed with the
+    /// account key: for tools (rclone's `sas_url`) that need one.
+    pub fn account_sas(&self, perms: &str) -> String {
+        let key = BASE64.decode(KEY).unwrap();
+        let (ss, srt, se, spr, sv) = ("b", "sco", "2035-01-01T00:00:00Z", "http", "2019-12-12");
+        let to_sign = format!("{ACCOUNT}\n{perms}\n{ss}\n{srt}\n\n{se}\n\n{spr}\n{sv}\n");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+        mac.update(to_sign.as_bytes());
+        let sig = BASE64.encode(mac.finalize().into_bytes());
+        let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+        format!(
+            "sv={sv}&ss={ss}&srt={srt}&sp={}&se={}&spr={spr}&sig={}",
+            enc(perms),
+            enc(se),
+            enc(&sig)
+        )
+    }
+
     /// Everything Azurite has printed so far (all runs).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
@@ -298,6 +316,20 @@ impl Client {
     pub fn get_blob(&self, container: &str, name: &str) -> Vec<u8> {
         self.expect("GET", &blob(container, name), &[], &[], b"", 200)
             .body
+    }
+
+    /// Whether blob `name` is a directory marker (metadata `hdi_isfolder=true`).
+    pub fn is_dir_marker(&self, container: &str, name: &str) -> bool {
+        let r = self.expect("HEAD", &blob(container, name), &[], &[], b"", 200);
+        r.header("x-ms-meta-hdi_isfolder")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+
+    /// [`Client::list_blobs`] without directory markers: the files.
+    pub fn list_files(&self, container: &str, prefix: &str) -> Vec<String> {
+        let mut names = self.list_blobs(container, prefix);
+        names.retain(|n| !self.is_dir_marker(container, n));
+        names
     }
 
     pub fn delete_blob(&self, container: &str, name: &str) {

@@ -1,0 +1,635 @@
+//! Writing a file through the mount: every byte goes to a local staging file first, then up
+//! to the lake as blocks (Put Block), several at a time while the writer is still writing;
+//! close or fsync commits them (Put Block List) so the object appears whole, at once.
+//!
+//! The staging file holds the whole content, so writes may come in any order, rewrite what
+//! was written, leave holes (zeros) or truncate: a block is uploaded early once everything
+//! before its end has been written, and again at commit if it changed since. A failed upload
+//! loses nothing: the staging file stays, with a sidecar naming the lake key it was meant for.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::reader::ObjectVersion;
+use crate::store::{Committed, DynStore, PutOptions, StoreError, StoreResult};
+
+/// Settings shared by all write handles of one mount.
+#[derive(Clone, Debug)]
+pub struct WriteConfig {
+    /// Where staging files go (the cache disk on a Batch node).
+    pub staging_dir: PathBuf,
+    /// Size of the blocks uploaded (Azure allows 50,000 per object).
+    pub block_size: u64,
+}
+
+/// What a handle starts from.
+pub enum Start {
+    /// A new, empty file (create, or open with O_TRUNC).
+    Empty,
+    /// An existing object, copied into staging on the first change (writes at any offset,
+    /// appends, truncation to a non-zero size), then rewritten whole at commit.
+    Existing(ObjectVersion),
+}
+
+#[derive(Default)]
+struct State {
+    size: u64,
+    /// Everything below this offset has been written (or loaded).
+    filled: u64,
+    /// Written ranges above `filled` (start -> end), merged into it as the gap closes.
+    extents: BTreeMap<u64, u64>,
+    /// Per block: bumped by every change to it.
+    version: HashMap<u64, u64>,
+    /// Per block: the version its staged copy in the lake has.
+    uploaded: HashMap<u64, u64>,
+    in_flight: HashSet<u64>,
+    /// Next block to consider for an early upload.
+    next_early: u64,
+    md5: Option<Md5>,
+    /// Bytes `md5` has consumed, in order; `None` once a write broke the order.
+    hashed: Option<u64>,
+    /// Changed since the last commit (or never committed).
+    dirty: bool,
+    /// The content is in the staging file (false only while an existing object is untouched).
+    loaded: bool,
+    /// The name was unlinked while open: nothing is committed any more.
+    unlinked: bool,
+    /// The last commit failed: the staging file must be kept.
+    failed: bool,
+    /// Commits done; part of block ids so a later commit never reuses a committed block.
+    generation: u64,
+    last_error: Option<StoreError>,
+}
+
+pub struct WriteHandle {
+    store: DynStore,
+    key: Mutex<String>,
+    file: File,
+    path: PathBuf,
+    sidecar: PathBuf,
+    block_size: u64,
+    upload_id: String,
+    slots: Arc<Semaphore>,
+    base: Option<ObjectVersion>,
+    st: Mutex<State>,
+    /// Signalled whenever an upload finishes.
+    idle: Notify,
+    /// Serializes commits (flush and fsync may race).
+    committing: tokio::sync::Mutex<()>,
+}
+
+fn unique_id() -> String {
+    use sha2::Digest as _;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = format!(
+        "{}-{}-{:?}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+    );
+    let h = sha2::Sha256::digest(seed.as_bytes());
+    h[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn io(what: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Other(format!("staging file {}: {e}", what.display()))
+}
+
+impl WriteHandle {
+    /// A handle writing `key`, staged in a new file of `cfg.staging_dir`.
+    pub fn create(
+        store: DynStore,
+        key: &str,
+        start: Start,
+        cfg: &WriteConfig,
+        slots: Arc<Semaphore>,
+    ) -> StoreResult<Arc<WriteHandle>> {
+        let dir = &cfg.staging_dir;
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        // Staged data is the user's file content: private, like the block cache.
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| io(dir, e))?;
+        let id = unique_id();
+        let path = dir.join(format!("{id}.data"));
+        let sidecar = dir.join(format!("{id}.target"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        let target = format!("{}\n{key}\n", store.describe());
+        write_private(&sidecar, target.as_bytes()).map_err(|e| io(&sidecar, e))?;
+        let (base, loaded) = match start {
+            Start::Empty => (None, true),
+            Start::Existing(v) => (Some(v), false),
+        };
+        let st = State {
+            md5: Some(Md5::new()),
+            hashed: Some(0),
+            dirty: loaded,
+            loaded,
+            ..State::default()
+        };
+        Ok(Arc::new(WriteHandle {
+            store,
+            key: Mutex::new(key.to_string()),
+            file,
+            path,
+            sidecar,
+            block_size: cfg.block_size.max(1),
+            upload_id: id,
+            slots,
+            base,
+            st: Mutex::new(st),
+            idle: Notify::new(),
+            committing: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    pub fn key(&self) -> String {
+        self.key.lock().unwrap().clone()
+    }
+
+    pub fn staging_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The size the file has as far as this handle knows.
+    pub fn size(&self) -> u64 {
+        let st = self.st.lock().unwrap();
+        if st.loaded {
+            st.size
+        } else {
+            self.base.as_ref().map_or(0, |b| b.size)
+        }
+    }
+
+    /// Whether reads must come from the staging file (false: the untouched original object).
+    pub fn is_loaded(&self) -> bool {
+        self.st.lock().unwrap().loaded
+    }
+
+    /// Copies the original object into the staging file before its first change.
+    async fn load(&self) -> StoreResult<()> {
+        let Some(base) = &self.base else {
+            return Ok(());
+        };
+        if self.st.lock().unwrap().loaded {
+            return Ok(());
+        }
+        let bs = self.block_size;
+        let mut off = 0;
+        while off < base.size {
+            let end = (off + bs).min(base.size);
+            let data = self
+                .store
+                .get_range(&base.key, off..end, &base.etag)
+                .await?;
+            if data.len() as u64 != end - off {
+                return Err(StoreError::Other(format!("{}: short read", base.key)));
+            }
+            self.file
+                .write_all_at(&data, off)
+                .map_err(|e| io(&self.path, e))?;
+            off = end;
+        }
+        let mut st = self.st.lock().unwrap();
+        if !st.loaded {
+            st.loaded = true;
+            st.size = base.size;
+            st.filled = base.size;
+            st.hashed = None;
+            st.dirty = true;
+            for b in 0..base.size.div_ceil(bs) {
+                *st.version.entry(b).or_default() += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`; returns the bytes taken.
+    pub async fn write(self: &Arc<Self>, offset: u64, data: &[u8]) -> StoreResult<u32> {
+        self.load().await?;
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| io(&self.path, e))?;
+        let end = offset + data.len() as u64;
+        let mut st = self.st.lock().unwrap();
+        st.dirty = true;
+        st.size = st.size.max(end);
+        if st.hashed == Some(offset) {
+            // The common case, a sequential writer: hash as we go, so commit need not reread.
+            if let Some(m) = st.md5.as_mut() {
+                m.update(data);
+            }
+            st.hashed = Some(end);
+        } else {
+            st.hashed = None;
+        }
+        if !data.is_empty() {
+            let bs = self.block_size;
+            for b in offset / bs..=(end - 1) / bs {
+                *st.version.entry(b).or_default() += 1;
+            }
+        }
+        mark_written(&mut st, offset, end);
+        self.start_early_uploads(&mut st);
+        Ok(data.len() as u32)
+    }
+
+    /// Sets the size (truncate or extend with zeros).
+    pub async fn set_size(self: &Arc<Self>, size: u64) -> StoreResult<()> {
+        if size > 0 {
+            self.load().await?;
+        }
+        self.file.set_len(size).map_err(|e| io(&self.path, e))?;
+        let mut st = self.st.lock().unwrap();
+        let old = if st.loaded {
+            st.size
+        } else {
+            self.base.as_ref().map_or(0, |b| b.size)
+        };
+        st.loaded = true;
+        st.dirty = true;
+        st.size = size;
+        st.filled = st.filled.min(size);
+        st.extents.retain(|s, _| *s < size);
+        for e in st.extents.values_mut() {
+            *e = (*e).min(size);
+        }
+        if size == 0 {
+            st.md5 = Some(Md5::new());
+            st.hashed = Some(0);
+            st.next_early = 0;
+        } else if st.hashed.is_some_and(|h| h > size) || size > old {
+            st.hashed = None;
+        }
+        let bs = self.block_size;
+        let (lo, hi) = (old.min(size), old.max(size));
+        if lo < hi {
+            for b in lo / bs..=(hi - 1) / bs {
+                *st.version.entry(b).or_default() += 1;
+            }
+        }
+        st.next_early = st.next_early.min(size / bs);
+        Ok(())
+    }
+
+    /// Reads from the staging file (only when [`WriteHandle::is_loaded`]).
+    pub async fn read(&self, offset: u64, len: u32) -> StoreResult<Bytes> {
+        let size = self.size();
+        let end = offset.saturating_add(len as u64).min(size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| io(&self.path, e))?;
+        Ok(Bytes::from(buf))
+    }
+
+    fn block_id(&self, generation: u64, index: u64) -> String {
+        use base64::Engine;
+        // Every id of one object must have the same length.
+        let raw = format!("{}-{generation:06}-{index:08}", self.upload_id);
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    }
+
+    /// Uploads the full blocks below `filled` that are not uploaded yet.
+    fn start_early_uploads(self: &Arc<Self>, st: &mut State) {
+        let bs = self.block_size;
+        while (st.next_early + 1) * bs <= st.filled {
+            let b = st.next_early;
+            st.next_early += 1;
+            if !st.in_flight.contains(&b) && needs_upload(st, b) {
+                self.spawn_upload(st, b);
+            }
+        }
+    }
+
+    fn spawn_upload(self: &Arc<Self>, st: &mut State, b: u64) {
+        st.in_flight.insert(b);
+        let version = st.version.get(&b).copied().unwrap_or(0);
+        let generation = st.generation;
+        let end = ((b + 1) * self.block_size).min(st.size);
+        let range = b * self.block_size..end;
+        let me = self.clone();
+        tokio::spawn(async move {
+            let result = me.upload_block(generation, b, range).await;
+            let mut st = me.st.lock().unwrap();
+            st.in_flight.remove(&b);
+            match result {
+                Ok(()) if st.generation == generation => {
+                    st.uploaded.insert(b, version);
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::debug!("block {b} of {}: {e}", me.key());
+                    st.last_error = Some(e);
+                }
+            }
+            drop(st);
+            me.idle.notify_waiters();
+        });
+    }
+
+    async fn upload_block(
+        &self,
+        generation: u64,
+        b: u64,
+        range: std::ops::Range<u64>,
+    ) -> StoreResult<()> {
+        let _slot = self.slots.acquire().await.expect("never closed");
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        self.file
+            .read_exact_at(&mut buf, range.start)
+            .map_err(|e| io(&self.path, e))?;
+        let id = self.block_id(generation, b);
+        self.store
+            .put_block(&self.key(), &id, Bytes::from(buf))
+            .await
+    }
+
+    async fn wait_uploads(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.st.lock().unwrap().in_flight.is_empty() {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    /// The MD5 of the whole content: kept while writes came in order, else read back.
+    fn content_md5(&self, st: &State) -> StoreResult<[u8; 16]> {
+        if st.hashed == Some(st.size) {
+            if let Some(m) = &st.md5 {
+                return Ok(m.clone().finalize().into());
+            }
+        }
+        let mut m = Md5::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut off = 0;
+        while off < st.size {
+            let n = ((st.size - off) as usize).min(buf.len());
+            self.file
+                .read_exact_at(&mut buf[..n], off)
+                .map_err(|e| io(&self.path, e))?;
+            m.update(&buf[..n]);
+            off += n as u64;
+        }
+        Ok(m.finalize().into())
+    }
+
+    /// Makes the lake object what this handle holds. `Ok(None)`: nothing to commit.
+    pub async fn commit(self: &Arc<Self>) -> StoreResult<Option<(Committed, u64)>> {
+        let _one = self.committing.lock().await;
+        {
+            let st = self.st.lock().unwrap();
+            if !st.dirty || st.unlinked {
+                return Ok(None);
+            }
+        }
+        let result = self.commit_now().await;
+        let mut st = self.st.lock().unwrap();
+        match &result {
+            Ok(_) => {
+                st.failed = false;
+                st.dirty = false;
+            }
+            Err(_) => st.failed = true,
+        }
+        result.map(Some)
+    }
+
+    async fn commit_now(self: &Arc<Self>) -> StoreResult<(Committed, u64)> {
+        self.wait_uploads().await;
+        let key = self.key();
+        let (size, generation, md5) = {
+            let mut st = self.st.lock().unwrap();
+            st.last_error = None;
+            let md5 = self.content_md5(&st)?;
+            (st.size, st.generation, md5)
+        };
+        let opts = PutOptions {
+            content_md5: Some(md5),
+        };
+        let bs = self.block_size;
+        let blocks = size.div_ceil(bs);
+        let nothing_staged = self.st.lock().unwrap().uploaded.is_empty();
+        let done = if blocks <= 1 && nothing_staged {
+            // Small files: one request instead of two.
+            let data = self.read(0, size as u32).await?;
+            self.store.put(&key, data, &opts).await?
+        } else {
+            {
+                let mut st = self.st.lock().unwrap();
+                for b in 0..blocks {
+                    if !st.in_flight.contains(&b) && needs_upload(&st, b) {
+                        self.spawn_upload(&mut st, b);
+                    }
+                }
+            }
+            self.wait_uploads().await;
+            let ids: Vec<String> = (0..blocks).map(|b| self.block_id(generation, b)).collect();
+            {
+                let st = self.st.lock().unwrap();
+                if let Some(e) = &st.last_error {
+                    return Err(e.clone());
+                }
+                if (0..blocks).any(|b| needs_upload(&st, b)) {
+                    return Err(StoreError::Other(format!(
+                        "{key}: changed while being committed"
+                    )));
+                }
+            }
+            self.store.commit_blocks(&key, &ids, &opts).await?
+        };
+        // Committed blocks are gone from the staging area: a later commit uploads afresh.
+        let mut st = self.st.lock().unwrap();
+        st.generation += 1;
+        st.uploaded.clear();
+        st.next_early = 0;
+        Ok((done, size))
+    }
+
+    /// The name was removed: nothing more is committed, and the staging file can go.
+    pub fn mark_unlinked(&self) {
+        self.st.lock().unwrap().unlinked = true;
+    }
+
+    /// Points the handle at another key (the file was renamed while open).
+    pub fn retarget(&self, key: &str) {
+        *self.key.lock().unwrap() = key.to_string();
+        let target = format!("{}\n{key}\n", self.store.describe());
+        let _ = write_private(&self.sidecar, target.as_bytes());
+        let mut st = self.st.lock().unwrap();
+        // Blocks staged under the old key are not the new key's.
+        st.generation += 1;
+        st.uploaded.clear();
+        st.next_early = 0;
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        let st = self.st.lock().unwrap();
+        st.dirty && !st.unlinked
+    }
+
+    /// Called when the last handle goes: the staging file is removed unless its content
+    /// never reached the lake.
+    pub fn finish(&self) {
+        let st = self.st.lock().unwrap();
+        if (st.failed || st.dirty) && !st.unlinked {
+            tracing::error!(
+                "{}: not uploaded; the data is kept in {} (its target is in {}); upload it with `lakemount upload`",
+                self.key(),
+                self.path.display(),
+                self.sidecar.display()
+            );
+            return;
+        }
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(&self.sidecar);
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
+}
+
+/// Whether the lake's staged copy of block `b` is missing or older than the staging file's.
+fn needs_upload(st: &State, b: u64) -> bool {
+    st.uploaded.get(&b) != Some(&st.version.get(&b).copied().unwrap_or(0))
+}
+
+/// Records `[start, end)` as written and grows the filled prefix.
+fn mark_written(st: &mut State, start: u64, end: u64) {
+    if start <= st.filled {
+        st.filled = st.filled.max(end);
+    } else {
+        let e = st.extents.entry(start).or_insert(end);
+        *e = (*e).max(end);
+    }
+    while let Some((&s, &e)) = st.extents.first_key_value() {
+        if s > st.filled {
+            break;
+        }
+        st.filled = st.filled.max(e);
+        st.extents.remove(&s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use crate::store::Store;
+
+    fn setup(bs: u64) -> (Arc<MemoryStore>, WriteConfig, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = WriteConfig {
+            staging_dir: dir.path().join("staging"),
+            block_size: bs,
+        };
+        (Arc::new(MemoryStore::new()), cfg, dir)
+    }
+
+    fn handle(store: &Arc<MemoryStore>, cfg: &WriteConfig, start: Start) -> Arc<WriteHandle> {
+        WriteHandle::create(store.clone(), "f", start, cfg, Arc::new(Semaphore::new(4))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn out_of_order_writes_with_a_hole_commit_the_right_bytes() {
+        let (store, cfg, _d) = setup(4);
+        let h = handle(&store, &cfg, Start::Empty);
+        h.write(8, b"IJKL").await.unwrap();
+        h.write(0, b"ABCD").await.unwrap();
+        h.write(14, b"OP").await.unwrap();
+        h.write(2, b"cd").await.unwrap();
+        h.commit().await.unwrap().unwrap();
+        let want = b"ABcd\0\0\0\0IJKL\0\0OP";
+        assert_eq!(&store.data("f").unwrap()[..], want);
+        let md5: [u8; 16] = Md5::digest(want).into();
+        let info = store.head("f").await.unwrap().unwrap();
+        assert_eq!(info.content_md5, Some(crate::store::md5_base64(&md5)));
+        assert_eq!(store.staged_blocks(), 0, "nothing left staged");
+    }
+
+    #[tokio::test]
+    async fn sequential_writes_upload_full_blocks_before_the_commit() {
+        let (store, cfg, _d) = setup(4);
+        let h = handle(&store, &cfg, Start::Empty);
+        h.write(0, b"0123456789").await.unwrap();
+        h.wait_uploads().await;
+        assert_eq!(store.staged_blocks(), 2, "two full blocks went up early");
+        assert!(store.data("f").is_none(), "invisible before the commit");
+        h.commit().await.unwrap().unwrap();
+        assert_eq!(&store.data("f").unwrap()[..], b"0123456789");
+        h.finish();
+        assert!(!h.staging_path().exists(), "staging removed after success");
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_keeps_the_staging_file_and_the_old_object() {
+        let (store, cfg, _d) = setup(4);
+        store.put("f", "old");
+        let h = handle(&store, &cfg, Start::Empty);
+        h.write(0, b"new content").await.unwrap();
+        store.fail_writes.store(true, Ordering::Relaxed);
+        assert!(h.commit().await.is_err());
+        h.finish();
+        assert_eq!(&store.data("f").unwrap()[..], b"old");
+        assert_eq!(std::fs::read(h.staging_path()).unwrap(), b"new content");
+        let target = std::fs::read_to_string(h.staging_path().with_extension("target")).unwrap();
+        assert!(target.ends_with("\nf\n"), "{target}");
+    }
+
+    #[tokio::test]
+    async fn appending_to_an_existing_object_rewrites_it_whole() {
+        let (store, cfg, _d) = setup(4);
+        store.put("f", "hello");
+        let v = store.head("f").await.unwrap().unwrap();
+        let base = ObjectVersion {
+            key: "f".into(),
+            etag: v.etag,
+            size: v.size,
+        };
+        let h = handle(&store, &cfg, Start::Existing(base));
+        assert_eq!(h.size(), 5);
+        h.write(5, b", world").await.unwrap();
+        h.write(0, b"H").await.unwrap();
+        h.commit().await.unwrap().unwrap();
+        assert_eq!(&store.data("f").unwrap()[..], b"Hello, world");
+    }
+
+    #[tokio::test]
+    async fn truncating_then_writing_again_commits_only_the_new_bytes() {
+        let (store, cfg, _d) = setup(4);
+        let h = handle(&store, &cfg, Start::Empty);
+        h.write(0, b"0123456789").await.unwrap();
+        h.commit().await.unwrap().unwrap();
+        h.set_size(0).await.unwrap();
+        h.write(0, b"ab").await.unwrap();
+        h.set_size(6).await.unwrap();
+        h.commit().await.unwrap().unwrap();
+        assert_eq!(&store.data("f").unwrap()[..], b"ab\0\0\0\0");
+    }
+}
