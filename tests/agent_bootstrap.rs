@@ -358,3 +358,36 @@ fn bad_configs_fail_with_one_clear_line() {
         .unwrap();
     assert!(stderr(&out).contains("cannot read config file /nonexistent.toml"));
 }
+
+#[test]
+fn bootstrap_rerun_replaces_a_mount_whose_daemon_and_supervisor_died() {
+    let (az, data) = azurite_with_data();
+    let node = Node::new(Some(&az), &[lake("")], "");
+    node.bootstrap();
+    let supervisor = node.supervisor_pid("datasets").unwrap();
+    let daemon = node.mount_state("datasets")["daemon_pid"].as_u64().unwrap() as u32;
+    // As after an out-of-memory kill of both: the mount stays behind, dead.
+    for pid in [supervisor, daemon] {
+        // SAFETY: kill(2) of processes this test's node started.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        assert!(wait_for(Duration::from_secs(10), || !alive(pid)));
+    }
+    let mp = &node.lakes[0];
+    assert!(is_mounted(mp));
+    let err = std::fs::read_dir(mp).map(|_| ()).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOTCONN),
+        "the mount is dead"
+    );
+
+    let out = node.bootstrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("mounted az://"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(node.status()["mounts"][0]["state"], "mounted");
+    assert_eq!(std::fs::read(mp.join("train/shard-0.bin")).unwrap(), data);
+    assert_ne!(node.supervisor_pid("datasets"), Some(supervisor));
+}

@@ -60,8 +60,12 @@ impl Mounter<'_> {
         if self.mode == Mode::Daemon && probe::is_ready(mp) {
             return Ok(status("already mounted", start.elapsed()));
         }
-        std::fs::create_dir_all(mp)
-            .with_context(|| format!("cannot create mount point {}", mp.display()))?;
+        // A dead mount (its daemon killed) is left for lakemount to clear: creating the
+        // directory under it would fail with ENOTCONN.
+        if !probe::is_lakemount(mp) {
+            std::fs::create_dir_all(mp)
+                .with_context(|| format!("cannot create mount point {}", mp.display()))?;
+        }
         let timeout = self.cfg.mount_timeout();
         let what = format!("lake {:?} ({}) at {}", lake.name, lake.url, mp.display());
         match self.mode {
@@ -71,13 +75,14 @@ impl Mounter<'_> {
                 };
                 sd.install_unit(&self.lakemount.bin)?;
                 let changed = sd.write_instance(&lake.name, spec, &systemd::credential_vars())?;
-                let was_ready = !changed && probe::is_ready(mp);
-                if was_ready {
+                if !changed && probe::is_ready(mp) {
                     // Still make sure systemd holds it (a no-op when active).
                     sd.start(&lake.name, false)?;
                     return Ok(status("already mounted", start.elapsed()));
                 }
-                sd.start(&lake.name, changed)
+                // Restart also when nothing changed but the mount does not answer: a start of
+                // an active unit would do nothing.
+                sd.start(&lake.name, true)
                     .with_context(|| format!("cannot mount {what}"))?;
                 probe::wait_ready(mp, timeout, || None).map_err(|e| {
                     anyhow!(

@@ -135,10 +135,10 @@ impl Systemd<'_> {
         Ok(true)
     }
 
-    /// Starts the instance; restarts it when its settings changed. `systemctl start` of a
-    /// `Type=notify` unit returns once the mount answers (or has failed).
-    pub fn start(&self, name: &str, changed: bool) -> Result<()> {
-        let verb = if changed { "restart" } else { "start" };
+    /// Starts the instance, or restarts it (new settings, or a mount that does not answer).
+    /// `systemctl start` of a `Type=notify` unit returns once the mount answers (or failed).
+    pub fn start(&self, name: &str, restart: bool) -> Result<()> {
+        let verb = if restart { "restart" } else { "start" };
         self.systemctl(&[verb, &unit(name)]).with_context(|| {
             format!(
                 "the mount did not start; see `journalctl -u {}`",
