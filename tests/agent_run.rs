@@ -411,3 +411,38 @@ fn a_two_host_batch_task_gets_torchrun_env_and_a_hostfile() {
     assert_eq!(env["NODE_RANK"], "0");
     assert_eq!(env["MASTER_ADDR"], "127.0.0.2");
 }
+
+#[test]
+fn lake_rw_lets_the_container_write_into_the_lake() {
+    if !podman_available() {
+        return;
+    }
+    let image = busybox_image();
+    let az = Azurite::start();
+    let (node, _) = lake_node(&az, "");
+    let _cleanup = Containers(vec!["lake-agent-j-rw-0".into()]);
+    let out = node.agent(
+        &[
+            "run",
+            "--image",
+            image,
+            "--lake-rw",
+            "--job",
+            "j",
+            "--task",
+            "rw",
+            "--no-upload",
+            "--",
+            "sh",
+            "-c",
+            "mkdir -p /mnt/lake/features && echo v2 > /mnt/lake/features/list.txt",
+        ],
+        &[(
+            "AZ_BATCH_TASK_WORKING_DIR",
+            node.task_dir().to_str().unwrap(),
+        )],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // Written through the bind-mounted lake: in the lake once the file is closed.
+    assert_eq!(az.get_blob(CONTAINER, "features/list.txt"), b"v2\n");
+}
