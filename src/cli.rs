@@ -198,7 +198,9 @@ pub struct MountArgs {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
-    /// Size cap of --cache-dir: bytes (500G) or a share of its file system (80%) [default: 80%].
+    /// Size cap of --cache-dir: bytes (500G), a share of its file system (80%), or free:PCT to
+    /// use whatever keeps PCT percent of the file system free (free:15%), re-checked at every
+    /// write so the cache yields to other users of the disk [default: 80%].
     #[arg(long, value_name = "SIZE")]
     pub cache_size: Option<String>,
 
@@ -217,7 +219,8 @@ pub struct WarmArgs {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: PathBuf,
 
-    /// Size cap of the cache [default: 80%]. Warming more than fits evicts what came first.
+    /// Size cap of the cache: 500G, 80% or free:15% (see `mount --help`) [default: 80%].
+    /// Warming more than fits evicts what came first.
     #[arg(long, value_name = "SIZE")]
     pub cache_size: Option<String>,
 

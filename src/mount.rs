@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use fuser::{MountOption, SessionACL};
 
-use crate::cache::blocks::{BlockCache, BlockConfig};
+use crate::cache::blocks::{BlockCache, BlockConfig, ReadRetry};
 use crate::cache::disk::DiskCache;
 use crate::cli::MountArgs;
 use crate::config::MountSettings;
@@ -385,6 +385,7 @@ pub fn build_fs_with(
         BlockConfig {
             block_size: s.block_size,
             max_memory: s.max_memory,
+            retry: ReadRetry::default(),
         },
         metrics,
     );

@@ -31,17 +31,28 @@ const RECENCY_STEP: Duration = Duration::from_secs(600);
 /// Temporary files older than this were left by a crashed writer.
 const STALE_TMP: Duration = Duration::from_secs(600);
 
-/// Sizes like `100G`, `512MiB`, `1T` or `80%` (of the cache file system).
+/// Sizes like `100G`, `512MiB`, `1T`, `80%` (of the cache file system) or `free:15%`
+/// (whatever keeps at least 15% of the file system free, re-checked at every write: the
+/// cache yields to other users of the disk, such as a job's checkpoints).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum CacheSize {
     Bytes(u64),
     PercentOfDisk(f64),
+    KeepFree(f64),
 }
 
 impl std::str::FromStr for CacheSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
+        if let Some(f) = t.strip_prefix("free:") {
+            return match f.trim().strip_suffix('%').map(|p| p.trim().parse::<f64>()) {
+                Some(Ok(v)) if (0.0..100.0).contains(&v) => Ok(CacheSize::KeepFree(v)),
+                _ => Err(format!(
+                    "invalid size {s:?}: free:PCT keeps PCT percent of the disk free, PCT in [0, 100)"
+                )),
+            };
+        }
         if let Some(p) = t.strip_suffix('%') {
             return match p.trim().parse::<f64>() {
                 Ok(v) if v > 0.0 && v <= 100.0 => Ok(CacheSize::PercentOfDisk(v)),
@@ -88,14 +99,22 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 
 /// Total size of the file system holding `dir`.
 pub fn fs_size(dir: &Path) -> io::Result<u64> {
+    fs_space(dir).map(|(total, _)| total)
+}
+
+/// Total and available (to unprivileged users) bytes of the file system holding `dir`.
+fn fs_space(dir: &Path) -> io::Result<(u64, u64)> {
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
     // SAFETY: statvfs writes into the zeroed struct we own; c is NUL-terminated.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(st.f_blocks as u64 * st.f_frsize as u64)
+    let frsize = st.f_frsize as u64;
+    Ok((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
 }
+
+type SpaceProbe = Box<dyn Fn() -> io::Result<(u64, u64)> + Send + Sync>;
 
 struct Index {
     lru: LruCache<String, u64>,
@@ -105,6 +124,10 @@ struct Index {
 pub struct DiskCache {
     root: PathBuf,
     capacity: u64,
+    /// With `free:PCT`: the bytes to leave free on the file system.
+    keep_free: Option<u64>,
+    /// Total and available bytes of the cache's file system (a fake one in tests).
+    space: SpaceProbe,
     index: Mutex<Index>,
     metrics: Arc<Metrics>,
     /// Writes handed to `write_behind` and not finished yet.
@@ -130,19 +153,33 @@ fn mkdir_private(p: &Path) -> io::Result<()> {
 impl DiskCache {
     /// Opens (creating if needed) the cache in `dir` and rebuilds its index from the files there.
     pub fn open(dir: &Path, size: CacheSize, metrics: Arc<Metrics>) -> io::Result<DiskCache> {
+        let probe_at = dir.to_path_buf();
+        Self::open_with(dir, size, metrics, Box::new(move || fs_space(&probe_at)))
+    }
+
+    fn open_with(
+        dir: &Path,
+        size: CacheSize,
+        metrics: Arc<Metrics>,
+        space: SpaceProbe,
+    ) -> io::Result<DiskCache> {
         // A directory we create is private; an existing one (say /mnt) keeps its mode, and the
         // blocks live in our own private subdirectory either way.
         mkdir_private(dir)?;
         let root = dir.join(SUBDIR);
         mkdir_private(&root)?;
         fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-        let capacity = match size {
-            CacheSize::Bytes(b) => b,
-            CacheSize::PercentOfDisk(p) => (fs_size(dir)? as f64 * p / 100.0) as u64,
+        let total = space()?.0;
+        let (capacity, keep_free) = match size {
+            CacheSize::Bytes(b) => (b, None),
+            CacheSize::PercentOfDisk(p) => ((total as f64 * p / 100.0) as u64, None),
+            CacheSize::KeepFree(p) => (total, Some((total as f64 * p / 100.0) as u64)),
         };
         let cache = DiskCache {
             root,
             capacity,
+            keep_free,
+            space,
             index: Mutex::new(Index {
                 lru: LruCache::unbounded(),
                 bytes: 0,
@@ -183,20 +220,33 @@ impl DiskCache {
             idx.lru.put(name, len);
         }
         drop(idx);
-        self.evict_to(self.capacity);
+        self.evict_to(self.capacity());
         Ok(())
     }
 
+    /// The most the cache may hold now: fixed, or (with `free:PCT`) what it holds plus the
+    /// space above the reserve.
     pub fn capacity(&self) -> u64 {
-        self.capacity
+        let Some(reserve) = self.keep_free else {
+            return self.capacity;
+        };
+        match (self.space)() {
+            Ok((_, avail)) => {
+                let held = self.index.lock().unwrap().bytes;
+                // Below the reserve, the cache shrinks by the shortfall.
+                (held + avail).saturating_sub(reserve).min(self.capacity)
+            }
+            Err(_) => self.capacity,
+        }
     }
 
     pub fn stats(&self) -> DiskStats {
+        let capacity = self.capacity();
         let idx = self.index.lock().unwrap();
         DiskStats {
             blocks: idx.lru.len() as u64,
             bytes: idx.bytes,
-            capacity: self.capacity,
+            capacity,
         }
     }
 
@@ -263,7 +313,7 @@ impl DiskCache {
                 }
                 idx.bytes += len;
                 drop(idx);
-                self.evict_to(self.capacity);
+                self.evict_to(self.capacity());
             }
             Err(e) => {
                 // A cache disk that stays broken must not flood the log: failures 1, 2, 4, 8,
@@ -433,6 +483,7 @@ fn read_block(path: &Path, identity: &str, expected_len: u64) -> io::Result<Opti
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::AtomicU64;
 
     fn open(dir: &Path, cap: u64) -> DiskCache {
         DiskCache::open(dir, CacheSize::Bytes(cap), Arc::new(Metrics::default())).unwrap()
@@ -490,6 +541,47 @@ mod tests {
     }
 
     #[test]
+    fn a_free_space_reserve_bounds_the_cache_by_what_the_disk_has_left() {
+        // A 100 MiB disk, 20 MiB free before the cache writes anything; others may use more.
+        let d = tempfile::tempdir().unwrap();
+        let others = Arc::new(AtomicU64::new(80 << 20));
+        let (root, used) = (d.path().join(SUBDIR), others.clone());
+        let probe: SpaceProbe = Box::new(move || {
+            let ours: u64 = fs::read_dir(&root)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .flat_map(|sub| fs::read_dir(sub.path()).into_iter().flatten().flatten())
+                .filter_map(|f| f.metadata().ok())
+                .map(|m| m.len())
+                .sum();
+            let total = 100u64 << 20;
+            Ok((
+                total,
+                (total - used.load(Ordering::Relaxed)).saturating_sub(ours),
+            ))
+        });
+        let m = Arc::new(Metrics::default());
+        let c = DiskCache::open_with(d.path(), CacheSize::KeepFree(10.0), m, probe).unwrap();
+        for i in 0..30 {
+            c.put(&format!("block-{i}"), &vec![i as u8; 1 << 20]);
+        }
+        let held = c.stats().bytes;
+        assert!(
+            (9 << 20..=10 << 20).contains(&held),
+            "10 MiB reserve of a disk with 20 MiB free: {held} bytes held"
+        );
+        // Someone else takes 6 MiB: the cache gives it back at its next write.
+        others.fetch_add(6 << 20, Ordering::Relaxed);
+        c.put("one-more", &[0u8; 1 << 20]);
+        let held = c.stats().bytes;
+        assert!(
+            (3 << 20..=4 << 20).contains(&held),
+            "after others used 6 MiB: {held} bytes held"
+        );
+    }
+
+    #[test]
     fn least_recently_used_blocks_are_evicted_at_capacity() {
         let d = tempfile::tempdir().unwrap();
         let per_block = header("k0", &[0u8; 1000]).len() as u64 + 1000;
@@ -533,6 +625,12 @@ mod tests {
             CacheSize::PercentOfDisk(50.0)
         );
         assert!("150%".parse::<CacheSize>().is_err());
+        assert_eq!(
+            "free:15%".parse::<CacheSize>().unwrap(),
+            CacheSize::KeepFree(15.0)
+        );
+        assert!("free:100%".parse::<CacheSize>().is_err());
+        assert!("free:10G".parse::<CacheSize>().is_err());
         assert_eq!(
             "2T".parse::<CacheSize>().unwrap(),
             CacheSize::Bytes(2 << 40)

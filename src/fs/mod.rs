@@ -868,11 +868,7 @@ impl LakeFs {
         let (dir, key) = self.new_name(parent, name)?;
         match self.existing(parent, &dir, name).await? {
             Some(k) if !k.is_dir() => return Err(FsError(libc::ENOTDIR)),
-            // A directory that only existed through its files vanishes with the last of
-            // them; the kernel may still know it: removing it is then a no-op.
-            None if self.inodes.lock().unwrap().child(parent, name).is_none() => {
-                return Err(FsError(libc::ENOENT))
-            }
+            None => return Err(FsError(libc::ENOENT)),
             _ => {}
         }
         if !self.is_empty_dir(&key).await? {
@@ -908,6 +904,15 @@ impl LakeFs {
             return Ok(());
         }
         if !self.store.dir_exists(&format!("{key}/")).await? {
+            if self
+                .store
+                .head(key)
+                .await?
+                .is_some_and(|h| !h.is_dir_marker)
+            {
+                // A file of the same name was hidden by the directory: it shows again.
+                return Ok(());
+            }
             self.store.make_dir(key).await?;
             self.changed(
                 key,
@@ -1038,5 +1043,7 @@ impl LakeFs {
     }
 }
 
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod tests;
