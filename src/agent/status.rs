@@ -31,13 +31,16 @@ impl NodeInfo {
     }
 }
 
-/// The node's VM size: configured, or given to the start task by the pool spec.
+/// The node's VM size: `agent.vm_size`, else what the pool spec gives the start task
+/// (LAKE_AGENT_VM_SIZE), else `pool.vm_size` (tasks do not see the start task's environment,
+/// but read the same config).
 pub fn vm_size(cfg: &AgentConfig) -> Option<String> {
     cfg.agent
         .vm_size
         .clone()
         .or_else(|| std::env::var("LAKE_AGENT_VM_SIZE").ok())
         .filter(|s| !s.is_empty())
+        .or_else(|| Some(cfg.pool.vm_size.clone()))
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
