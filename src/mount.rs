@@ -276,8 +276,9 @@ fn mounted_at(path: &Path) -> Option<(String, String)> {
     })
 }
 
-/// A mount whose daemon is gone answers everything with ENOTCONN. (A stat of the mount point
-/// itself may still be served from the kernel's attribute cache; listing it is not.)
+/// A mount whose daemon is gone answers everything with ENOTCONN (ECONNABORTED for a request
+/// the kernel had already queued when the daemon died). (A stat of the mount point itself may
+/// still be served from the kernel's attribute cache; listing it is not.)
 fn is_dead(path: &Path) -> bool {
     let err = match std::fs::metadata(path) {
         Err(e) => e,
@@ -286,7 +287,10 @@ fn is_dead(path: &Path) -> bool {
             Ok(_) => return false,
         },
     };
-    err.raw_os_error() == Some(libc::ENOTCONN)
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ENOTCONN | libc::ECONNABORTED)
+    )
 }
 
 fn check_mountpoint(mp: &Path) -> Result<PathBuf> {

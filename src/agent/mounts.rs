@@ -115,6 +115,27 @@ impl Mounter<'_> {
                         _ => None,
                     }
                 });
+                // The supervisor must have seen the mount answer too: until it has, it treats
+                // a daemon that dies as a mount that never worked, and does not restart it.
+                let waited = waited.and_then(|waited_for| {
+                    let deadline = std::time::Instant::now() + timeout;
+                    loop {
+                        match daemon::read_state(&files.state) {
+                            Some(s) if s.state == "ready" => return Ok(waited_for),
+                            Some(s) if s.state == "failed" => {
+                                return Err(anyhow!(s
+                                    .message
+                                    .unwrap_or_else(|| "the mount daemon failed".into())))
+                            }
+                            _ if std::time::Instant::now() > deadline => {
+                                return Err(anyhow!(
+                                    "the mount supervisor did not report the mount ready within {timeout:?}"
+                                ))
+                            }
+                            _ => std::thread::sleep(Duration::from_millis(20)),
+                        }
+                    }
+                });
                 if let Err(e) = waited {
                     // Leave nothing half-started behind: the start task fails visibly and a
                     // rerun begins from a clean slate.

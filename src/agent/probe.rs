@@ -58,9 +58,30 @@ pub fn answers(mp: &Path, limit: Duration) -> std::result::Result<(), String> {
     }
 }
 
-/// Whether `mp` is a lakemount mount that answers now.
+/// The device (`major:minor`, one per FUSE connection) of the top lakemount mount at `mp`.
+fn lakemount_device(mp: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().rev().find_map(|line| {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 5 || Path::new(&super::disks::unescape(f[4])) != mp {
+            return None;
+        }
+        let mut rest = line.split(" - ").nth(1)?.split(' ');
+        let (fstype, source) = (rest.next()?, rest.next()?);
+        let ours = source == "lakemount" && (fstype == "fuse" || fstype == "fuse.lakemount");
+        // The top mount decides: a lakemount under something else is not what `mp` shows.
+        Some(ours.then(|| f[2].to_string()))
+    })?
+}
+
+/// Whether `mp` is a lakemount mount that answers now. The same mount must be there before
+/// and after the listing: a dead mount being replaced is lazily detached, and a listing in
+/// that moment would be answered by the empty directory underneath.
 pub fn is_ready(mp: &Path) -> bool {
-    is_lakemount(mp) && answers(mp, Duration::from_secs(10)).is_ok()
+    let Some(before) = lakemount_device(mp) else {
+        return false;
+    };
+    answers(mp, Duration::from_secs(10)).is_ok() && lakemount_device(mp) == Some(before)
 }
 
 /// Waits until `mp` is a lakemount mount that answers, up to `limit`. `failed` is asked on
@@ -77,13 +98,15 @@ pub fn wait_ready(
         if let Some(why) = failed() {
             bail!("{why}");
         }
-        if is_lakemount(mp) {
+        if let Some(dev) = lakemount_device(mp) {
             let left = deadline.saturating_duration_since(Instant::now());
             match answers(
                 mp,
                 left.clamp(Duration::from_millis(100), Duration::from_secs(5)),
             ) {
-                Ok(()) => return Ok(start.elapsed()),
+                // Still the same mount: not a dead one replaced while it was listed.
+                Ok(()) if lakemount_device(mp) == Some(dev) => return Ok(start.elapsed()),
+                Ok(()) => last = "replaced while it was checked".into(),
                 Err(e) => last = format!("mounted but not answering: {e}"),
             }
         }
