@@ -123,13 +123,18 @@ fn default_staging_dir() -> PathBuf {
     if unsafe { libc::geteuid() } == 0 {
         return PathBuf::from("/var/lib/lakemount/staging");
     }
+    user_state_dir().join("staging")
+}
+
+/// `$XDG_STATE_HOME/lakemount` (default `~/.local/state/lakemount`): a user's logs and staging.
+pub fn user_state_dir() -> PathBuf {
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| home.join(".local/state"))
-        .join("lakemount/staging")
+        .join("lakemount")
 }
 
 pub fn parse_mode(s: &str) -> Result<u16> {

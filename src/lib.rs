@@ -3,6 +3,7 @@
 //! Data flows one way: [`fuse`] (kernel edge) -> [`fs`] (POSIX core) -> [`reader`] / [`cache`]
 //! -> [`store`] (Azure, local directory, in-memory).
 
+pub mod agent;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -35,6 +35,7 @@ counters! {
     disk_hit_bytes_total: "Bytes of blocks loaded from the local disk block cache.",
     store_get_requests_total: "Ranged GET requests sent to the store for file data.",
     store_get_bytes_total: "Bytes of file data fetched from the store.",
+    store_get_retries_total: "Ranged GETs retried after a transient failure, a short body or a timeout.",
     prefetched_unused_bytes_total: "Bytes read ahead that were evicted from memory without being read.",
     memory_evictions_total: "Blocks evicted from the memory block cache.",
     disk_evictions_total: "Blocks evicted from the disk block cache.",

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use fuser::{MountOption, SessionACL};
 
-use crate::cache::blocks::{BlockCache, BlockConfig};
+use crate::cache::blocks::{BlockCache, BlockConfig, ReadRetry};
 use crate::cache::disk::DiskCache;
 use crate::cli::MountArgs;
 use crate::config::MountSettings;
@@ -121,13 +121,7 @@ fn default_log_file(mountpoint: &Path) -> PathBuf {
     let dir = if unsafe { libc::geteuid() } == 0 {
         PathBuf::from("/var/log/lakemount")
     } else {
-        let home = std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
-        std::env::var_os("XDG_STATE_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home.join(".local/state"))
-            .join("lakemount")
+        crate::config::user_state_dir()
     };
     dir.join(format!("{name}.log"))
 }
@@ -285,8 +279,9 @@ fn mounted_at(path: &Path) -> Option<(String, String)> {
     })
 }
 
-/// A mount whose daemon is gone answers everything with ENOTCONN. (A stat of the mount point
-/// itself may still be served from the kernel's attribute cache; listing it is not.)
+/// A mount whose daemon is gone answers everything with ENOTCONN (ECONNABORTED for a request
+/// the kernel had already queued when the daemon died). (A stat of the mount point itself may
+/// still be served from the kernel's attribute cache; listing it is not.)
 fn is_dead(path: &Path) -> bool {
     let err = match std::fs::metadata(path) {
         Err(e) => e,
@@ -295,7 +290,10 @@ fn is_dead(path: &Path) -> bool {
             Ok(_) => return false,
         },
     };
-    err.raw_os_error() == Some(libc::ENOTCONN)
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ENOTCONN | libc::ECONNABORTED)
+    )
 }
 
 fn check_mountpoint(mp: &Path) -> Result<PathBuf> {
@@ -404,6 +402,7 @@ pub fn build_fs_with(
         BlockConfig {
             block_size: s.block_size,
             max_memory: read_memory,
+            retry: ReadRetry::default(),
         },
         metrics,
     );

@@ -1,11 +1,13 @@
-//! The mount against a lake that goes away and comes back (Azurite stopped and restarted).
+//! The mount against a lake that goes away and comes back (Azurite stopped and restarted),
+//! and against one that answers with faults (an injecting proxy in front of Azurite).
 
 mod common;
 
 use std::time::Duration;
 
-use common::azurite::Azurite;
-use common::mount::{is_mounted, mount_azurite, wait_for};
+use common::azurite::{Azurite, ACCOUNT};
+use common::faultproxy::FaultProxy;
+use common::mount::{is_mounted, lakemount, mount_azurite, wait_for, Mount};
 use common::tree::{pseudo_random, sha256};
 
 const CONTAINER: &str = "lake";
@@ -48,5 +50,127 @@ fn the_mount_survives_the_lake_going_away_and_coming_back() {
     assert_eq!(
         sha256(&std::fs::read(m.path().join("second.bin")).unwrap()),
         sha256(&second)
+    );
+}
+
+#[test]
+fn faults_on_the_wire_are_retried_and_every_byte_stays_right() {
+    let az = Azurite::start();
+    az.create_container(CONTAINER);
+    let big = pseudo_random(12 << 20, 21);
+    az.put_blob_large(CONTAINER, "data/big.bin", &big);
+    for i in 0..6 {
+        az.put_blob(
+            CONTAINER,
+            &format!("data/small{i}.txt"),
+            format!("small {i}").as_bytes(),
+        );
+    }
+    // Every 4th request: 503 ServerBusy (Retry-After: 1), 500, or a body cut off, in turn.
+    let proxy = FaultProxy::start(az.port(), 4);
+    let cs = az.connection_string();
+    let env = [("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())];
+    let endpoint = proxy.endpoint();
+    let m = Mount::start(
+        &format!("az://{ACCOUNT}/{CONTAINER}"),
+        &["--endpoint", &endpoint, "--block-size", "1M"],
+        &env,
+    )
+    .unwrap_or_else(|o| panic!("mount through the proxy failed: {o:?}"));
+    let d = m.path().join("data");
+    let mut names: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 7, "{names:?}");
+    assert_eq!(
+        sha256(&std::fs::read(d.join("big.bin")).unwrap()),
+        sha256(&big)
+    );
+    for i in 0..6 {
+        let got = std::fs::read(d.join(format!("small{i}.txt"))).unwrap();
+        assert_eq!(got, format!("small {i}").as_bytes());
+    }
+    // Writes go through the same faults: staged blocks and the commit are retried.
+    let out = pseudo_random(5 << 20, 22);
+    std::fs::write(m.path().join("out.bin"), &out).unwrap();
+    assert_eq!(sha256(&az.get_blob(CONTAINER, "out.bin")), sha256(&out));
+    let injected = proxy.injected.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(injected >= 6, "only {injected} faults injected");
+    // So does `lakemount upload`.
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("up.bin"), &out).unwrap();
+    let up = lakemount(
+        &[
+            "upload",
+            src.path().to_str().unwrap(),
+            &format!("az://{ACCOUNT}/{CONTAINER}/up"),
+            "--endpoint",
+            &endpoint,
+            "--block-size",
+            "1M",
+        ],
+        &env,
+    )
+    .output()
+    .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert_eq!(sha256(&az.get_blob(CONTAINER, "up/up.bin")), sha256(&out));
+}
+
+#[test]
+fn a_blob_replaced_while_read_gives_estale_never_a_mix() {
+    use std::io::Read;
+    let az = Azurite::start();
+    az.create_container(CONTAINER);
+    let old = pseudo_random(16 << 20, 31);
+    let new = pseudo_random(16 << 20, 32);
+    az.put_blob_large(CONTAINER, "f.bin", &old);
+    let m = mount_azurite(
+        &az,
+        CONTAINER,
+        &[
+            "--block-size",
+            "1M",
+            "--max-readahead",
+            "1M",
+            "--metadata-ttl",
+            "1",
+        ],
+    );
+    let p = m.path().join("f.bin");
+    let mut f = std::fs::File::open(&p).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, old[..1 << 20]);
+    az.put_blob_large(CONTAINER, "f.bin", &new);
+    // The handle reads on: every byte it gets is the old blob's, until it gets ESTALE.
+    let mut off = 1 << 20;
+    let err = loop {
+        match f.read(&mut buf) {
+            Ok(0) => panic!("read the whole old blob although most of it was not fetched yet"),
+            Ok(n) => {
+                assert_eq!(
+                    buf[..n],
+                    old[off..off + n],
+                    "bytes at {off} are not the old blob's"
+                );
+                off += n;
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ESTALE), "{err}");
+    // New opens see the new blob once the metadata TTL has passed.
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            std::fs::read(&p).is_ok_and(|d| sha256(&d) == sha256(&new))
+        }),
+        "the new blob never showed"
     );
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -16,13 +17,36 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::disk::DiskCache;
 use crate::metrics::Metrics;
 use crate::reader::ObjectVersion;
-use crate::store::{DynStore, Store, StoreError, StoreResult};
+use crate::store::{retry, DynStore, Store, StoreError, StoreResult};
 
 #[derive(Clone, Copy, Debug)]
 pub struct BlockConfig {
     pub block_size: u64,
     /// In-flight plus cached block bytes.
     pub max_memory: u64,
+    pub retry: ReadRetry,
+}
+
+/// How a block fetch survives a flaky lake: each attempt is bounded in time (a stalled body
+/// must not hang a reader), and transient failures, short bodies (a connection reset
+/// mid-body) and timeouts are retried with backoff. After the last attempt the read fails
+/// with EIO; it never returns short or wrong data.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadRetry {
+    pub attempts: u32,
+    /// First delay between attempts; it doubles (with jitter).
+    pub base_delay: Duration,
+    pub attempt_timeout: Duration,
+}
+
+impl Default for ReadRetry {
+    fn default() -> Self {
+        ReadRetry {
+            attempts: 5,
+            base_delay: Duration::from_millis(200),
+            attempt_timeout: Duration::from_secs(120),
+        }
+    }
 }
 
 impl BlockConfig {
@@ -282,6 +306,55 @@ impl BlockCache {
         true
     }
 
+    /// One block from the store, retried per [`ReadRetry`]; exactly the bytes of `range`.
+    async fn get_with_retry(
+        &self,
+        obj: &ObjectVersion,
+        index: u64,
+        range: Range<u64>,
+    ) -> StoreResult<Bytes> {
+        let policy = self.cfg.retry;
+        let len = range.end - range.start;
+        let mut attempt = 0;
+        loop {
+            let got = tokio::time::timeout(
+                policy.attempt_timeout,
+                self.store.get_range(&obj.key, range.clone(), &obj.etag),
+            )
+            .await;
+            Metrics::add(&self.metrics.store_get_requests_total, 1);
+            let err = match got {
+                Ok(Ok(data)) if data.len() as u64 == len => {
+                    Metrics::add(&self.metrics.store_get_bytes_total, len);
+                    return Ok(data);
+                }
+                Ok(Ok(data)) => StoreError::Unreachable(format!(
+                    "{}: block {index} came back with {} of {len} bytes",
+                    obj.key,
+                    data.len()
+                )),
+                Ok(Err(e)) if e.is_transient() => e,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => StoreError::Unreachable(format!(
+                    "{}: block {index}: no answer within {:?}",
+                    obj.key, policy.attempt_timeout
+                )),
+            };
+            attempt += 1;
+            if attempt >= policy.attempts {
+                return Err(err);
+            }
+            let after = match &err {
+                StoreError::Busy(_, after) => *after,
+                _ => None,
+            };
+            Metrics::add(&self.metrics.store_get_retries_total, 1);
+            tracing::debug!("retrying block {index} of {}: {err}", obj.key);
+            let wait = retry::delay_from(policy.base_delay, attempt - 1, after, retry::jitter());
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// The shared fetch of one block, created on first request.
     fn fetch(
         self: &Arc<Self>,
@@ -351,16 +424,7 @@ impl BlockCache {
                 return Ok(block(data));
             }
         }
-        let data = self.store.get_range(&obj.key, range, &obj.etag).await?;
-        Metrics::add(&self.metrics.store_get_requests_total, 1);
-        Metrics::add(&self.metrics.store_get_bytes_total, data.len() as u64);
-        if data.len() as u64 != len {
-            return Err(StoreError::Other(format!(
-                "{}: block {index} came back with {} of {len} bytes",
-                obj.key,
-                data.len()
-            )));
-        }
+        let data = self.get_with_retry(obj, index, range).await?;
         if let Some(disk) = &self.disk {
             disk.write_behind(id.to_string(), data.clone());
         }

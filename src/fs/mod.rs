@@ -309,12 +309,17 @@ impl LakeFs {
             .await?
             .ok_or(FsError(libc::ENOENT))?;
         let key = join_key(&dir.dir_prefix(), name);
+        Ok(self.entered(parent, name, key, kind))
+    }
+
+    /// Records `name` in `parent` as `kind`, with one kernel reference, and its attributes.
+    fn entered(&self, parent: u64, name: &str, key: String, kind: EntryKind) -> Attr {
         let ino = self
             .inodes
             .lock()
             .unwrap()
             .upsert(parent, name, key, kind.clone(), 1);
-        Ok(self.attr(ino, &kind))
+        self.attr(ino, &kind)
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
@@ -830,12 +835,7 @@ impl LakeFs {
             mtime: Some(SystemTime::now()),
         };
         self.changed(&key, Some(kind.clone())).await;
-        let ino = self
-            .inodes
-            .lock()
-            .unwrap()
-            .upsert(parent, name, key, kind.clone(), 1);
-        Ok(self.attr(ino, &kind))
+        Ok(self.entered(parent, name, key, kind))
     }
 
     /// unlink(2). A file still being written is dropped when its last handle closes.
@@ -868,11 +868,7 @@ impl LakeFs {
         let (dir, key) = self.new_name(parent, name)?;
         match self.existing(parent, &dir, name).await? {
             Some(k) if !k.is_dir() => return Err(FsError(libc::ENOTDIR)),
-            // A directory that only existed through its files vanishes with the last of
-            // them; the kernel may still know it: removing it is then a no-op.
-            None if self.inodes.lock().unwrap().child(parent, name).is_none() => {
-                return Err(FsError(libc::ENOENT))
-            }
+            None => return Err(FsError(libc::ENOENT)),
             _ => {}
         }
         if !self.is_empty_dir(&key).await? {
@@ -908,6 +904,15 @@ impl LakeFs {
             return Ok(());
         }
         if !self.store.dir_exists(&format!("{key}/")).await? {
+            if self
+                .store
+                .head(key)
+                .await?
+                .is_some_and(|h| !h.is_dir_marker)
+            {
+                // A file of the same name was hidden by the directory: it shows again.
+                return Ok(());
+            }
             self.store.make_dir(key).await?;
             self.changed(
                 key,
@@ -1038,5 +1043,7 @@ impl LakeFs {
     }
 }
 
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod tests;

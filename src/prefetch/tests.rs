@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
-use crate::cache::blocks::{BlockCache, BlockConfig};
+use crate::cache::blocks::{BlockCache, BlockConfig, ReadRetry};
 use crate::metrics::Metrics;
 use crate::store::memory::MemoryStore;
-use crate::store::throttle::ThrottledStore;
+use crate::store::throttle::{Faults, ThrottledStore};
 use crate::store::Store;
 
 const MIB: u64 = 1 << 20;
@@ -32,24 +32,36 @@ async fn rig(size: u64, block: u64, max_memory: u64, max_readahead: u64) -> Rig 
     let cfg = BlockConfig {
         block_size: block,
         max_memory,
+        retry: ReadRetry::default(),
     };
-    let cache = BlockCache::new(store.clone(), None, cfg, Arc::new(Metrics::default()));
-    let path = PrefetchReadPath::new(cache.clone(), max_readahead);
-    let obj = ObjectVersion {
-        key: "f".into(),
-        etag,
-        size,
-    };
-    Rig {
-        store,
-        cache,
-        path,
-        data,
-        obj,
-    }
+    Rig::assemble(store, data, etag, cfg, max_readahead)
 }
 
 impl Rig {
+    /// The read path over `store`, which holds `data` as object `f` under `etag`.
+    fn assemble(
+        store: Arc<ThrottledStore>,
+        data: Vec<u8>,
+        etag: String,
+        cfg: BlockConfig,
+        max_readahead: u64,
+    ) -> Rig {
+        let cache = BlockCache::new(store.clone(), None, cfg, Arc::new(Metrics::default()));
+        let path = PrefetchReadPath::new(cache.clone(), max_readahead);
+        let obj = ObjectVersion {
+            key: "f".into(),
+            etag,
+            size: data.len() as u64,
+        };
+        Rig {
+            store,
+            cache,
+            path,
+            data,
+            obj,
+        }
+    }
+
     fn gets(&self) -> u64 {
         self.store.stats.gets.load(Ordering::SeqCst)
     }
@@ -239,57 +251,109 @@ async fn four_concurrent_sequential_readers_waste_no_read_ahead() {
     assert!(r.gets() <= 64 + 4 * 8, "{} GETs for 64 blocks", r.gets());
 }
 
-/// A store that loses the tail of every response: a broken connection that looked fine.
-#[derive(Debug)]
-struct Truncating(MemoryStore);
-
-#[async_trait::async_trait]
-impl Store for Truncating {
-    fn describe(&self) -> String {
-        "truncating://".into()
-    }
-    async fn list_page(
-        &self,
-        p: &str,
-        m: Option<String>,
-    ) -> crate::store::StoreResult<crate::store::ListPage> {
-        self.0.list_page(p, m).await
-    }
-    async fn head(&self, key: &str) -> crate::store::StoreResult<Option<crate::store::ObjectInfo>> {
-        self.0.head(key).await
-    }
-    async fn get_range(
-        &self,
-        key: &str,
-        range: std::ops::Range<u64>,
-        etag: &str,
-    ) -> crate::store::StoreResult<bytes::Bytes> {
-        let data = self.0.get_range(key, range, etag).await?;
-        Ok(data.slice(..data.len() / 2))
-    }
-    async fn delete(&self, key: &str) -> crate::store::StoreResult<()> {
-        self.0.delete(key).await
+fn fast_retry() -> ReadRetry {
+    ReadRetry {
+        attempts: 8,
+        base_delay: Duration::from_millis(1),
+        attempt_timeout: Duration::from_millis(150),
     }
 }
 
-#[tokio::test]
-async fn a_short_response_is_an_error_never_short_or_wrong_data() {
-    let mem = MemoryStore::new();
-    mem.put("f", vec![7u8; 3 * MIB as usize]);
+/// A rig over a store injecting `faults` into data reads.
+async fn faulty_rig(size: u64, faults: Faults, retry: ReadRetry) -> Rig {
+    let mem = Arc::new(MemoryStore::new());
+    let data: Vec<u8> = (0..size)
+        .map(|i| (i.wrapping_mul(40_503) >> 7) as u8)
+        .collect();
+    mem.put("f", data.clone());
     let etag = mem.head("f").await.unwrap().unwrap().etag;
-    let store = Arc::new(Truncating(mem));
+    let store =
+        Arc::new(ThrottledStore::new(mem, Duration::from_millis(1), None).with_faults(faults));
     let cfg = BlockConfig {
         block_size: MIB,
-        max_memory: 16 * MIB,
+        max_memory: 32 * MIB,
+        retry,
     };
-    let cache = BlockCache::new(store, None, cfg, Arc::new(Metrics::default()));
-    let h = PrefetchReadPath::new(cache, 4 * MIB).open(ObjectVersion {
-        key: "f".into(),
-        etag,
-        size: 3 * MIB,
-    });
+    Rig::assemble(store, data, etag, cfg, 8 * MIB)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_faults_are_retried_and_every_byte_is_right() {
+    let faults = Faults {
+        seed: 7,
+        busy: 100,
+        retry_after: Duration::from_millis(5),
+        internal: 50,
+        reset: 100,
+        stall: 50,
+        stall_for: Duration::from_secs(5),
+    };
+    let r = faulty_rig(32 * MIB, faults, fast_retry()).await;
+    // Sequential (with read-ahead), then random, through separate handles.
+    let h = r.path.open(r.obj.clone());
+    let mut off = 0;
+    while off < r.obj.size {
+        let b = h.read(off, 256 << 10).await.unwrap();
+        assert_eq!(
+            &b[..],
+            &r.data[off as usize..off as usize + b.len()],
+            "at {off}"
+        );
+        off += b.len() as u64;
+    }
+    let h = r.path.open(r.obj.clone());
+    for i in 0..200u64 {
+        let off = (i * 7_919_993) % r.obj.size;
+        let b = h.read(off, 3000).await.unwrap();
+        assert_eq!(
+            &b[..],
+            &r.data[off as usize..off as usize + b.len()],
+            "at {off}"
+        );
+    }
+    let injected = r.store.stats.faults.load(Ordering::SeqCst);
+    let retries = Metrics::get(&r.cache.metrics().store_get_retries_total);
+    assert!(injected >= 5, "{injected} faults injected");
+    assert!(
+        retries >= injected,
+        "{retries} retries for {injected} faults"
+    );
+}
+
+#[tokio::test]
+async fn a_lake_that_keeps_failing_gives_eio_after_the_budget() {
+    let faults = Faults {
+        seed: 1,
+        busy: 1000,
+        ..Faults::default()
+    };
+    let retry = fast_retry();
+    let r = faulty_rig(4 * MIB, faults, retry).await;
+    let h = r.path.open(r.obj.clone());
+    let started = std::time::Instant::now();
+    let err = h.read(MIB + 3, 4096).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EIO, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The block read, and any read ahead of it (4 blocks in all), each tried to the budget.
+    let n = retry.attempts as u64;
+    assert!(
+        (n..=4 * n).contains(&r.gets()),
+        "{} GETs for an attempt budget of {n}",
+        r.gets()
+    );
+}
+
+#[tokio::test]
+async fn a_short_response_is_retried_then_an_error_never_short_or_wrong_data() {
+    let faults = Faults {
+        seed: 3,
+        reset: 1000,
+        ..Faults::default()
+    };
+    let r = faulty_rig(3 * MIB, faults, fast_retry()).await;
+    let h = r.path.open(r.obj.clone());
     for off in [0, MIB + 5, 3 * MIB - 10] {
         let err = h.read(off, 4096).await.unwrap_err();
-        assert!(matches!(err, crate::store::StoreError::Other(_)), "{err:?}");
+        assert_eq!(err.errno(), libc::EIO, "{err:?}");
     }
 }

@@ -406,6 +406,7 @@ impl AzureStore {
             StatusCode::PRECONDITION_FAILED => StoreError::Changed(detail),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => StoreError::Denied(detail),
             StatusCode::BAD_REQUEST => StoreError::Invalid(detail),
+            s if retry::retryable_status(s.as_u16()) => StoreError::Busy(detail, None),
             _ => StoreError::Other(detail),
         }
     }

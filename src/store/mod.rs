@@ -82,6 +82,10 @@ pub enum StoreError {
     Unreachable(String),
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The service is busy or failed transiently (503 ServerBusy, 500); worth retrying,
+    /// after the delay it asked for, if any.
+    #[error("{0}")]
+    Busy(String, Option<std::time::Duration>),
     /// The target exists (create-only writes, renames that must not replace).
     #[error("already exists: {0}")]
     Exists(String),
@@ -93,6 +97,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether another attempt may succeed: the network, the service being busy, or a
+    /// failure the store could not classify. Answers about the object (not found, changed,
+    /// denied, invalid) are final.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unreachable(_) | StoreError::Busy(..) | StoreError::Other(_)
+        )
+    }
+
     /// The errno a filesystem caller should see for this failure.
     pub fn errno(&self) -> i32 {
         match self {
@@ -102,9 +116,10 @@ impl StoreError {
             StoreError::Invalid(_) => libc::EINVAL,
             StoreError::Exists(_) => libc::EEXIST,
             StoreError::Unsupported(_) => libc::EOPNOTSUPP,
-            StoreError::NoContainer(_) | StoreError::Unreachable(_) | StoreError::Other(_) => {
-                libc::EIO
-            }
+            StoreError::NoContainer(_)
+            | StoreError::Unreachable(_)
+            | StoreError::Busy(..)
+            | StoreError::Other(_) => libc::EIO,
         }
     }
 }

@@ -17,7 +17,17 @@ pub fn retryable_status(status: u16) -> bool {
 /// How long to wait before attempt `attempt + 1` (attempt 0 was the first): 100 ms doubling,
 /// scaled by a jitter factor in [0.5, 1.5), at least what the server asked for, at most 10 s.
 pub fn delay(attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
-    let backoff = BASE
+    delay_from(BASE, attempt, retry_after, jitter)
+}
+
+/// [`delay`] with another first delay (`base`).
+pub fn delay_from(
+    base: Duration,
+    attempt: u32,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Duration {
+    let backoff = base
         .saturating_mul(1 << attempt.min(16))
         .mul_f64(0.5 + jitter.clamp(0.0, 1.0));
     backoff.max(retry_after.unwrap_or_default()).min(MAX_DELAY)

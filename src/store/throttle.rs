@@ -1,6 +1,7 @@
 //! A store wrapper that behaves like a remote one: a first-byte latency on every request and a
 //! bandwidth cap shared by all requests. For benchmarks and tests of the read path (never a
-//! substitute for Azurite in tests about Azure itself). It also counts what passes through.
+//! substitute for Azurite in tests about Azure itself). It also counts what passes through,
+//! and can inject the faults a real lake produces (see [`Faults`]).
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +12,34 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{Committed, DynStore, ListPage, ObjectInfo, PutOptions, Store, StoreResult};
+use super::{
+    Committed, DynStore, ListPage, ObjectInfo, PutOptions, Store, StoreError, StoreResult,
+};
+
+/// Faults injected into data reads (ranged GETs), each on a share of requests, chosen by a
+/// seeded generator so a run can be repeated. Shares are per mille; what is left succeeds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    pub seed: u64,
+    /// 503 ServerBusy with a Retry-After of `retry_after`.
+    pub busy: u32,
+    pub retry_after: Duration,
+    /// 500 InternalError.
+    pub internal: u32,
+    /// The connection drops mid-body: the response is cut to half.
+    pub reset: u32,
+    /// The body stalls for `stall_for` before arriving.
+    pub stall: u32,
+    pub stall_for: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    Busy,
+    Internal,
+    Reset,
+    Stall,
+}
 
 #[derive(Debug, Default)]
 pub struct ThrottleStats {
@@ -19,6 +47,8 @@ pub struct ThrottleStats {
     pub bytes: AtomicU64,
     pub in_flight: AtomicU64,
     pub max_in_flight: AtomicU64,
+    /// Faults injected so far.
+    pub faults: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -29,6 +59,9 @@ pub struct ThrottledStore {
     bandwidth: Option<u64>,
     /// When the shared link is next free.
     link_free_at: Mutex<Instant>,
+    faults: Option<Faults>,
+    /// xorshift state of the fault generator.
+    rng: Mutex<u64>,
     pub stats: ThrottleStats,
 }
 
@@ -39,8 +72,42 @@ impl ThrottledStore {
             latency,
             bandwidth,
             link_free_at: Mutex::new(Instant::now()),
+            faults: None,
+            rng: Mutex::new(1),
             stats: ThrottleStats::default(),
         }
+    }
+
+    /// The same store, injecting `faults` into data reads.
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        *self.rng.get_mut().unwrap() = faults.seed | 1;
+        self.faults = Some(faults);
+        self
+    }
+
+    fn next_fault(&self) -> Option<Fault> {
+        let f = self.faults?;
+        let roll = {
+            let mut x = self.rng.lock().unwrap();
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            (*x % 1000) as u32
+        };
+        let mut edge = 0;
+        for (share, fault) in [
+            (f.busy, Fault::Busy),
+            (f.internal, Fault::Internal),
+            (f.reset, Fault::Reset),
+            (f.stall, Fault::Stall),
+        ] {
+            edge += share;
+            if roll < edge {
+                self.stats.faults.fetch_add(1, Ordering::Relaxed);
+                return Some(fault);
+            }
+        }
+        None
     }
 }
 
@@ -81,7 +148,30 @@ impl Store for ThrottledStore {
         let _g = InFlight::new(&self.stats);
         self.stats.gets.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(self.latency).await;
-        let data = self.inner.get_range(key, range, etag).await?;
+        let fault = self.next_fault();
+        match fault {
+            Some(Fault::Busy) => {
+                let after = self.faults.map(|f| f.retry_after);
+                return Err(StoreError::Busy(
+                    format!("{key}: ServerBusy (HTTP 503), injected"),
+                    after,
+                ));
+            }
+            Some(Fault::Internal) => {
+                return Err(StoreError::Busy(
+                    format!("{key}: InternalError (HTTP 500), injected"),
+                    None,
+                ));
+            }
+            Some(Fault::Stall) => {
+                tokio::time::sleep(self.faults.map_or(Duration::ZERO, |f| f.stall_for)).await;
+            }
+            _ => {}
+        }
+        let mut data = self.inner.get_range(key, range, etag).await?;
+        if fault == Some(Fault::Reset) {
+            data.truncate(data.len() / 2);
+        }
         if let Some(bw) = self.bandwidth {
             // Reserve this transfer's share of the link, then wait until it is done.
             let need = Duration::from_secs_f64(data.len() as f64 / bw as f64);

@@ -5,24 +5,16 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::{StreamExt, TryStreamExt};
 
 use super::progress::Progress;
-use super::tree::{self, Conflicts};
+use super::tree;
+use super::Report;
 use crate::cli::TransferArgs;
 use crate::store::{DynStore, ObjectInfo};
-
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Report {
-    pub files: u64,
-    pub bytes: u64,
-    pub skipped: u64,
-    pub failed: Vec<(String, String)>,
-}
 
 /// Where each object goes: `dest/KEY` (for a single blob, `dest` or `dest/NAME` as `cp` would).
 pub struct Item {
@@ -59,49 +51,22 @@ pub async fn download(
             }
         }
     }
-    if !conflicts.is_empty() {
-        let total = conflicts.len();
-        conflicts.truncate(tree::SHOWN_CONFLICTS);
-        return Err(Conflicts {
-            total,
-            first: conflicts,
-            hint: "use --overwrite to replace them",
-        }
-        .into());
-    }
+    super::refuse(conflicts)?;
     let total: u64 = todo.iter().map(|i| i.object.size).sum();
     let progress = Progress::new("download", todo.len() as u64, total);
-    let done_bytes = Arc::new(AtomicU64::new(0));
-    let results: Vec<(String, Result<(), String>)> = futures::stream::iter(todo)
-        .map(|it| {
-            let (store, progress, done_bytes) =
-                (store.clone(), progress.clone(), done_bytes.clone());
-            async move {
-                let r = download_file(&store, &it, threads, block_size, &progress).await;
-                if r.is_ok() {
-                    done_bytes.fetch_add(it.object.size, Ordering::Relaxed);
-                    progress.file_done();
-                }
-                (it.object.key, r.map_err(|e| format!("{e:#}")))
-            }
-        })
-        .buffer_unordered(threads.max(1))
-        .collect()
-        .await;
-    progress.finish();
-    let mut report = Report {
+    Ok(super::run_all(
+        todo,
+        threads,
+        &progress,
         skipped,
-        bytes: done_bytes.load(Ordering::Relaxed),
-        ..Report::default()
-    };
-    for (key, r) in results {
-        match r {
-            Ok(()) => report.files += 1,
-            Err(e) => report.failed.push((key, e)),
-        }
-    }
-    report.failed.sort();
-    Ok(report)
+        |it| it.object.key.clone(),
+        |it| it.object.size,
+        |it| {
+            let (store, progress) = (store.clone(), progress.clone());
+            async move { download_file(&store, &it, threads, block_size, &progress).await }
+        },
+    )
+    .await)
 }
 
 fn partial_path(path: &Path) -> PathBuf {
@@ -211,23 +176,10 @@ pub fn run(args: &TransferArgs) -> Result<()> {
         block_size,
         args.overwrite,
     ))?;
-    let secs = started.elapsed().as_secs_f64().max(1e-3);
-    println!(
-        "downloaded {} files, {:.1} MiB from {shown} in {secs:.1} s ({:.1} MiB/s); {} identical files skipped",
-        r.files,
-        r.bytes as f64 / 1048576.0,
-        r.bytes as f64 / 1048576.0 / secs,
-        r.skipped
-    );
-    if !r.failed.is_empty() {
-        for (key, e) in r.failed.iter().take(tree::SHOWN_CONFLICTS) {
-            eprintln!("lakemount: failed: {key}: {e}");
-        }
-        return Err(anyhow!(
-            "{} of {} files failed to download",
-            r.failed.len(),
-            r.failed.len() as u64 + r.files
-        ));
-    }
-    Ok(())
+    r.finish(
+        "downloaded",
+        &format!("from {shown}"),
+        started,
+        " to download",
+    )
 }

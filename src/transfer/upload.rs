@@ -4,35 +4,25 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use futures::StreamExt;
 use md5::{Digest, Md5};
 use tokio::sync::Semaphore;
 
 use super::progress::Progress;
-use super::tree::{self, Conflicts, LocalFile};
+use super::tree::{self, LocalFile};
+use super::Report;
 use crate::cli::TransferArgs;
 use crate::store::{DynStore, PutOptions, StoreError};
 
 /// Azure allows 50,000 blocks per blob: bigger files get bigger blocks.
 const MAX_BLOCKS: u64 = 50_000;
 
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Report {
-    pub files: u64,
-    pub bytes: u64,
-    /// Identical (size and Content-MD5) targets left alone.
-    pub skipped: u64,
-    /// Files that failed, with the reason.
-    pub failed: Vec<(String, String)>,
-}
-
 /// Uploads `files` to `store` (keys = their relative paths). Without `overwrite`, any target
-/// that exists and differs refuses the whole upload with [`Conflicts`] before a byte is sent.
+/// that exists and differs refuses the whole upload with [`tree::Conflicts`] before a byte
+/// is sent.
 pub async fn upload(
     store: DynStore,
     files: Vec<LocalFile>,
@@ -66,50 +56,23 @@ pub async fn upload(
             Some(_) => conflicts.push(f.rel),
         }
     }
-    if !conflicts.is_empty() {
-        let total = conflicts.len();
-        conflicts.truncate(tree::SHOWN_CONFLICTS);
-        return Err(Conflicts {
-            total,
-            first: conflicts,
-            hint: "use --overwrite to replace them",
-        }
-        .into());
-    }
+    super::refuse(conflicts)?;
     let total: u64 = todo.iter().map(|f| f.size).sum();
     let progress = Progress::new("upload", todo.len() as u64, total);
     let slots = Arc::new(Semaphore::new(threads.max(1)));
-    let done_bytes = Arc::new(AtomicU64::new(0));
-    let results: Vec<(String, Result<(), String>)> = futures::stream::iter(todo)
-        .map(|f| {
-            let (store, slots, progress) = (store.clone(), slots.clone(), progress.clone());
-            let done_bytes = done_bytes.clone();
-            async move {
-                let r = upload_file(&store, &f, block_size, &slots, &progress).await;
-                if r.is_ok() {
-                    done_bytes.fetch_add(f.size, Ordering::Relaxed);
-                    progress.file_done();
-                }
-                (f.rel, r.map_err(|e| format!("{e:#}")))
-            }
-        })
-        .buffer_unordered(threads.max(1))
-        .collect()
-        .await;
-    progress.finish();
-    let mut report = Report {
+    Ok(super::run_all(
+        todo,
+        threads,
+        &progress,
         skipped,
-        bytes: done_bytes.load(Ordering::Relaxed),
-        ..Report::default()
-    };
-    for (rel, r) in results {
-        match r {
-            Ok(()) => report.files += 1,
-            Err(e) => report.failed.push((rel, e)),
-        }
-    }
-    report.failed.sort();
-    Ok(report)
+        |f| f.rel.clone(),
+        |f| f.size,
+        |f| {
+            let (store, slots, progress) = (store.clone(), slots.clone(), progress.clone());
+            async move { upload_file(&store, &f, block_size, &slots, &progress).await }
+        },
+    )
+    .await)
 }
 
 /// The block size for a file of `size` bytes.
@@ -220,23 +183,10 @@ pub fn run(args: &TransferArgs) -> Result<()> {
         block_size,
         args.overwrite,
     ))?;
-    let secs = started.elapsed().as_secs_f64().max(1e-3);
-    println!(
-        "uploaded {} files, {:.1} MiB to {shown} in {secs:.1} s ({:.1} MiB/s); {} identical files skipped",
-        r.files,
-        r.bytes as f64 / 1048576.0,
-        r.bytes as f64 / 1048576.0 / secs,
-        r.skipped
-    );
-    if !r.failed.is_empty() {
-        for (rel, e) in r.failed.iter().take(tree::SHOWN_CONFLICTS) {
-            eprintln!("lakemount: failed: {rel}: {e}");
-        }
-        return Err(anyhow!(
-            "{} of {} files failed to upload (the lake holds their previous version, if any; rerun to retry)",
-            r.failed.len(),
-            r.failed.len() as u64 + r.files
-        ));
-    }
-    Ok(())
+    r.finish(
+        "uploaded",
+        &format!("to {shown}"),
+        started,
+        " to upload (the lake holds their previous version, if any; rerun to retry)",
+    )
 }

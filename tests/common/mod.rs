@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 pub mod azurite;
+pub mod faultproxy;
 pub mod metrics;
 pub mod mount;
 pub mod proc;

@@ -1,0 +1,162 @@
+//! An HTTP proxy in front of Azurite that injects the faults a real lake produces: every
+//! `every`-th request is answered 503 ServerBusy (with Retry-After), 500 InternalError, or
+//! forwarded with its response cut off mid-body, in turn. One request per connection (it
+//! answers `Connection: close`), which keeps the forwarding simple and the faults exact.
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub struct FaultProxy {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    /// Requests answered with a fault so far.
+    pub injected: Arc<AtomicU64>,
+    /// Requests seen so far.
+    pub requests: Arc<AtomicU64>,
+    accept: Option<JoinHandle<()>>,
+}
+
+#[derive(Clone, Copy)]
+enum Fault {
+    Busy,
+    Internal,
+    CutBody,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: u16, every: u64) -> FaultProxy {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let injected = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(AtomicU64::new(0));
+        let (s, i, r) = (stop.clone(), injected.clone(), requests.clone());
+        let accept = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let n = r.fetch_add(1, Ordering::Relaxed) + 1;
+                        let fault = (n % every == 0).then(|| {
+                            let k = i.fetch_add(1, Ordering::Relaxed);
+                            [Fault::Busy, Fault::Internal, Fault::CutBody][(k % 3) as usize]
+                        });
+                        std::thread::spawn(move || {
+                            let _ = serve(conn, upstream, fault);
+                        });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // The accept loop's own pace, not synchronisation: it polls a stop flag.
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        FaultProxy {
+            port,
+            stop,
+            injected,
+            requests,
+            accept: Some(accept),
+        }
+    }
+
+    /// The Blob endpoint to give lakemount (`--endpoint`).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{}", self.port, super::azurite::ACCOUNT)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads one request (head and Content-Length body).
+fn read_request(conn: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 64 << 10];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    // One request per connection: ask upstream to close, so its response ends at EOF.
+    let text = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut out: Vec<u8> = text
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty())
+        .map(|l| format!("{l}\r\n"))
+        .collect::<String>()
+        .into_bytes();
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    out.extend_from_slice(&buf[head_end..]);
+    Ok(out)
+}
+
+fn serve(mut conn: TcpStream, upstream: u16, fault: Option<Fault>) -> io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let request = read_request(&mut conn)?;
+    let canned = |status: &str, code: &str, extra: &str| {
+        format!(
+            "HTTP/1.1 {status}\r\nx-ms-error-code: {code}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    };
+    match fault {
+        Some(Fault::Busy) => {
+            let r = canned("503 Server Busy", "ServerBusy", "Retry-After: 1\r\n");
+            conn.write_all(r.as_bytes())?;
+        }
+        Some(Fault::Internal) => {
+            let r = canned("500 Internal Server Error", "InternalError", "");
+            conn.write_all(r.as_bytes())?;
+        }
+        _ => {
+            let mut up = TcpStream::connect((Ipv4Addr::LOCALHOST, upstream))?;
+            up.set_read_timeout(Some(Duration::from_secs(60)))?;
+            up.write_all(&request)?;
+            let mut response = Vec::new();
+            up.read_to_end(&mut response)?;
+            if matches!(fault, Some(Fault::CutBody)) {
+                // The head and half the body, then the connection drops.
+                let head_end = response
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(response.len(), |i| i + 4);
+                let body = response.len() - head_end;
+                response.truncate(head_end + body / 2);
+            }
+            conn.write_all(&response)?;
+        }
+    }
+    conn.flush()?;
+    let _ = conn.shutdown(Shutdown::Both);
+    Ok(())
+}
