@@ -128,13 +128,17 @@ fn default_staging_dir() -> PathBuf {
 
 /// `$XDG_STATE_HOME/lakemount` (default `~/.local/state/lakemount`): a user's logs and staging.
 pub fn user_state_dir() -> PathBuf {
+    user_state_home().join("lakemount")
+}
+
+/// `$XDG_STATE_HOME`, default `~/.local/state`: where a user's programs keep state.
+pub fn user_state_home() -> PathBuf {
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| home.join(".local/state"))
-        .join("lakemount")
 }
 
 pub fn parse_mode(s: &str) -> Result<u16> {

@@ -17,6 +17,18 @@ pub mod reader;
 pub mod store;
 pub mod transfer;
 
+/// Logs to stderr at `default` (a tracing filter) unless `RUST_LOG` says otherwise; colours
+/// only on a terminal.
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 /// Keeps the daemon's resident memory near what its caches account for. Block buffers (MiB
 /// each) come from the heap below a fixed mmap threshold: a fresh mmap per block would cost
 /// page faults and zeroing (a quarter of the disk-cache read rate here). One arena lets a

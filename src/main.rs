@@ -7,18 +7,11 @@ use lakemount::cli::{CacheCommand, Cli, Command};
 const CONFLICTS: u8 = 3;
 
 fn init_logging(verbose: u8) {
-    let default = match verbose {
+    lakemount::init_logging(match verbose {
         0 => "lakemount=info,warn",
         1 => "lakemount=debug,info",
         _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    });
 }
 
 fn main() -> ExitCode {

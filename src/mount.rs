@@ -244,7 +244,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 }
 
 /// Undoes the octal escapes mountinfo uses for spaces and the like.
-fn unescape_mountinfo(s: &str) -> String {
+pub(crate) fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

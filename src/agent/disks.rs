@@ -47,23 +47,9 @@ pub fn parse_mounts(text: &str) -> Vec<MountEntry> {
         .collect()
 }
 
+/// Mount tables escape spaces and the like as octal (`\040`).
 pub(crate) fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::mount::unescape_mountinfo(s)
 }
 
 /// The whole disk a partition belongs to: `/dev/sda1` -> `sda`, `/dev/nvme0n1p2` -> `nvme0n1`.

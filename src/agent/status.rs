@@ -145,13 +145,7 @@ pub fn status_dir(cfg: &AgentConfig, env: &BatchEnv) -> PathBuf {
     if unsafe { libc::geteuid() } == 0 {
         return PathBuf::from("/var/lib/lake-agent");
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join(".local/state"))
-        .join("lake-agent")
+    crate::config::user_state_home().join("lake-agent")
 }
 
 pub fn bootstrap_file(dir: &Path) -> PathBuf {

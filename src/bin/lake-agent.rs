@@ -13,11 +13,6 @@ fn main() -> ExitCode {
         1 => "lakemount=debug,info",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    lakemount::init_logging(default);
     lakemount::agent::main(cli)
 }
