@@ -33,22 +33,15 @@ fn fails(args: &[&str], env: &[(&str, &str)], want: &str) {
     assert!(!err.contains("panicked"), "{args:?}: {err}");
 }
 
+/// A mount point, a source, a destination, a cache dir and a log file below `dir`.
+fn work_paths(dir: &Path) -> [String; 5] {
+    ["mnt", "src", "dest", "cache", "mount.log"].map(|n| dir.join(n).to_str().unwrap().to_string())
+}
+
 /// The same lake URL given to each command that takes one.
 fn every_command(dir: &Path, url: &str, want: &str) {
-    let (mp, src, dest, cache, log) = (
-        dir.join("mnt"),
-        dir.join("src"),
-        dir.join("dest"),
-        dir.join("cache"),
-        dir.join("mount.log"),
-    );
-    let (mp, src, dest, cache, log) = (
-        mp.to_str().unwrap(),
-        src.to_str().unwrap(),
-        dest.to_str().unwrap(),
-        cache.to_str().unwrap(),
-        log.to_str().unwrap(),
-    );
+    let [mp, src, dest, cache, log] = work_paths(dir);
+    let (mp, src, dest, cache, log) = (&*mp, &*src, &*dest, &*cache, &*log);
     fails(&["mount", url, mp, "--log-file", log], &KEY_ENV, want);
     fails(&["upload", src, url], &KEY_ENV, want);
     fails(&["download", url, dest], &KEY_ENV, want);
@@ -290,20 +283,8 @@ fn lakes_that_refuse_are_missing_or_are_not_azure_fail_every_command_in_one_line
     az.put_blob("data", "a.txt", b"a");
     let dir = workdir();
     let d = dir.path();
-    let (mp, src, dest, cache, log) = (
-        d.join("mnt"),
-        d.join("src"),
-        d.join("dest"),
-        d.join("cache"),
-        d.join("mount.log"),
-    );
-    let (mp, src, dest, cache, log) = (
-        mp.to_str().unwrap(),
-        src.to_str().unwrap(),
-        dest.to_str().unwrap(),
-        cache.to_str().unwrap(),
-        log.to_str().unwrap(),
-    );
+    let [mp, src, dest, cache, log] = work_paths(d);
+    let (mp, src, dest, cache, log) = (&*mp, &*src, &*dest, &*cache, &*log);
     let good = az.connection_string();
     let endpoint = az.endpoint();
     let expired = "sv=2021-08-06&ss=b&srt=sco&sp=rwdlc&se=2020-01-01T00:00:00Z&sig=c2lnbmF0dXJlIHRoYXQgaXMgbm90IHZhbGlk";

@@ -32,13 +32,7 @@ fn mount(az: &Azurite, cache: &Path, extra: &[&str]) -> Mount {
 
 /// One counter from the daemon's Prometheus endpoint (its address is in the log).
 fn metric(m: &Mount, name: &str) -> u64 {
-    let log = m.log_text();
-    let addr = log
-        .split("metrics at http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no metrics address in log: {log}"));
-    common::metrics::scrape(addr, name)
+    common::metrics::from_log(&m.log_text(), name)
 }
 
 fn dataset(az: &Azurite) -> Vec<(String, Vec<u8>)> {

@@ -66,13 +66,7 @@ fn df(p: &Path) -> (u64, u64) {
 }
 
 fn metric(m: &Mount, name: &str) -> u64 {
-    let log = m.log_text();
-    let addr = log
-        .split("metrics at http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no metrics address in log: {log}"));
-    common::metrics::scrape(addr, name)
+    common::metrics::from_log(&m.log_text(), name)
 }
 
 /// Drops the file's pages from the kernel's cache so the next read reaches the daemon.

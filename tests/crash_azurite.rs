@@ -237,14 +237,7 @@ fn block_files(cache: &Path) -> Vec<PathBuf> {
 
 /// One counter from the metrics endpoint a daemon logged to `log`.
 fn metric(log: &Path, name: &str) -> u64 {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let addr = text
-        .rsplit("metrics at http://")
-        .next()
-        .and_then(|rest| rest.split('/').next())
-        .filter(|_| text.contains("metrics at http://"))
-        .unwrap_or_else(|| panic!("no metrics address in {}", log.display()));
-    common::metrics::scrape(addr, name)
+    common::metrics::from_log(&std::fs::read_to_string(log).unwrap_or_default(), name)
 }
 
 #[test]

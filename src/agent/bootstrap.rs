@@ -151,12 +151,7 @@ fn steps(cfg: &AgentConfig, dir: &Path, st: &mut BootstrapStatus) -> Result<()> 
     }
 
     let t = Instant::now();
-    let images: Vec<&String> = cfg
-        .container
-        .image
-        .iter()
-        .chain(cfg.container.images.iter())
-        .collect();
+    let images = cfg.container.all_images();
     if !images.is_empty() {
         let rt = ContainerRuntime::new(&cfg.container);
         for image in images {

@@ -516,6 +516,13 @@ fn check_ulimit(u: &str) -> Result<()> {
     Ok(())
 }
 
+impl ContainerConfig {
+    /// The framework image, then the other images to pull.
+    pub fn all_images(&self) -> Vec<&String> {
+        self.image.iter().chain(self.images.iter()).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

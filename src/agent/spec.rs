@@ -112,12 +112,7 @@ pub fn pool_spec(cfg: &AgentConfig) -> Result<Value> {
 
     let mut container = Map::new();
     container.insert("type".into(), json!(p.container_type));
-    let images: Vec<&String> = cfg
-        .container
-        .image
-        .iter()
-        .chain(cfg.container.images.iter())
-        .collect();
+    let images = cfg.container.all_images();
     if !images.is_empty() {
         container.insert("containerImageNames".into(), json!(images));
     }

@@ -17,3 +17,13 @@ pub fn scrape(addr: &str, name: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// One counter of the daemon whose log is `log_text`: it logs where its metrics are served
+/// (the last address, after remounts).
+pub fn from_log(log_text: &str, name: &str) -> u64 {
+    let addr = log_text
+        .rsplit_once("metrics at http://")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no metrics address in the log: {log_text}"));
+    scrape(addr, name)
+}
