@@ -11,7 +11,7 @@ use crate::store::azure::AuthMethod;
 #[command(
     name = "lakemount",
     version,
-    about = "Mount an Azure Data Lake / Blob container as a POSIX directory tree",
+    about = "Mount an Azure Data Lake / Blob container as a POSIX directory tree, and move data in and out",
     long_about = "Mount an Azure Data Lake Storage Gen2 or Blob Storage container (or a local \
 directory) as a POSIX directory tree.\n\n\
 Examples:\n  \
@@ -19,7 +19,9 @@ lakemount mount az://myaccount/datasets /mnt/lake\n  \
 lakemount mount abfss://datasets@myaccount.dfs.core.windows.net/imagenet /mnt/imagenet\n  \
 lakemount mount az://devstoreaccount1/data /mnt/lake --endpoint http://127.0.0.1:10000/devstoreaccount1\n  \
 lakemount mount file:///srv/sample-lake /mnt/lake\n  \
-lakemount unmount /mnt/lake\n\n\
+lakemount unmount /mnt/lake\n  \
+lakemount upload ./crops az://myaccount/datasets/crops/v2\n  \
+lakemount download az://myaccount/results/runs/42 ./runs/42\n\n\
 Credentials come from the standard places: AZURE_STORAGE_CONNECTION_STRING, \
 AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN, a service principal \
 (AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET), workload identity \

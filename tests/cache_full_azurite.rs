@@ -5,55 +5,15 @@ mod common;
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::path::Path;
 
 use common::azurite::Azurite;
-use common::mount::{is_mounted, mount_azurite, wait_for, Mount};
+use common::mount::{mount_azurite, Mount};
+use common::tmpfs::Tmpfs;
 use common::tree::{pseudo_random, sha256, sha256_file};
 
 const CONTAINER: &str = "lake";
 const MIB: usize = 1 << 20;
-
-/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "mount tmpfs: {out:?}");
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let p = self.dir.path();
-        // The daemon that used it may still be closing its files after its unmount.
-        let gone = wait_for(Duration::from_secs(10), || {
-            !is_mounted(p)
-                || Command::new("umount")
-                    .arg(p)
-                    .status()
-                    .is_ok_and(|s| s.success())
-        });
-        if !gone {
-            let _ = Command::new("umount").arg("-l").arg(p).status();
-        }
-    }
-}
 
 /// Used and total bytes of the file system holding `p`.
 fn df(p: &Path) -> (u64, u64) {

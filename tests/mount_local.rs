@@ -323,6 +323,23 @@ fn a_writable_local_mount_creates_renames_and_removes_in_the_lake() {
         )),
         Some(libc::EPERM)
     );
+    // Swapping two names is more than a lake can do in one step.
+    let cpath = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let (a, b) = (cpath(&mp.join("renamed")), cpath(&mp.join("labels")));
+    // SAFETY: valid NUL-terminated absolute paths.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(
+        (r, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::EINVAL))
+    );
     let fifo =
         std::ffi::CString::new(mp.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
     // SAFETY: a valid NUL-terminated path.

@@ -176,7 +176,7 @@ fn unlink_mkdir_and_rmdir_change_the_lake() {
 }
 
 #[test]
-fn overwrite_needs_o_trunc_and_appends_rewrite_the_blob() {
+fn o_trunc_replaces_and_appends_rewrite_the_blob() {
     let az = Azurite::start();
     az.create_container(CONTAINER);
     az.put_blob(CONTAINER, "log.txt", b"first\n");
@@ -244,4 +244,32 @@ fn azurite_stopped_mid_upload_gives_eio_keeps_the_staging_file_and_shows_nothing
         az.list_blobs(CONTAINER, "").is_empty(),
         "nothing half-written is visible"
     );
+}
+
+#[test]
+fn a_full_staging_disk_fails_the_write_with_enospc_and_leaves_the_lake_alone() {
+    let az = Azurite::start();
+    az.create_container(CONTAINER);
+    az.put_blob(CONTAINER, "big.bin", b"old");
+    let staging = common::tmpfs::Tmpfs::mount("2m");
+    let st = staging.path();
+    let m = mount_azurite(&az, CONTAINER, &["--staging-dir", st.to_str().unwrap()]);
+    let mut f = std::fs::File::create(m.path().join("big.bin")).unwrap();
+    let err = f.write_all(&pseudo_random(8 << 20, 7)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    // What did fit is a part: close refuses to commit it.
+    // SAFETY: closing the descriptor we own, once.
+    let r = unsafe { libc::close(f.into_raw_fd()) };
+    assert_eq!(
+        (r, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::EIO))
+    );
+    let blob = az.get_blob(CONTAINER, "big.bin");
+    assert_eq!(
+        sha256(&blob),
+        sha256(b"old"),
+        "{} bytes in the lake",
+        blob.len()
+    );
+    drop(m);
 }

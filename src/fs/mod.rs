@@ -4,6 +4,7 @@
 pub mod inode;
 pub mod listing;
 pub mod names;
+mod namespace;
 pub mod write;
 
 use std::collections::{HashMap, HashSet};
@@ -494,8 +495,10 @@ impl LakeFs {
             OpenFile::Write {
                 w, writable: true, ..
             } => Ok(w.write(offset, data).await.map_err(|e| {
+                // Staging failures keep their errno (ENOSPC); copying in the original
+                // object (for a write into an existing file) fails as reads do.
                 tracing::error!("writing {}: {e}", w.key());
-                FsError(libc::EIO)
+                FsError(e.errno())
             })?),
             _ => Err(FsError(libc::EBADF)),
         }
@@ -558,7 +561,7 @@ impl LakeFs {
         else {
             return;
         };
-        if writable && w.is_dirty() {
+        if writable && w.awaits_commit() {
             let _ = self.commit(ino, &w).await;
         }
         let last = {
@@ -793,7 +796,7 @@ impl LakeFs {
         if let Some(w) = via_handle {
             w.set_size(size).await.map_err(|e| {
                 tracing::error!("truncating {}: {e}", w.key());
-                FsError(libc::EIO)
+                FsError(e.errno())
             })?;
             return self.getattr(ino).await;
         }
@@ -821,203 +824,6 @@ impl LakeFs {
         self.release(fh).await;
         result?;
         self.getattr(ino).await
-    }
-
-    /// mkdir(2): a directory marker in the lake (what hierarchical accounts hold natively).
-    pub async fn mkdir(&self, parent: u64, name: &str) -> FsResult<Attr> {
-        self.writable()?;
-        let (dir, key) = self.new_name(parent, name)?;
-        if self.existing(parent, &dir, name).await?.is_some() {
-            return Err(FsError(libc::EEXIST));
-        }
-        self.store.make_dir(&key).await?;
-        let kind = EntryKind::Dir {
-            mtime: Some(SystemTime::now()),
-        };
-        self.changed(&key, Some(kind.clone())).await;
-        Ok(self.entered(parent, name, key, kind))
-    }
-
-    /// unlink(2). A file still being written is dropped when its last handle closes.
-    pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
-        self.writable()?;
-        let (dir, key) = self.new_name(parent, name)?;
-        let pending = self.pending_child(parent, name);
-        match self.existing(parent, &dir, name).await? {
-            None => return Err(FsError(libc::ENOENT)),
-            Some(k) if k.is_dir() => return Err(FsError(libc::EISDIR)),
-            Some(_) => {}
-        }
-        if let Some(ino) = pending {
-            if let Some(w) = self.writer(ino) {
-                w.mark_unlinked();
-            }
-        }
-        match self.store.delete(&key).await {
-            Err(StoreError::NotFound(_)) if pending.is_some() => {}
-            r => r?,
-        }
-        self.inodes.lock().unwrap().unlink(parent, name);
-        self.changed(&key, None).await;
-        self.keep_dir(&dir.key).await
-    }
-
-    /// rmdir(2): ENOTEMPTY while anything is below it.
-    pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
-        self.writable()?;
-        let (dir, key) = self.new_name(parent, name)?;
-        match self.existing(parent, &dir, name).await? {
-            Some(k) if !k.is_dir() => return Err(FsError(libc::ENOTDIR)),
-            None => return Err(FsError(libc::ENOENT)),
-            _ => {}
-        }
-        if !self.is_empty_dir(&key).await? {
-            return Err(FsError(libc::ENOTEMPTY));
-        }
-        self.store.remove_dir(&key).await?;
-        self.inodes.lock().unwrap().unlink(parent, name);
-        self.changed(&key, None).await;
-        self.meta.invalidate_dir(&format!("{key}/")).await;
-        self.keep_dir(&dir.key).await
-    }
-
-    async fn is_empty_dir(&self, key: &str) -> FsResult<bool> {
-        let page = self.store.list_page(&format!("{key}/"), None).await?;
-        if !page.objects.is_empty() || !page.prefixes.is_empty() {
-            return Ok(false);
-        }
-        let sub = format!("{key}/");
-        let inodes = self.inodes.lock().unwrap();
-        let writing = self
-            .writers
-            .lock()
-            .unwrap()
-            .keys()
-            .any(|ino| inodes.get(*ino).is_some_and(|n| n.key.starts_with(&sub)));
-        Ok(!writing)
-    }
-
-    /// On a flat account a directory exists only while something is in it: when the last
-    /// entry of `key` goes, a marker keeps the directory, as POSIX (and HNS) would.
-    async fn keep_dir(&self, key: &str) -> FsResult<()> {
-        if key.is_empty() || self.store.hierarchical().await {
-            return Ok(());
-        }
-        if !self.store.dir_exists(&format!("{key}/")).await? {
-            if self
-                .store
-                .head(key)
-                .await?
-                .is_some_and(|h| !h.is_dir_marker)
-            {
-                // A file of the same name was hidden by the directory: it shows again.
-                return Ok(());
-            }
-            self.store.make_dir(key).await?;
-            self.changed(
-                key,
-                Some(EntryKind::Dir {
-                    mtime: Some(SystemTime::now()),
-                }),
-            )
-            .await;
-        }
-        Ok(())
-    }
-
-    /// rename(2). Hierarchical stores rename files and directories atomically; flat ones
-    /// rename a file by copy + delete and refuse directories with EXDEV (so `mv` copies).
-    pub async fn rename(
-        &self,
-        parent: u64,
-        name: &str,
-        newparent: u64,
-        newname: &str,
-        noreplace: bool,
-    ) -> FsResult<()> {
-        self.writable()?;
-        let (dir, from) = self.new_name(parent, name)?;
-        let (newdir, to) = self.new_name(newparent, newname)?;
-        let src = self
-            .existing(parent, &dir, name)
-            .await?
-            .ok_or(FsError(libc::ENOENT))?;
-        if from == to {
-            return Ok(());
-        }
-        let dst = self.existing(newparent, &newdir, newname).await?;
-        if noreplace && dst.is_some() {
-            return Err(FsError(libc::EEXIST));
-        }
-        let hierarchical = self.store.hierarchical().await;
-        match (&src, &dst) {
-            (EntryKind::File { .. }, Some(EntryKind::Dir { .. })) => {
-                return Err(FsError(libc::EISDIR))
-            }
-            (EntryKind::Dir { .. }, Some(EntryKind::File { .. })) => {
-                return Err(FsError(libc::ENOTDIR))
-            }
-            (EntryKind::Dir { .. }, _) if to.starts_with(&format!("{from}/")) => {
-                return Err(FsError(libc::EINVAL))
-            }
-            (EntryKind::Dir { .. }, _) if !hierarchical => return Err(FsError(libc::EXDEV)),
-            (EntryKind::Dir { .. }, Some(EntryKind::Dir { .. })) => {
-                if !self.is_empty_dir(&to).await? {
-                    return Err(FsError(libc::ENOTEMPTY));
-                }
-                self.store.remove_dir(&to).await?;
-            }
-            _ => {}
-        }
-        // A file being written goes up under its old name first, then moves like any other.
-        let writer = self
-            .pending_child(parent, name)
-            .and_then(|ino| self.writer(ino).map(|w| (ino, w)));
-        let mut in_lake = true;
-        if let Some((ino, w)) = &writer {
-            self.commit(*ino, w).await?;
-            in_lake = self.store.head(&from).await?.is_some();
-        }
-        if in_lake {
-            if hierarchical {
-                self.store.rename(&from, &to).await?;
-            } else {
-                self.store.copy(&from, &to).await?;
-                self.store.delete(&from).await?;
-            }
-        }
-        if let Some((_, w)) = &writer {
-            w.retarget(&to);
-        }
-        self.inodes
-            .lock()
-            .unwrap()
-            .rename(parent, name, newparent, newname, &to);
-        if src.is_dir() {
-            // Every cached name below moved.
-            self.meta.invalidate_all();
-        } else {
-            let moved = if in_lake {
-                self.store.head(&to).await?
-            } else {
-                None
-            };
-            let kind = moved.map(|h| EntryKind::File {
-                size: h.size,
-                mtime: h.mtime,
-                etag: h.etag,
-            });
-            if let Some(k) = &kind {
-                let mut t = self.inodes.lock().unwrap();
-                if let Some(n) = t.child(newparent, newname).and_then(|i| t.get_mut(i)) {
-                    n.kind = k.clone();
-                    n.checked = std::time::Instant::now();
-                }
-            }
-            self.changed(&to, kind).await;
-        }
-        self.changed(&from, None).await;
-        self.keep_dir(&dir.key).await
     }
 
     pub fn statfs(&self) -> StatFs {

@@ -553,6 +553,48 @@ mod writes {
     }
 
     #[tokio::test]
+    async fn names_that_cannot_be_blob_names_are_einval() {
+        let s = Arc::new(MemoryStore::new());
+        let t = tempfile::tempdir().unwrap();
+        let fs = fs_with(s.clone(), t.path());
+        for bad in ["a\nb", "tab\there", "..", "."] {
+            assert_eq!(
+                fs.create(ROOT_INO, bad, false).await.map(|_| ()),
+                Err(FsError(libc::EINVAL)),
+                "{bad:?}"
+            );
+            assert_eq!(
+                fs.mkdir(ROOT_INO, bad).await.map(|_| ()),
+                Err(FsError(libc::EINVAL))
+            );
+        }
+        assert!(s.keys().is_empty());
+    }
+
+    #[tokio::test]
+    async fn two_handles_writing_one_file_share_its_staged_copy() {
+        let s = Arc::new(MemoryStore::new());
+        let t = tempfile::tempdir().unwrap();
+        let fs = fs_with(s.clone(), t.path());
+        let (a, fh1) = fs.create(ROOT_INO, "shared", false).await.unwrap();
+        let (fh2, _) = fs.open(a.ino, W).await.unwrap();
+        fs.write(fh1, 0, b"first ").await.unwrap();
+        fs.write(fh2, 6, b"second").await.unwrap();
+        assert_eq!(&fs.read(fh1, 0, 100).await.unwrap()[..], b"first second");
+        fs.flush(fh2).await.unwrap();
+        assert_eq!(&s.data("shared").unwrap()[..], b"first second");
+        fs.write(fh1, 0, b"FIRST").await.unwrap();
+        fs.release(fh2).await;
+        fs.flush(fh1).await.unwrap();
+        fs.release(fh1).await;
+        assert_eq!(
+            &s.data("shared").unwrap()[..],
+            b"FIRST second",
+            "last write wins per byte"
+        );
+    }
+
+    #[tokio::test]
     async fn a_file_unlinked_while_written_never_reaches_the_lake() {
         let s = Arc::new(MemoryStore::new());
         let t = tempfile::tempdir().unwrap();

@@ -65,6 +65,9 @@ struct State {
     unlinked: bool,
     /// The last commit failed: the staging file must be kept.
     failed: bool,
+    /// A write or truncate failed (a full staging disk): the staged content is not what the
+    /// writer meant, so it is never committed; it stays staged.
+    broken: Option<String>,
     /// Commits done; part of block ids so a later commit never reuses a committed block.
     generation: u64,
     last_error: Option<StoreError>,
@@ -101,7 +104,8 @@ fn unique_id() -> String {
 }
 
 fn io(what: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Other(format!("staging file {}: {e}", what.display()))
+    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+    StoreError::Local(format!("staging file {}: {e}", what.display()), errno)
 }
 
 impl WriteHandle {
@@ -228,6 +232,23 @@ impl WriteHandle {
 
     /// Writes `data` at `offset`; returns the bytes taken.
     pub async fn write(self: &Arc<Self>, offset: u64, data: &[u8]) -> StoreResult<u32> {
+        let r = self.write_staged(offset, data).await;
+        self.note_failure(&r);
+        r
+    }
+
+    /// A failed change leaves a staged content nobody wrote: remember it, never commit it.
+    fn note_failure<T>(&self, r: &StoreResult<T>) {
+        if let Err(e) = r {
+            self.st
+                .lock()
+                .unwrap()
+                .broken
+                .get_or_insert_with(|| e.to_string());
+        }
+    }
+
+    async fn write_staged(self: &Arc<Self>, offset: u64, data: &[u8]) -> StoreResult<u32> {
         self.load().await?;
         self.file
             .write_all_at(data, offset)
@@ -258,6 +279,12 @@ impl WriteHandle {
 
     /// Sets the size (truncate or extend with zeros).
     pub async fn set_size(self: &Arc<Self>, size: u64) -> StoreResult<()> {
+        let r = self.resize_staged(size).await;
+        self.note_failure(&r);
+        r
+    }
+
+    async fn resize_staged(self: &Arc<Self>, size: u64) -> StoreResult<()> {
         if size > 0 {
             self.load().await?;
         }
@@ -405,9 +432,17 @@ impl WriteHandle {
     pub async fn commit(self: &Arc<Self>) -> StoreResult<Option<(Committed, u64)>> {
         let _one = self.committing.lock().await;
         {
-            let st = self.st.lock().unwrap();
+            let mut st = self.st.lock().unwrap();
             if !st.dirty || st.unlinked {
                 return Ok(None);
+            }
+            if let Some(why) = &st.broken {
+                let e = StoreError::Other(format!(
+                    "{}: not uploaded, an earlier write to it failed ({why})",
+                    self.key()
+                ));
+                st.failed = true;
+                return Err(e);
             }
         }
         let result = self.commit_now().await;
@@ -492,9 +527,11 @@ impl WriteHandle {
         st.next_early = 0;
     }
 
-    pub fn is_dirty(&self) -> bool {
+    /// Changed and not yet tried: the last close commits it. After a failed commit (the
+    /// writer was told EIO) the data stays staged for recovery rather than appearing later.
+    pub fn awaits_commit(&self) -> bool {
         let st = self.st.lock().unwrap();
-        st.dirty && !st.unlinked
+        st.dirty && !st.unlinked && !st.failed
     }
 
     /// Called when the last handle goes: the staging file is removed unless its content
@@ -678,6 +715,21 @@ mod tests {
                 size: 24
             }]
         );
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_write_nothing_is_committed() {
+        let (store, cfg, _d) = setup(4);
+        store.put("f", "old");
+        let h = handle(&store, &cfg, Start::Empty);
+        h.write(0, b"part").await.unwrap();
+        // No file system takes this size: the staged content is no longer what was meant.
+        assert!(h.set_size(u64::MAX).await.is_err());
+        assert!(h.commit().await.is_err());
+        assert!(!h.awaits_commit(), "the last close does not try again");
+        h.finish();
+        assert_eq!(&store.data("f").unwrap()[..], b"old");
+        assert!(h.staging_path().exists(), "what was written stays staged");
     }
 
     #[tokio::test]

@@ -599,30 +599,32 @@ impl Store for AzureStore {
     }
 
     async fn hierarchical(&self) -> bool {
-        *self
-            .hns
-            .get_or_init(|| async {
-                // Get Account Information; an answer without the header means a flat account.
-                let mut url = self.container_url.clone();
-                url.path_segments_mut().expect("http url").pop();
-                url.query_pairs_mut()
-                    .append_pair("restype", "account")
-                    .append_pair("comp", "properties");
-                match self.send(Method::HEAD, url).await {
-                    Ok(r) => r
-                        .headers()
-                        .get("x-ms-is-hns-enabled")
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|v| v.eq_ignore_ascii_case("true")),
-                    Err(e) => {
-                        tracing::debug!(
-                            "account information unavailable ({e}): flat namespace assumed"
-                        );
-                        false
-                    }
-                }
-            })
-            .await
+        // Get Account Information. A definite answer is kept; a failed call is not, so a
+        // network blip at the first rename does not make a hierarchical account flat for good.
+        let ask = || async {
+            let mut url = self.container_url.clone();
+            url.path_segments_mut().expect("http url").pop();
+            url.query_pairs_mut()
+                .append_pair("restype", "account")
+                .append_pair("comp", "properties");
+            match self.send(Method::HEAD, url).await {
+                Ok(r) => Ok(r
+                    .headers()
+                    .get("x-ms-is-hns-enabled")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.eq_ignore_ascii_case("true"))),
+                // Not allowed to ask (a container SAS): an answer too, and the safe one.
+                Err(StoreError::Denied(_)) => Ok(false),
+                Err(e) => Err(e),
+            }
+        };
+        match self.hns.get_or_try_init(ask).await {
+            Ok(h) => *h,
+            Err(e) => {
+                tracing::warn!("cannot tell whether the account is hierarchical ({e}): treating it as flat for now");
+                false
+            }
+        }
     }
 
     async fn rename(&self, from: &str, to: &str) -> StoreResult<()> {

@@ -89,6 +89,10 @@ pub enum StoreError {
     /// The target exists (create-only writes, renames that must not replace).
     #[error("already exists: {0}")]
     Exists(String),
+    /// A local file on the way to the store failed (a write's staging file), with its errno:
+    /// a full staging disk is ENOSPC to the writer, not a vague EIO.
+    #[error("{0}")]
+    Local(String, i32),
     /// The store cannot do this (e.g. an atomic rename without a hierarchical namespace).
     #[error("not supported: {0}")]
     Unsupported(String),
@@ -116,6 +120,7 @@ impl StoreError {
             StoreError::Invalid(_) => libc::EINVAL,
             StoreError::Exists(_) => libc::EEXIST,
             StoreError::Unsupported(_) => libc::EOPNOTSUPP,
+            StoreError::Local(_, errno) => *errno,
             StoreError::NoContainer(_)
             | StoreError::Unreachable(_)
             | StoreError::Busy(..)

@@ -4,4 +4,5 @@ pub mod faultproxy;
 pub mod metrics;
 pub mod mount;
 pub mod proc;
+pub mod tmpfs;
 pub mod tree;
