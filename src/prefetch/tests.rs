@@ -311,8 +311,17 @@ async fn transient_faults_are_retried_and_every_byte_is_right() {
             "at {off}"
         );
     }
-    let injected = r.store.stats.faults.load(Ordering::SeqCst);
-    let retries = Metrics::get(&r.cache.metrics().store_get_retries_total);
+    // Read-ahead started by the last reads may still be between a fault and its retry: wait
+    // (bounded) for every injected fault to have been answered by a retry.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (injected, retries) = loop {
+        let injected = r.store.stats.faults.load(Ordering::SeqCst);
+        let retries = Metrics::get(&r.cache.metrics().store_get_retries_total);
+        if retries >= injected || std::time::Instant::now() > deadline {
+            break (injected, retries);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert!(injected >= 5, "{injected} faults injected");
     assert!(
         retries >= injected,
