@@ -107,10 +107,11 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mode = OpenMode {
             write: flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0,
             truncate: flags.0 & libc::O_TRUNC != 0,
+            pid: req.pid(),
         };
         let fs = self.fs.clone();
         self.rt.spawn(async move {
@@ -167,15 +168,15 @@ impl Filesystem for FuseAdapter {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let fs = self.fs.clone();
+        let (fs, pid) = (self.fs.clone(), req.pid());
         self.rt
-            .spawn(async move { empty(reply, fs.flush(fh.0).await) });
+            .spawn(async move { empty(reply, fs.close(fh.0, pid).await) });
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
@@ -327,7 +328,7 @@ impl Filesystem for FuseAdapter {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         _mode: u32,
@@ -339,9 +340,12 @@ impl Filesystem for FuseAdapter {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),
         };
-        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        let (fs, ttl, pid) = (self.fs.clone(), self.ttl, req.pid());
         self.rt.spawn(async move {
-            match fs.create(parent.0, &name, flags & libc::O_EXCL != 0).await {
+            match fs
+                .create(parent.0, &name, flags & libc::O_EXCL != 0, pid)
+                .await
+            {
                 Ok((a, fh)) => reply.created(
                     &ttl,
                     &file_attr(&a),

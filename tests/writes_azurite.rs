@@ -240,9 +240,55 @@ fn azurite_stopped_mid_upload_gives_eio_keeps_the_staging_file_and_shows_nothing
     );
     assert_eq!(sha256(&std::fs::read(staged).unwrap()), sha256(&data));
     az.restart();
+    let visible = az.list_blobs(CONTAINER, "");
     assert!(
-        az.list_blobs(CONTAINER, "").is_empty(),
-        "nothing half-written is visible"
+        visible.is_empty(),
+        "nothing half-written is visible: {visible:?}\n{}",
+        m.log_text()
+    );
+}
+
+#[test]
+fn a_child_closing_an_inherited_descriptor_uploads_nothing_and_the_last_close_uploads_all() {
+    let az = Azurite::start();
+    az.create_container(CONTAINER);
+    let m = mount_azurite(&az, CONTAINER, &[]);
+    let data = pseudo_random(12 << 20, 9);
+    let mut f = std::fs::File::create(m.path().join("model.pt")).unwrap();
+    f.write_all(&data[..5 << 20]).unwrap();
+    // The child gets a copy of the descriptor at fork and closes it at exec (O_CLOEXEC): a
+    // FUSE flush that is answered before the child runs, so it is over once `status` returns.
+    run(&mut Command::new("true"));
+    assert_eq!(
+        az.list_blobs(CONTAINER, ""),
+        Vec::<String>::new(),
+        "a child's close uploads no partial file"
+    );
+    f.write_all(&data[5 << 20..]).unwrap();
+    drop(f);
+    assert_eq!(sha256(&az.get_blob(CONTAINER, "model.pt")), sha256(&data));
+
+    // A file handed to a child as its stdout, closed by the parent before the child writes
+    // (as `subprocess.Popen(stdout=f)` then `f.close()` does): the child's output lands at
+    // the last close.
+    let out = std::fs::File::create(m.path().join("child.log")).unwrap();
+    let mut child = Command::new("sh")
+        .args(["-c", "read go; echo written by the child"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(out.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    drop(out);
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        wait_for(Duration::from_secs(20), || az
+            .list_blobs(CONTAINER, "child.log")
+            .len()
+            == 1
+            && az.get_blob(CONTAINER, "child.log")
+                == b"written by the child\n"),
+        "the child's output is in the lake after its last close"
     );
 }
 

@@ -5,6 +5,7 @@ pub mod inode;
 pub mod listing;
 pub mod names;
 mod namespace;
+pub mod process;
 pub mod write;
 
 use std::collections::{HashMap, HashSet};
@@ -132,6 +133,8 @@ enum OpenFile {
         w: Arc<WriteHandle>,
         base: Option<Arc<dyn FileReader>>,
         writable: bool,
+        /// The process that opened it (when known): only its `close` commits.
+        opener: Option<u32>,
     },
 }
 
@@ -146,12 +149,15 @@ struct Writer {
 pub struct OpenMode {
     pub write: bool,
     pub truncate: bool,
+    /// The thread that opens (FUSE's request pid); 0: unknown.
+    pub pid: u32,
 }
 
 impl OpenMode {
     pub const READ: OpenMode = OpenMode {
         write: false,
         truncate: false,
+        pid: 0,
     };
 }
 
@@ -398,7 +404,7 @@ impl LakeFs {
             Start::Existing(version)
         };
         let w = self.new_writer(&node.key, start)?;
-        self.attach_writer(ino, fh, w, Some(reader), true);
+        self.attach_writer(ino, fh, w, Some(reader), true, mode.pid);
         Ok((fh, keep_cache))
     }
 
@@ -412,7 +418,7 @@ impl LakeFs {
             w.set_size(0).await?;
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.attach_writer(ino, fh, w, None, mode.write);
+        self.attach_writer(ino, fh, w, None, mode.write, mode.pid);
         Ok(Some(fh))
     }
 
@@ -437,6 +443,7 @@ impl LakeFs {
         w: Arc<WriteHandle>,
         base: Option<Arc<dyn FileReader>>,
         writable: bool,
+        pid: u32,
     ) {
         self.writers
             .lock()
@@ -452,6 +459,7 @@ impl LakeFs {
             w,
             base,
             writable,
+            opener: process::of_thread(pid),
         };
         self.files.lock().unwrap().insert(fh, file);
     }
@@ -504,8 +512,34 @@ impl LakeFs {
         }
     }
 
-    /// close(2) and fsync(2): commits what the handle wrote, so the file is in the lake,
-    /// complete, when this returns. EIO if the upload failed (the data stays staged).
+    /// close(2) of a descriptor of `fh` by thread `pid`. The process that opened the file
+    /// commits, as [`flush`](Self::flush) does. Another process closing a descriptor it
+    /// inherited (a fork; every exec closes one) does not: the writer may still be writing,
+    /// and what it wrote so far must not reach the lake as the file. The last close
+    /// ([`release`](Self::release)) commits then.
+    pub async fn close(&self, fh: u64, pid: u32) -> FsResult<()> {
+        if let Ok(OpenFile::Write {
+            opener: Some(opener),
+            writable: true,
+            w,
+            ..
+        }) = self.open_file(fh)
+        {
+            if let Some(closer) = process::of_thread(pid) {
+                if closer != opener {
+                    tracing::debug!(
+                        "{}: closed by process {closer}, opened by {opener}: committed at the last close",
+                        w.key()
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        self.flush(fh).await
+    }
+
+    /// fsync(2), and close(2) by the opener: commits what the handle wrote, so the file is in
+    /// the lake, complete, when this returns. EIO if the upload failed (the data stays staged).
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let OpenFile::Write {
             ino,
@@ -742,7 +776,13 @@ impl LakeFs {
 
     /// create(2): a new, empty file, written when closed. An existing file is replaced
     /// (unless `exclusive`), as with O_TRUNC.
-    pub async fn create(&self, parent: u64, name: &str, exclusive: bool) -> FsResult<(Attr, u64)> {
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        exclusive: bool,
+        pid: u32,
+    ) -> FsResult<(Attr, u64)> {
         self.writable()?;
         let (dir, key) = self.new_name(parent, name)?;
         match self.existing(parent, &dir, name).await? {
@@ -766,6 +806,7 @@ impl LakeFs {
                 OpenMode {
                     write: true,
                     truncate: true,
+                    pid,
                 },
             )
             .await?
@@ -774,7 +815,7 @@ impl LakeFs {
         }
         let w = self.new_writer(&key, Start::Empty)?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.attach_writer(ino, fh, w, None, true);
+        self.attach_writer(ino, fh, w, None, true, pid);
         Ok((self.attr(ino, &kind), fh))
     }
 
@@ -811,6 +852,7 @@ impl LakeFs {
                 OpenMode {
                     write: true,
                     truncate: size == 0,
+                    pid: 0,
                 },
             )
             .await?;

@@ -262,10 +262,15 @@ impl Driver {
             let mode = OpenMode {
                 write: true,
                 truncate: false,
+                pid: 0,
             };
             self.fs.open(a.ino, mode).await.map_err(|e| e.0)?.0
         } else {
-            self.fs.create(dir, &name, false).await.map_err(|e| e.0)?.1
+            self.fs
+                .create(dir, &name, false, 0)
+                .await
+                .map_err(|e| e.0)?
+                .1
         };
         let offset = if append {
             self.fs

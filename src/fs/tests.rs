@@ -145,6 +145,7 @@ async fn reads_return_exact_bytes_and_a_read_only_mount_refuses_changes() {
     let w = OpenMode {
         write: true,
         truncate: false,
+        pid: 0,
     };
     assert_eq!(ro.open(rf.ino, w).await, Err(FsError(libc::EROFS)));
     assert_eq!(ro.mkdir(ROOT_INO, "d").await, Err(FsError(libc::EROFS)));
@@ -344,6 +345,7 @@ mod writes {
     const W: OpenMode = OpenMode {
         write: true,
         truncate: false,
+        pid: 0,
     };
 
     fn fs_with(store: Arc<MemoryStore>, staging: &std::path::Path) -> LakeFs {
@@ -370,7 +372,7 @@ mod writes {
         let t = tempfile::tempdir().unwrap();
         let fs = fs_with(s.clone(), t.path());
         let d = fs.mkdir(ROOT_INO, "out").await.unwrap();
-        let (a, fh) = fs.create(d.ino, "x.bin", true).await.unwrap();
+        let (a, fh) = fs.create(d.ino, "x.bin", true, 0).await.unwrap();
         assert_eq!(fs.write(fh, 0, b"hello ").await, Ok(6));
         assert_eq!(fs.write(fh, 6, b"world").await, Ok(5));
         let dh = fs.opendir(d.ino).await.unwrap();
@@ -391,7 +393,7 @@ mod writes {
         assert!(info.content_md5.is_some(), "Content-MD5 set");
         assert_eq!(read_all(&fs, a.ino).await, b"hello world");
         assert_eq!(
-            fs.create(d.ino, "x.bin", true).await.map(|_| ()),
+            fs.create(d.ino, "x.bin", true, 0).await.map(|_| ()),
             Err(FsError(libc::EEXIST))
         );
         assert_eq!(
@@ -532,6 +534,7 @@ mod writes {
                 OpenMode {
                     write: true,
                     truncate: true,
+                    pid: 0,
                 },
             )
             .await
@@ -559,7 +562,7 @@ mod writes {
         let fs = fs_with(s.clone(), t.path());
         for bad in ["a\nb", "tab\there", "..", "."] {
             assert_eq!(
-                fs.create(ROOT_INO, bad, false).await.map(|_| ()),
+                fs.create(ROOT_INO, bad, false, 0).await.map(|_| ()),
                 Err(FsError(libc::EINVAL)),
                 "{bad:?}"
             );
@@ -576,7 +579,7 @@ mod writes {
         let s = Arc::new(MemoryStore::new());
         let t = tempfile::tempdir().unwrap();
         let fs = fs_with(s.clone(), t.path());
-        let (a, fh1) = fs.create(ROOT_INO, "shared", false).await.unwrap();
+        let (a, fh1) = fs.create(ROOT_INO, "shared", false, 0).await.unwrap();
         let (fh2, _) = fs.open(a.ino, W).await.unwrap();
         fs.write(fh1, 0, b"first ").await.unwrap();
         fs.write(fh2, 6, b"second").await.unwrap();
@@ -595,11 +598,79 @@ mod writes {
     }
 
     #[tokio::test]
+    async fn a_close_by_another_process_leaves_the_commit_to_the_last_close() {
+        let s = Arc::new(MemoryStore::new());
+        let t = tempfile::tempdir().unwrap();
+        let fs = fs_with(s.clone(), t.path());
+        // SAFETY: gettid(2) has no preconditions.
+        let me = unsafe { libc::gettid() } as u32;
+        let (_, fh) = fs.create(ROOT_INO, "out.bin", false, me).await.unwrap();
+        fs.write(fh, 0, b"first half, ").await.unwrap();
+        // A forked child closing its copy of the descriptor (as every exec does).
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let by_child = fs.close(fh, child.id()).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(by_child, Ok(()));
+        assert!(
+            s.data("out.bin").is_none(),
+            "nothing committed by the child"
+        );
+        fs.write(fh, 12, b"second half").await.unwrap();
+        // Another (live) thread of the opening process commits, as the opener does.
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let other_thread = std::thread::spawn(move || {
+            // SAFETY: as above.
+            tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            let _ = done_rx.recv();
+        });
+        let by_other_thread = fs.close(fh, tid_rx.recv().unwrap()).await;
+        drop(done_tx);
+        other_thread.join().unwrap();
+        by_other_thread.unwrap();
+        assert_eq!(&s.data("out.bin").unwrap()[..], b"first half, second half");
+        fs.write(fh, 0, b"FIRST").await.unwrap();
+        fs.close(fh, me).await.unwrap();
+        assert_eq!(
+            &s.data("out.bin").unwrap()[..],
+            b"FIRST half, second half",
+            "the opener's close commits"
+        );
+        fs.release(fh).await;
+    }
+
+    #[tokio::test]
+    async fn the_last_close_commits_what_only_another_process_closed() {
+        let s = Arc::new(MemoryStore::new());
+        let t = tempfile::tempdir().unwrap();
+        let fs = fs_with(s.clone(), t.path());
+        // SAFETY: gettid(2) has no preconditions.
+        let me = unsafe { libc::gettid() } as u32;
+        let (_, fh) = fs.create(ROOT_INO, "log", false, me).await.unwrap();
+        fs.write(fh, 0, b"written by a child").await.unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let by_child = fs.close(fh, child.id()).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(by_child, Ok(()));
+        assert!(s.data("log").is_none());
+        fs.release(fh).await;
+        assert_eq!(&s.data("log").unwrap()[..], b"written by a child");
+    }
+
+    #[tokio::test]
     async fn a_file_unlinked_while_written_never_reaches_the_lake() {
         let s = Arc::new(MemoryStore::new());
         let t = tempfile::tempdir().unwrap();
         let fs = fs_with(s.clone(), t.path());
-        let (_, fh) = fs.create(ROOT_INO, "tmp", false).await.unwrap();
+        let (_, fh) = fs.create(ROOT_INO, "tmp", false, 0).await.unwrap();
         fs.write(fh, 0, b"scratch").await.unwrap();
         fs.unlink(ROOT_INO, "tmp").await.unwrap();
         fs.flush(fh).await.unwrap();
