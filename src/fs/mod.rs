@@ -459,7 +459,11 @@ impl LakeFs {
             w,
             base,
             writable,
-            opener: process::of_thread(pid),
+            opener: if writable {
+                process::of_thread(pid)
+            } else {
+                None
+            },
         };
         self.files.lock().unwrap().insert(fh, file);
     }

@@ -597,49 +597,71 @@ mod writes {
         );
     }
 
-    #[tokio::test]
-    async fn a_close_by_another_process_leaves_the_commit_to_the_last_close() {
-        let s = Arc::new(MemoryStore::new());
-        let t = tempfile::tempdir().unwrap();
-        let fs = fs_with(s.clone(), t.path());
+    fn my_thread() -> u32 {
         // SAFETY: gettid(2) has no preconditions.
-        let me = unsafe { libc::gettid() } as u32;
-        let (_, fh) = fs.create(ROOT_INO, "out.bin", false, me).await.unwrap();
-        fs.write(fh, 0, b"first half, ").await.unwrap();
-        // A forked child closing its copy of the descriptor (as every exec does).
+        unsafe { libc::gettid() as u32 }
+    }
+
+    /// `close` of `fh` by another, live process: a forked child closing its copy of the
+    /// descriptor (as every exec does).
+    async fn close_by_a_child(fs: &LakeFs, fh: u64) -> FsResult<()> {
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
-        let by_child = fs.close(fh, child.id()).await;
+        let r = fs.close(fh, child.id()).await;
         let _ = child.kill();
         let _ = child.wait();
-        assert_eq!(by_child, Ok(()));
+        r
+    }
+
+    #[tokio::test]
+    async fn a_close_by_another_process_commits_nothing_and_the_openers_close_commits() {
+        let s = Arc::new(MemoryStore::new());
+        let t = tempfile::tempdir().unwrap();
+        let fs = fs_with(s.clone(), t.path());
+        let (_, fh) = fs
+            .create(ROOT_INO, "out.bin", false, my_thread())
+            .await
+            .unwrap();
+        fs.write(fh, 0, b"first half, ").await.unwrap();
+        assert_eq!(close_by_a_child(&fs, fh).await, Ok(()));
         assert!(
             s.data("out.bin").is_none(),
             "nothing committed by the child"
         );
         fs.write(fh, 12, b"second half").await.unwrap();
-        // Another (live) thread of the opening process commits, as the opener does.
+        fs.close(fh, my_thread()).await.unwrap();
+        assert_eq!(
+            &s.data("out.bin").unwrap()[..],
+            b"first half, second half",
+            "the opener's close commits"
+        );
+        fs.release(fh).await;
+    }
+
+    #[tokio::test]
+    async fn a_close_by_another_thread_of_the_opener_commits() {
+        let s = Arc::new(MemoryStore::new());
+        let t = tempfile::tempdir().unwrap();
+        let fs = fs_with(s.clone(), t.path());
+        let (_, fh) = fs
+            .create(ROOT_INO, "out.bin", false, my_thread())
+            .await
+            .unwrap();
+        fs.write(fh, 0, b"from one thread").await.unwrap();
+        // The other thread stays alive until its close is done, so its id can be resolved.
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let other_thread = std::thread::spawn(move || {
-            // SAFETY: as above.
-            tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            tid_tx.send(my_thread()).unwrap();
             let _ = done_rx.recv();
         });
         let by_other_thread = fs.close(fh, tid_rx.recv().unwrap()).await;
         drop(done_tx);
         other_thread.join().unwrap();
-        by_other_thread.unwrap();
-        assert_eq!(&s.data("out.bin").unwrap()[..], b"first half, second half");
-        fs.write(fh, 0, b"FIRST").await.unwrap();
-        fs.close(fh, me).await.unwrap();
-        assert_eq!(
-            &s.data("out.bin").unwrap()[..],
-            b"FIRST half, second half",
-            "the opener's close commits"
-        );
+        assert_eq!(by_other_thread, Ok(()));
+        assert_eq!(&s.data("out.bin").unwrap()[..], b"from one thread");
         fs.release(fh).await;
     }
 
@@ -648,18 +670,12 @@ mod writes {
         let s = Arc::new(MemoryStore::new());
         let t = tempfile::tempdir().unwrap();
         let fs = fs_with(s.clone(), t.path());
-        // SAFETY: gettid(2) has no preconditions.
-        let me = unsafe { libc::gettid() } as u32;
-        let (_, fh) = fs.create(ROOT_INO, "log", false, me).await.unwrap();
-        fs.write(fh, 0, b"written by a child").await.unwrap();
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
+        let (_, fh) = fs
+            .create(ROOT_INO, "log", false, my_thread())
+            .await
             .unwrap();
-        let by_child = fs.close(fh, child.id()).await;
-        let _ = child.kill();
-        let _ = child.wait();
-        assert_eq!(by_child, Ok(()));
+        fs.write(fh, 0, b"written by a child").await.unwrap();
+        assert_eq!(close_by_a_child(&fs, fh).await, Ok(()));
         assert!(s.data("log").is_none());
         fs.release(fh).await;
         assert_eq!(&s.data("log").unwrap()[..], b"written by a child");

@@ -66,15 +66,17 @@ impl Rig {
         self.store.stats.gets.load(Ordering::SeqCst)
     }
 
-    /// Waits (bounded) until every block fetch has finished and its block is held.
+    /// Waits (bounded) until every block fetch, retries included, has finished and its
+    /// block is held.
     async fn settle(&self) {
-        for _ in 0..1000 {
-            if self.cache.fetches_in_flight() == 0 {
-                return;
-            }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.cache.fetches_in_flight() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fetches never finished"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        panic!("fetches never finished");
     }
 }
 
@@ -311,17 +313,10 @@ async fn transient_faults_are_retried_and_every_byte_is_right() {
             "at {off}"
         );
     }
-    // Read-ahead started by the last reads may still be between a fault and its retry: wait
-    // (bounded) for every injected fault to have been answered by a retry.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let (injected, retries) = loop {
-        let injected = r.store.stats.faults.load(Ordering::SeqCst);
-        let retries = Metrics::get(&r.cache.metrics().store_get_retries_total);
-        if retries >= injected || std::time::Instant::now() > deadline {
-            break (injected, retries);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    // Read-ahead started by the last reads may still be between a fault and its retry.
+    r.settle().await;
+    let injected = r.store.stats.faults.load(Ordering::SeqCst);
+    let retries = Metrics::get(&r.cache.metrics().store_get_retries_total);
     assert!(injected >= 5, "{injected} faults injected");
     assert!(
         retries >= injected,
