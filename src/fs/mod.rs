@@ -1,6 +1,7 @@
 //! The filesystem core: POSIX semantics over a [`Store`](crate::store::Store), with no FUSE in
 //! sight. `fuse.rs` translates kernel requests into calls here; unit tests call it directly.
 
+mod files;
 pub mod inode;
 pub mod listing;
 pub mod names;
@@ -13,14 +14,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-
 use crate::cache::meta::MetaCache;
-use crate::reader::{FileReader, ObjectVersion, ReadPath};
+use crate::reader::ReadPath;
 use crate::store::{list_all, DynStore, StoreError};
+pub use files::OpenMode;
+use files::{OpenFile, Writer};
 use inode::{InodeTable, ROOT_INO};
 use listing::{DirListing, EntryKind};
-use write::{Start, WriteConfig, WriteHandle};
+use write::{WriteConfig, WriteHandle};
 
 /// An errno for the kernel. Store failures are logged where they are converted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,45 +121,6 @@ pub struct StatFs {
     pub bsize: u32,
     pub namelen: u32,
     pub frsize: u32,
-}
-
-/// What an open file handle reads (and writes) through.
-#[derive(Clone)]
-enum OpenFile {
-    Read(Arc<dyn FileReader>),
-    /// A file with a writer: reads come from its staging file once it was changed, else from
-    /// `base` (the object as opened). Only handles opened for writing commit it.
-    Write {
-        ino: u64,
-        w: Arc<WriteHandle>,
-        base: Option<Arc<dyn FileReader>>,
-        writable: bool,
-        /// The process that opened it (when known): only its `close` commits.
-        opener: Option<u32>,
-    },
-}
-
-/// A file being written, shared by all handles open on it.
-struct Writer {
-    w: Arc<WriteHandle>,
-    handles: usize,
-}
-
-/// How a file is opened.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OpenMode {
-    pub write: bool,
-    pub truncate: bool,
-    /// The thread that opens (FUSE's request pid); 0: unknown.
-    pub pid: u32,
-}
-
-impl OpenMode {
-    pub const READ: OpenMode = OpenMode {
-        write: false,
-        truncate: false,
-        pid: 0,
-    };
 }
 
 struct OpenDir {
@@ -339,6 +301,7 @@ impl LakeFs {
         if let Some(w) = self.writer(ino) {
             let mut a = self.attr(ino, &node.kind);
             a.size = w.size();
+            a.mtime = w.modified();
             return Ok(a);
         }
         if ino == ROOT_INO || node.checked.elapsed() < self.cfg.metadata_ttl {
@@ -358,267 +321,6 @@ impl LakeFs {
             n.checked = std::time::Instant::now();
         }
         Ok(self.attr(ino, &kind))
-    }
-
-    /// Opens a file. Writing needs a writable mount (else EROFS). Also says whether the kernel
-    /// may keep the pages it cached at earlier opens: only when the file is still the
-    /// version (ETag) it was then.
-    pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<(u64, bool)> {
-        if mode.write && self.cfg.read_only {
-            return Err(FsError(libc::EROFS));
-        }
-        self.getattr(ino).await?;
-        if let Some(fh) = self.open_on_writer(ino, mode).await? {
-            return Ok((fh, true));
-        }
-        let (node, keep_cache) = {
-            let mut t = self.inodes.lock().unwrap();
-            let n = t.get_mut(ino).ok_or(FsError(libc::ENOENT))?;
-            let EntryKind::File { etag, .. } = &n.kind else {
-                return Err(FsError(libc::EISDIR));
-            };
-            let keep = n.opened_etag.as_ref() == Some(etag) && !mode.truncate;
-            n.opened_etag = Some(etag.clone());
-            (n.clone(), keep)
-        };
-        let EntryKind::File { size, etag, .. } = node.kind else {
-            return Err(FsError(libc::EISDIR));
-        };
-        let version = ObjectVersion {
-            key: node.key.clone(),
-            etag,
-            size,
-        };
-        let reader: Arc<dyn FileReader> = Arc::from(self.read_path.open(version.clone()));
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        if !mode.write {
-            self.files
-                .lock()
-                .unwrap()
-                .insert(fh, OpenFile::Read(reader));
-            return Ok((fh, keep_cache));
-        }
-        let start = if mode.truncate || size == 0 {
-            Start::Empty
-        } else {
-            Start::Existing(version)
-        };
-        let w = self.new_writer(&node.key, start)?;
-        self.attach_writer(ino, fh, w, Some(reader), true, mode.pid);
-        Ok((fh, keep_cache))
-    }
-
-    /// A handle on the writer `ino` already has, if it has one: all handles of a file being
-    /// written see the same bytes.
-    async fn open_on_writer(&self, ino: u64, mode: OpenMode) -> FsResult<Option<u64>> {
-        let Some(w) = self.writer(ino) else {
-            return Ok(None);
-        };
-        if mode.truncate {
-            w.set_size(0).await?;
-        }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.attach_writer(ino, fh, w, None, mode.write, mode.pid);
-        Ok(Some(fh))
-    }
-
-    fn new_writer(&self, key: &str, start: Start) -> FsResult<Arc<WriteHandle>> {
-        WriteHandle::create(
-            self.store.clone(),
-            key,
-            start,
-            &self.cfg.write,
-            self.upload_slots.clone(),
-        )
-        .map_err(|e| {
-            tracing::error!("cannot write {key}: {e}");
-            FsError(libc::EIO)
-        })
-    }
-
-    fn attach_writer(
-        &self,
-        ino: u64,
-        fh: u64,
-        w: Arc<WriteHandle>,
-        base: Option<Arc<dyn FileReader>>,
-        writable: bool,
-        pid: u32,
-    ) {
-        self.writers
-            .lock()
-            .unwrap()
-            .entry(ino)
-            .or_insert_with(|| Writer {
-                w: w.clone(),
-                handles: 0,
-            })
-            .handles += 1;
-        let file = OpenFile::Write {
-            ino,
-            w,
-            base,
-            writable,
-            opener: if writable {
-                process::of_thread(pid)
-            } else {
-                None
-            },
-        };
-        self.files.lock().unwrap().insert(fh, file);
-    }
-
-    fn writer(&self, ino: u64) -> Option<Arc<WriteHandle>> {
-        self.writers.lock().unwrap().get(&ino).map(|w| w.w.clone())
-    }
-
-    /// The inode of `name` in `parent` if it is a file being written (maybe not in the lake yet).
-    fn pending_child(&self, parent: u64, name: &str) -> Option<u64> {
-        let ino = self.inodes.lock().unwrap().child(parent, name)?;
-        self.writers
-            .lock()
-            .unwrap()
-            .contains_key(&ino)
-            .then_some(ino)
-    }
-
-    fn open_file(&self, fh: u64) -> FsResult<OpenFile> {
-        self.files
-            .lock()
-            .unwrap()
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError(libc::EBADF))
-    }
-
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        match self.open_file(fh)? {
-            OpenFile::Read(r) => Ok(r.read(offset, size).await?),
-            OpenFile::Write { w, base, .. } => match base {
-                Some(base) if !w.is_loaded() => Ok(base.read(offset, size).await?),
-                _ => Ok(w.read(offset, size).await?),
-            },
-        }
-    }
-
-    /// Writes through handle `fh`; returns the bytes taken.
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
-        match self.open_file(fh)? {
-            OpenFile::Write {
-                w, writable: true, ..
-            } => Ok(w.write(offset, data).await.map_err(|e| {
-                // Staging failures keep their errno (ENOSPC); copying in the original
-                // object (for a write into an existing file) fails as reads do.
-                tracing::error!("writing {}: {e}", w.key());
-                FsError(e.errno())
-            })?),
-            _ => Err(FsError(libc::EBADF)),
-        }
-    }
-
-    /// close(2) of a descriptor of `fh` by thread `pid`. The process that opened the file
-    /// commits, as [`flush`](Self::flush) does. Another process closing a descriptor it
-    /// inherited (a fork; every exec closes one) does not: the writer may still be writing,
-    /// and what it wrote so far must not reach the lake as the file. The last close
-    /// ([`release`](Self::release)) commits then.
-    pub async fn close(&self, fh: u64, pid: u32) -> FsResult<()> {
-        if let Ok(OpenFile::Write {
-            opener: Some(opener),
-            writable: true,
-            w,
-            ..
-        }) = self.open_file(fh)
-        {
-            if let Some(closer) = process::of_thread(pid) {
-                if closer != opener {
-                    tracing::debug!(
-                        "{}: closed by process {closer}, opened by {opener}: committed at the last close",
-                        w.key()
-                    );
-                    return Ok(());
-                }
-            }
-        }
-        self.flush(fh).await
-    }
-
-    /// fsync(2), and close(2) by the opener: commits what the handle wrote, so the file is in
-    /// the lake, complete, when this returns. EIO if the upload failed (the data stays staged).
-    pub async fn flush(&self, fh: u64) -> FsResult<()> {
-        let OpenFile::Write {
-            ino,
-            w,
-            writable: true,
-            ..
-        } = self.open_file(fh)?
-        else {
-            return Ok(());
-        };
-        self.commit(ino, &w).await
-    }
-
-    async fn commit(&self, ino: u64, w: &Arc<WriteHandle>) -> FsResult<()> {
-        match w.commit().await {
-            Ok(None) => Ok(()),
-            Ok(Some((done, size))) => {
-                let kind = EntryKind::File {
-                    size,
-                    mtime: done.mtime,
-                    etag: done.etag.clone(),
-                };
-                let key = w.key();
-                if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
-                    n.kind = kind.clone();
-                    n.checked = std::time::Instant::now();
-                    // The kernel's pages are what was just written.
-                    n.opened_etag = Some(done.etag);
-                }
-                self.changed(&key, Some(kind)).await;
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(
-                    "upload of {} failed: {e}; the data is kept in {}",
-                    w.key(),
-                    w.staging_path().display()
-                );
-                Err(FsError(libc::EIO))
-            }
-        }
-    }
-
-    /// The last close of a handle. A writer's leftovers are committed (errors are only
-    /// logged: nobody is left to tell) and its staging file removed once safe.
-    pub async fn release(&self, fh: u64) {
-        let Some(file) = self.files.lock().unwrap().remove(&fh) else {
-            return;
-        };
-        let OpenFile::Write {
-            ino, w, writable, ..
-        } = file
-        else {
-            return;
-        };
-        if writable && w.awaits_commit() {
-            let _ = self.commit(ino, &w).await;
-        }
-        let last = {
-            let mut writers = self.writers.lock().unwrap();
-            match writers.get_mut(&ino) {
-                Some(entry) if Arc::ptr_eq(&entry.w, &w) => {
-                    entry.handles -= 1;
-                    let last = entry.handles == 0;
-                    if last {
-                        writers.remove(&ino);
-                    }
-                    last
-                }
-                _ => true,
-            }
-        };
-        if last {
-            w.finish();
-        }
     }
 
     /// Records a change this mount made to `key`: its own writes are visible at once.
@@ -778,100 +480,6 @@ impl LakeFs {
         self.resolve(&dir.dir_prefix(), name).await
     }
 
-    /// create(2): a new, empty file, written when closed. An existing file is replaced
-    /// (unless `exclusive`), as with O_TRUNC.
-    pub async fn create(
-        &self,
-        parent: u64,
-        name: &str,
-        exclusive: bool,
-        pid: u32,
-    ) -> FsResult<(Attr, u64)> {
-        self.writable()?;
-        let (dir, key) = self.new_name(parent, name)?;
-        match self.existing(parent, &dir, name).await? {
-            Some(k) if k.is_dir() => return Err(FsError(libc::EISDIR)),
-            Some(_) if exclusive => return Err(FsError(libc::EEXIST)),
-            _ => {}
-        }
-        let kind = EntryKind::File {
-            size: 0,
-            mtime: SystemTime::now(),
-            etag: String::new(),
-        };
-        let ino = self
-            .inodes
-            .lock()
-            .unwrap()
-            .upsert(parent, name, key.clone(), kind.clone(), 1);
-        if let Some(fh) = self
-            .open_on_writer(
-                ino,
-                OpenMode {
-                    write: true,
-                    truncate: true,
-                    pid,
-                },
-            )
-            .await?
-        {
-            return Ok((self.getattr(ino).await?, fh));
-        }
-        let w = self.new_writer(&key, Start::Empty)?;
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.attach_writer(ino, fh, w, None, true, pid);
-        Ok((self.attr(ino, &kind), fh))
-    }
-
-    /// Sets the size (truncate(2), ftruncate(2), O_TRUNC); other attributes (mode, owner,
-    /// times) are accepted and not stored: the mount shows its configured ones.
-    pub async fn setattr(&self, ino: u64, size: Option<u64>, fh: Option<u64>) -> FsResult<Attr> {
-        let Some(size) = size else {
-            return self.getattr(ino).await;
-        };
-        self.writable()?;
-        let node = self.node(ino)?;
-        if node.kind.is_dir() {
-            return Err(FsError(libc::EISDIR));
-        }
-        let via_handle = match fh.map(|fh| self.open_file(fh)) {
-            Some(Ok(OpenFile::Write { w, .. })) => Some(w),
-            _ => self.writer(ino),
-        };
-        if let Some(w) = via_handle {
-            w.set_size(size).await.map_err(|e| {
-                tracing::error!("truncating {}: {e}", w.key());
-                FsError(e.errno())
-            })?;
-            return self.getattr(ino).await;
-        }
-        // No open writer: `truncate -s N path`. Done as a whole write of the new content.
-        let current = self.getattr(ino).await?;
-        if current.size == size {
-            return Ok(current);
-        }
-        let (fh, _) = self
-            .open(
-                ino,
-                OpenMode {
-                    write: true,
-                    truncate: size == 0,
-                    pid: 0,
-                },
-            )
-            .await?;
-        let result = async {
-            if let OpenFile::Write { w, .. } = self.open_file(fh)? {
-                w.set_size(size).await.map_err(|_| FsError(libc::EIO))?;
-            }
-            self.flush(fh).await
-        }
-        .await;
-        self.release(fh).await;
-        result?;
-        self.getattr(ino).await
-    }
-
     pub fn statfs(&self) -> StatFs {
         // An object store has no fixed capacity: report a large, constant one (1 PiB) so
         // tools that check free space before writing do not refuse.
@@ -895,6 +503,8 @@ impl LakeFs {
     }
 }
 
+#[cfg(test)]
+mod handle_tests;
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]

@@ -405,6 +405,9 @@ impl AzureStore {
             StatusCode::NOT_FOUND => StoreError::NotFound(detail),
             StatusCode::PRECONDITION_FAILED => StoreError::Changed(detail),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => StoreError::Denied(detail),
+            StatusCode::BAD_REQUEST if code == "InvalidBlockList" => {
+                StoreError::BlocksMissing(detail)
+            }
             StatusCode::BAD_REQUEST => StoreError::Invalid(detail),
             s if retry::retryable_status(s.as_u16()) => StoreError::Busy(detail, None),
             _ => StoreError::Other(detail),

@@ -102,6 +102,9 @@ fn info(key: String, meta: &Metadata) -> ObjectInfo {
 }
 
 fn io_err(key: &str, e: std::io::Error) -> StoreError {
+    if e.raw_os_error() == Some(libc::ENAMETOOLONG) {
+        return StoreError::NameTooLong(key.to_string());
+    }
     match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => {
             StoreError::NotFound(key.to_string())
@@ -195,8 +198,12 @@ impl Store for LocalStore {
     async fn put_block(&self, key: &str, block_id: &str, data: Bytes) -> StoreResult<()> {
         let (dir, key, id) = (self.staging(key), key.to_string(), hex(block_id));
         blocking(move || {
-            std::fs::create_dir_all(&dir).map_err(|e| io_err(&key, e))?;
-            std::fs::write(dir.join(id), &data).map_err(|e| io_err(&key, e))
+            // Another writer's commit may remove the emptied directory in between: once more.
+            let put = || {
+                std::fs::create_dir_all(&dir)?;
+                std::fs::write(dir.join(&id), &data)
+            };
+            put().or_else(|_| put()).map_err(|e| io_err(&key, e))
         })
         .await
     }
@@ -212,7 +219,7 @@ impl Store for LocalStore {
         blocking(move || {
             for id in &ids {
                 if !dir.join(id).is_file() {
-                    return Err(StoreError::Invalid(format!(
+                    return Err(StoreError::BlocksMissing(format!(
                         "{key}: a block was not staged"
                     )));
                 }
@@ -223,7 +230,11 @@ impl Store for LocalStore {
                 }
                 Ok(())
             })?;
-            let _ = std::fs::remove_dir_all(&dir);
+            // Only this commit's blocks: another writer of the same name may be staging its own.
+            for id in &ids {
+                let _ = std::fs::remove_file(dir.join(id));
+            }
+            let _ = std::fs::remove_dir(&dir);
             Ok(done)
         })
         .await

@@ -272,9 +272,9 @@ impl Store for MemoryStore {
         let mut staged = self.staged.lock().unwrap();
         let mut data = Vec::new();
         for id in blocks {
-            let block = staged
-                .get(&(key.to_string(), id.clone()))
-                .ok_or_else(|| StoreError::Invalid(format!("{key}: block {id} was not staged")))?;
+            let block = staged.get(&(key.to_string(), id.clone())).ok_or_else(|| {
+                StoreError::BlocksMissing(format!("{key}: block {id} was not staged"))
+            })?;
             data.extend_from_slice(block);
         }
         // Committing drops every staged block of the key, as Azure does.

@@ -93,6 +93,14 @@ pub enum StoreError {
     /// a full staging disk is ENOSPC to the writer, not a vague EIO.
     #[error("{0}")]
     Local(String, i32),
+    /// A block list named blocks the store no longer holds: another writer's commit of the
+    /// same name discarded them (Azure drops every uncommitted block of a blob at a commit).
+    /// The writer can upload them again.
+    #[error("staged blocks are gone: {0}")]
+    BlocksMissing(String),
+    /// A name longer than the store takes (a path past PATH_MAX on a local lake).
+    #[error("name too long: {0}")]
+    NameTooLong(String),
     /// The store cannot do this (e.g. an atomic rename without a hierarchical namespace).
     #[error("not supported: {0}")]
     Unsupported(String),
@@ -121,9 +129,11 @@ impl StoreError {
             StoreError::Exists(_) => libc::EEXIST,
             StoreError::Unsupported(_) => libc::EOPNOTSUPP,
             StoreError::Local(_, errno) => *errno,
+            StoreError::NameTooLong(_) => libc::ENAMETOOLONG,
             StoreError::NoContainer(_)
             | StoreError::Unreachable(_)
             | StoreError::Busy(..)
+            | StoreError::BlocksMissing(_)
             | StoreError::Other(_) => libc::EIO,
         }
     }

@@ -1,19 +1,32 @@
 //! Writing a file through the mount: every byte goes to a local staging file first, then up
 //! to the lake as blocks (Put Block), several at a time while the writer is still writing;
-//! close or fsync commits them (Put Block List) so the object appears whole, at once.
+//! a commit (Put Block List) makes the object appear whole, at once.
 //!
 //! The staging file holds the whole content, so writes may come in any order, rewrite what
 //! was written, leave holes (zeros) or truncate: a block is uploaded early once everything
 //! before its end has been written, and again at commit if it changed since. A failed upload
 //! loses nothing: the staging file stays, with a sidecar naming the lake key it was meant for.
+//!
+//! The invariants (SEMANTICS.md, "Writing: who commits what"):
+//! - One [`WriteHandle`] per file being written on a mount, shared by every open handle of
+//!   it: they all read and write the same staged bytes.
+//! - Changes (write, truncate, copying in the original) and commits take turns on one lock,
+//!   so a commit uploads a content nothing changes under it, and what it marks clean is
+//!   exactly what it uploaded. A write that comes during a commit waits for it and makes the
+//!   file dirty again.
+//! - Until the original object has been copied in whole (`loaded`), the staging file is not
+//!   read: readers get the original object.
+//! - The sidecar says `uploaded` only while the lake holds exactly the staged bytes; it says
+//!   otherwise before a change is acknowledged.
+
+pub mod staging;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use md5::{Digest, Md5};
@@ -21,6 +34,16 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::reader::ObjectVersion;
 use crate::store::{Committed, DynStore, PutOptions, StoreError, StoreResult};
+use staging::StagedFile;
+pub use staging::{leftovers, Leftover};
+
+/// The largest file a block blob can hold (50,000 blocks of 4,000 MiB): a size past it is
+/// EFBIG at once, not a staging file nobody can upload.
+pub const MAX_FILE_SIZE: u64 = 50_000 * 4000 * (1 << 20);
+
+/// How often a commit uploads its blocks again when another writer's commit of the same
+/// name discarded them (two mounts writing one file): the last commit wins, whole.
+const COMMIT_TRIES: usize = 4;
 
 /// Settings shared by all write handles of one mount.
 #[derive(Clone, Debug)]
@@ -40,7 +63,6 @@ pub enum Start {
     Existing(ObjectVersion),
 }
 
-#[derive(Default)]
 struct State {
     size: u64,
     /// Everything below this offset has been written (or loaded).
@@ -71,14 +93,14 @@ struct State {
     /// Commits done; part of block ids so a later commit never reuses a committed block.
     generation: u64,
     last_error: Option<StoreError>,
+    /// When the content last changed: the file's mtime while it is being written.
+    modified: SystemTime,
 }
 
 pub struct WriteHandle {
     store: DynStore,
     key: Mutex<String>,
-    file: File,
-    path: PathBuf,
-    sidecar: PathBuf,
+    staged: StagedFile,
     block_size: u64,
     upload_id: String,
     slots: Arc<Semaphore>,
@@ -86,8 +108,8 @@ pub struct WriteHandle {
     st: Mutex<State>,
     /// Signalled whenever an upload finishes.
     idle: Notify,
-    /// Serializes commits (flush and fsync may race).
-    committing: tokio::sync::Mutex<()>,
+    /// Taken by every change and by every commit: they take turns (see the module comment).
+    turn: tokio::sync::Mutex<()>,
 }
 
 fn unique_id() -> String {
@@ -118,54 +140,44 @@ impl WriteHandle {
         slots: Arc<Semaphore>,
     ) -> StoreResult<Arc<WriteHandle>> {
         let dir = &cfg.staging_dir;
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        // Staged data is the user's file content: private, like the block cache.
-        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .map_err(|e| io(dir, e))?;
         let id = unique_id();
-        let path = dir.join(format!("{id}.data"));
-        let sidecar = dir.join(format!("{id}.target"));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| io(&path, e))?;
-        // Held while the handle lives and dropped by the kernel when the process dies however
-        // it dies, so the next mount can tell a live staging file from one left behind. Only
-        // that report needs it: a file system without locks must not stop writes.
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = std::io::Error::last_os_error();
-            tracing::debug!("cannot lock {}: {e}", path.display());
-        }
-        let target = format!("{}\n{key}\n", store.describe());
-        write_private(&sidecar, target.as_bytes()).map_err(|e| io(&sidecar, e))?;
         let (base, loaded) = match start {
             Start::Empty => (None, true),
             Start::Existing(v) => (Some(v), false),
         };
+        // An untouched existing object needs no recovery: the lake has it.
+        let staged = StagedFile::create(dir, &id, &store.describe(), key, !loaded)
+            .map_err(|e| io(dir, e))?;
         let st = State {
+            size: 0,
+            filled: 0,
+            extents: BTreeMap::new(),
+            version: HashMap::new(),
+            uploaded: HashMap::new(),
+            in_flight: HashSet::new(),
+            next_early: 0,
             md5: Some(Md5::new()),
             hashed: Some(0),
             dirty: loaded,
             loaded,
-            ..State::default()
+            unlinked: false,
+            failed: false,
+            broken: None,
+            generation: 0,
+            last_error: None,
+            modified: SystemTime::now(),
         };
         Ok(Arc::new(WriteHandle {
             store,
             key: Mutex::new(key.to_string()),
-            file,
-            path,
-            sidecar,
+            staged,
             block_size: cfg.block_size.max(1),
             upload_id: id,
             slots,
             base,
             st: Mutex::new(st),
             idle: Notify::new(),
-            committing: tokio::sync::Mutex::new(()),
+            turn: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -173,8 +185,8 @@ impl WriteHandle {
         self.key.lock().unwrap().clone()
     }
 
-    pub fn staging_path(&self) -> &Path {
-        &self.path
+    pub fn staging_path(&self) -> PathBuf {
+        self.staged.path()
     }
 
     /// The size the file has as far as this handle knows.
@@ -187,12 +199,18 @@ impl WriteHandle {
         }
     }
 
+    /// When the content last changed (the mtime to show while the file is written).
+    pub fn modified(&self) -> SystemTime {
+        self.st.lock().unwrap().modified
+    }
+
     /// Whether reads must come from the staging file (false: the untouched original object).
     pub fn is_loaded(&self) -> bool {
         self.st.lock().unwrap().loaded
     }
 
-    /// Copies the original object into the staging file before its first change.
+    /// Copies the original object into the staging file before its first change. Called
+    /// with the turn held, so it runs once and no write lands before it is done.
     async fn load(&self) -> StoreResult<()> {
         let Some(base) = &self.base else {
             return Ok(());
@@ -201,6 +219,7 @@ impl WriteHandle {
             return Ok(());
         }
         let bs = self.block_size;
+        let file = self.staged.file();
         let mut off = 0;
         while off < base.size {
             let end = (off + bs).min(base.size);
@@ -211,27 +230,48 @@ impl WriteHandle {
             if data.len() as u64 != end - off {
                 return Err(StoreError::Other(format!("{}: short read", base.key)));
             }
-            self.file
-                .write_all_at(&data, off)
-                .map_err(|e| io(&self.path, e))?;
+            file.write_all_at(&data, off)
+                .map_err(|e| io(&self.staging_path(), e))?;
             off = end;
         }
+        // A copy the size of the original, so no reader ever finds the file shorter.
+        file.set_len(base.size)
+            .map_err(|e| io(&self.staging_path(), e))?;
         let mut st = self.st.lock().unwrap();
-        if !st.loaded {
-            st.loaded = true;
-            st.size = base.size;
-            st.filled = base.size;
-            st.hashed = None;
-            st.dirty = true;
-            for b in 0..base.size.div_ceil(bs) {
-                *st.version.entry(b).or_default() += 1;
-            }
+        st.loaded = true;
+        st.size = base.size;
+        st.filled = base.size;
+        st.hashed = None;
+        for b in 0..base.size.div_ceil(bs) {
+            *st.version.entry(b).or_default() += 1;
         }
+        Ok(())
+    }
+
+    /// Before a change is acknowledged: the file is dirty, and the sidecar says so.
+    fn begin_change(&self) -> StoreResult<()> {
+        let was_clean = !self.st.lock().unwrap().dirty;
+        if was_clean {
+            self.staged
+                .mark(false)
+                .map_err(|e| io(&self.staged.sidecar(), e))?;
+        }
+        let mut st = self.st.lock().unwrap();
+        st.dirty = true;
+        st.modified = SystemTime::now();
         Ok(())
     }
 
     /// Writes `data` at `offset`; returns the bytes taken.
     pub async fn write(self: &Arc<Self>, offset: u64, data: &[u8]) -> StoreResult<u32> {
+        if offset.saturating_add(data.len() as u64) > MAX_FILE_SIZE {
+            // Refused before anything changed: the file stays what it was.
+            return Err(StoreError::Local(
+                format!("{}: past the largest size a blob can have", self.key()),
+                libc::EFBIG,
+            ));
+        }
+        let _turn = self.turn.lock().await;
         let r = self.write_staged(offset, data).await;
         self.note_failure(&r);
         r
@@ -249,13 +289,14 @@ impl WriteHandle {
     }
 
     async fn write_staged(self: &Arc<Self>, offset: u64, data: &[u8]) -> StoreResult<u32> {
-        self.load().await?;
-        self.file
-            .write_all_at(data, offset)
-            .map_err(|e| io(&self.path, e))?;
         let end = offset + data.len() as u64;
+        self.load().await?;
+        self.begin_change()?;
+        self.staged
+            .file()
+            .write_all_at(data, offset)
+            .map_err(|e| io(&self.staging_path(), e))?;
         let mut st = self.st.lock().unwrap();
-        st.dirty = true;
         st.size = st.size.max(end);
         if st.hashed == Some(offset) {
             // The common case, a sequential writer: hash as we go, so commit need not reread.
@@ -279,6 +320,14 @@ impl WriteHandle {
 
     /// Sets the size (truncate or extend with zeros).
     pub async fn set_size(self: &Arc<Self>, size: u64) -> StoreResult<()> {
+        if size > MAX_FILE_SIZE {
+            // Refused before anything changed: the file stays what it was.
+            return Err(StoreError::Local(
+                format!("{}: {size} bytes is past the largest blob", self.key()),
+                libc::EFBIG,
+            ));
+        }
+        let _turn = self.turn.lock().await;
         let r = self.resize_staged(size).await;
         self.note_failure(&r);
         r
@@ -288,7 +337,11 @@ impl WriteHandle {
         if size > 0 {
             self.load().await?;
         }
-        self.file.set_len(size).map_err(|e| io(&self.path, e))?;
+        self.begin_change()?;
+        self.staged
+            .file()
+            .set_len(size)
+            .map_err(|e| io(&self.staging_path(), e))?;
         let mut st = self.st.lock().unwrap();
         let old = if st.loaded {
             st.size
@@ -296,7 +349,6 @@ impl WriteHandle {
             self.base.as_ref().map_or(0, |b| b.size)
         };
         st.loaded = true;
-        st.dirty = true;
         st.size = size;
         st.filled = st.filled.min(size);
         st.extents.retain(|s, _| *s < size);
@@ -321,7 +373,8 @@ impl WriteHandle {
         Ok(())
     }
 
-    /// Reads from the staging file (only when [`WriteHandle::is_loaded`]).
+    /// Reads from the staging file (only when [`WriteHandle::is_loaded`]). A read racing a
+    /// truncate gets fewer bytes, never an error.
     pub async fn read(&self, offset: u64, len: u32) -> StoreResult<Bytes> {
         let size = self.size();
         let end = offset.saturating_add(len as u64).min(size);
@@ -329,9 +382,20 @@ impl WriteHandle {
             return Ok(Bytes::new());
         }
         let mut buf = vec![0u8; (end - offset) as usize];
-        self.file
-            .read_exact_at(&mut buf, offset)
-            .map_err(|e| io(&self.path, e))?;
+        let mut got = 0;
+        while got < buf.len() {
+            match self
+                .staged
+                .file()
+                .read_at(&mut buf[got..], offset + got as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(&self.staging_path(), e)),
+            }
+        }
+        buf.truncate(got);
         Ok(Bytes::from(buf))
     }
 
@@ -388,9 +452,10 @@ impl WriteHandle {
     ) -> StoreResult<()> {
         let _slot = self.slots.acquire().await.expect("never closed");
         let mut buf = vec![0u8; (range.end - range.start) as usize];
-        self.file
+        self.staged
+            .file()
             .read_exact_at(&mut buf, range.start)
-            .map_err(|e| io(&self.path, e))?;
+            .map_err(|e| io(&self.staging_path(), e))?;
         let id = self.block_id(generation, b);
         self.store
             .put_block(&self.key(), &id, Bytes::from(buf))
@@ -419,23 +484,27 @@ impl WriteHandle {
         let mut off = 0;
         while off < st.size {
             let n = ((st.size - off) as usize).min(buf.len());
-            self.file
+            self.staged
+                .file()
                 .read_exact_at(&mut buf[..n], off)
-                .map_err(|e| io(&self.path, e))?;
+                .map_err(|e| io(&self.staging_path(), e))?;
             m.update(&buf[..n]);
             off += n as u64;
         }
         Ok(m.finalize().into())
     }
 
-    /// Makes the lake object what this handle holds. `Ok(None)`: nothing to commit.
+    /// Makes the lake object what this handle holds. `Ok(None)`: nothing to commit. No
+    /// change lands while it runs (they wait their turn), so clean means uploaded.
     pub async fn commit(self: &Arc<Self>) -> StoreResult<Option<(Committed, u64)>> {
-        let _one = self.committing.lock().await;
+        let _turn = self.turn.lock().await;
         {
             let mut st = self.st.lock().unwrap();
-            if !st.dirty || st.unlinked {
+            if st.unlinked {
                 return Ok(None);
             }
+            // Before the dirty check: a change that failed before it dirtied anything (a
+            // full disk while copying in the original) must still fail the close.
             if let Some(why) = &st.broken {
                 let e = StoreError::Other(format!(
                     "{}: not uploaded, an earlier write to it failed ({why})",
@@ -444,17 +513,40 @@ impl WriteHandle {
                 st.failed = true;
                 return Err(e);
             }
+            if !st.dirty {
+                return Ok(None);
+            }
         }
-        let result = self.commit_now().await;
+        let mut result = self.commit_now().await;
+        for _ in 1..COMMIT_TRIES {
+            let Err(StoreError::BlocksMissing(why)) = &result else {
+                break;
+            };
+            tracing::info!("{}: {why}; uploading its blocks again", self.key());
+            self.forget_staged_blocks();
+            result = self.commit_now().await;
+        }
         let mut st = self.st.lock().unwrap();
         match &result {
             Ok(_) => {
                 st.failed = false;
                 st.dirty = false;
+                drop(st);
+                if let Err(e) = self.staged.mark(true) {
+                    tracing::debug!("{}: {e}", self.staged.sidecar().display());
+                }
             }
             Err(_) => st.failed = true,
         }
         result.map(Some)
+    }
+
+    /// Blocks staged in the lake are not there (any more): a new generation uploads afresh.
+    fn forget_staged_blocks(&self) {
+        let mut st = self.st.lock().unwrap();
+        st.generation += 1;
+        st.uploaded.clear();
+        st.next_early = 0;
     }
 
     async fn commit_now(self: &Arc<Self>) -> StoreResult<(Committed, u64)> {
@@ -503,10 +595,7 @@ impl WriteHandle {
             self.store.commit_blocks(&key, &ids, &opts).await?
         };
         // Committed blocks are gone from the staging area: a later commit uploads afresh.
-        let mut st = self.st.lock().unwrap();
-        st.generation += 1;
-        st.uploaded.clear();
-        st.next_early = 0;
+        self.forget_staged_blocks();
         Ok((done, size))
     }
 
@@ -518,92 +607,55 @@ impl WriteHandle {
     /// Points the handle at another key (the file was renamed while open).
     pub fn retarget(&self, key: &str) {
         *self.key.lock().unwrap() = key.to_string();
-        let target = format!("{}\n{key}\n", self.store.describe());
-        let _ = write_private(&self.sidecar, target.as_bytes());
-        let mut st = self.st.lock().unwrap();
+        let clean = !self.st.lock().unwrap().dirty;
+        self.staged.retarget(key, clean);
         // Blocks staged under the old key are not the new key's.
-        st.generation += 1;
-        st.uploaded.clear();
-        st.next_early = 0;
+        self.forget_staged_blocks();
     }
 
     /// Changed and not yet tried: the last close commits it. After a failed commit (the
     /// writer was told EIO) the data stays staged for recovery rather than appearing later.
     pub fn awaits_commit(&self) -> bool {
         let st = self.st.lock().unwrap();
-        st.dirty && !st.unlinked && !st.failed
+        st.dirty && !st.unlinked && !st.failed && st.broken.is_none()
+    }
+
+    /// Makes sure the staged data has a name someone can recover it from; returns it.
+    pub fn keep_staged(&self) -> std::io::Result<PathBuf> {
+        self.staged.keep()
+    }
+
+    /// A writer that never served a handle (another open registered first): nothing of it
+    /// is wanted.
+    pub fn discard(&self) {
+        self.staged.remove();
     }
 
     /// Called when the last handle goes: the staging file is removed unless its content
-    /// never reached the lake.
+    /// never reached the lake. Then it is kept under a name (made anew if someone removed
+    /// it), and the log says where, or that it could not be kept.
     pub fn finish(&self) {
-        let st = self.st.lock().unwrap();
-        if (st.failed || st.dirty) && !st.unlinked {
-            tracing::error!(
-                "{}: not uploaded; the data is kept in {} (its target is in {}); upload it with `lakemount upload`",
-                self.key(),
-                self.path.display(),
-                self.sidecar.display()
-            );
+        let keep = {
+            let st = self.st.lock().unwrap();
+            (st.failed || st.dirty || st.broken.is_some()) && !st.unlinked
+        };
+        if !keep {
+            self.staged.remove();
             return;
         }
-        let _ = std::fs::remove_file(&self.path);
-        let _ = std::fs::remove_file(&self.sidecar);
-    }
-}
-
-/// A staging file no handle holds any more: its data never reached the lake (the upload
-/// failed, or the daemon died before the commit).
-#[derive(Debug, PartialEq, Eq)]
-pub struct Leftover {
-    /// `STAGING/ID.data`.
-    pub data: PathBuf,
-    /// Where it was meant to go: the lake URL and the path below it (from `ID.target`).
-    pub target: String,
-    pub size: u64,
-}
-
-/// The staging files in `dir` that are not being written: those whose lock is free.
-pub fn leftovers(dir: &Path) -> Vec<Leftover> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in entries.flatten() {
-        let data = e.path();
-        if data.extension().is_none_or(|x| x != "data") {
-            continue;
+        match self.staged.keep() {
+            Ok(path) => tracing::error!(
+                "{}: not uploaded; the data is kept in {} (its target is in {}); upload it with `lakemount upload`",
+                self.key(),
+                path.display(),
+                self.staged.sidecar().display()
+            ),
+            Err(e) => tracing::error!(
+                "{}: not uploaded, and the staged data is lost: its staging file was removed and cannot be written again ({e})",
+                self.key()
+            ),
         }
-        let Ok(f) = File::open(&data) else { continue };
-        // SAFETY: flock on a descriptor we own; closing it (drop) releases the lock.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
-            continue;
-        }
-        let target = std::fs::read_to_string(data.with_extension("target"))
-            .ok()
-            .and_then(|t| {
-                let mut lines = t.lines();
-                let (lake, key) = (lines.next()?, lines.next()?);
-                let sep = if lake.ends_with('/') { "" } else { "/" };
-                Some(format!("{lake}{sep}{key}"))
-            })
-            .unwrap_or_else(|| "an unknown target".to_string());
-        let size = f.metadata().map_or(0, |m| m.len());
-        out.push(Leftover { data, target, size });
     }
-    out.sort_by(|a, b| a.data.cmp(&b.data));
-    out
-}
-
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(data)
 }
 
 /// Whether the lake's staged copy of block `b` is missing or older than the staging file's.
@@ -718,18 +770,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn after_a_failed_write_nothing_is_committed() {
+    async fn a_size_past_the_largest_blob_is_refused_and_changes_nothing() {
         let (store, cfg, _d) = setup(4);
-        store.put("f", "old");
         let h = handle(&store, &cfg, Start::Empty);
         h.write(0, b"part").await.unwrap();
-        // No file system takes this size: the staged content is no longer what was meant.
-        assert!(h.set_size(u64::MAX).await.is_err());
-        assert!(h.commit().await.is_err());
-        assert!(!h.awaits_commit(), "the last close does not try again");
-        h.finish();
-        assert_eq!(&store.data("f").unwrap()[..], b"old");
-        assert!(h.staging_path().exists(), "what was written stays staged");
+        let e = h.set_size(u64::MAX).await.unwrap_err();
+        assert_eq!(e.errno(), libc::EFBIG);
+        let e = h.write(MAX_FILE_SIZE - 2, b"xyz").await.unwrap_err();
+        assert_eq!(e.errno(), libc::EFBIG);
+        h.commit().await.unwrap().unwrap();
+        assert_eq!(&store.data("f").unwrap()[..], b"part");
+    }
+
+    #[tokio::test]
+    async fn a_copy_in_that_failed_before_any_change_still_fails_the_commit() {
+        let (store, cfg, _d) = setup(4);
+        store.put("f", "old content");
+        let v = store.head("f").await.unwrap().unwrap();
+        let base = ObjectVersion {
+            key: "f".into(),
+            etag: v.etag,
+            size: v.size,
+        };
+        let h = handle(&store, &cfg, Start::Existing(base));
+        // Replaced meanwhile: copying the original in fails, nothing was changed yet.
+        store.put("f", "other");
+        assert!(h.write(11, b" appended").await.is_err());
+        assert!(h.commit().await.is_err(), "close must not say 0");
+        assert!(!h.awaits_commit());
+        assert_eq!(&store.data("f").unwrap()[..], b"other");
     }
 
     #[tokio::test]

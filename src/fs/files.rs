@@ -1,0 +1,471 @@
+//! Open files: which handle reads what, and who commits a file being written.
+//!
+//! Every handle open on a file that is being written on this mount shares one
+//! [`WriteHandle`] (a [`Writer`]): they all see the same bytes. Until the writer has copied
+//! the original object in, reads come from that object (the `base` of the writer, shared by
+//! all its handles), never from a staging file that is not filled yet.
+//!
+//! Who commits (SEMANTICS.md, "Writing: who commits what"):
+//! - fsync(2) through any handle;
+//! - close(2) by the process that opened a writable handle (other processes closing a
+//!   descriptor they inherited commit nothing: the opener may still be writing);
+//! - the release of the last writable handle of the file: whatever is not committed by then.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use super::listing::EntryKind;
+use super::write::{Start, WriteHandle, MAX_FILE_SIZE};
+use super::{process, Attr, FsError, FsResult, LakeFs};
+use crate::reader::{FileReader, ObjectVersion};
+
+/// What an open file handle reads (and writes) through.
+#[derive(Clone)]
+pub(super) enum OpenFile {
+    Read(Arc<dyn FileReader>),
+    /// A handle of a file being written.
+    Write {
+        ino: u64,
+        w: Arc<WriteHandle>,
+        /// The object as it was when the writer started; read until the writer copies it in.
+        base: Option<Arc<dyn FileReader>>,
+        writable: bool,
+        /// The process that opened it (when known): only its `close` commits.
+        opener: Option<u32>,
+    },
+}
+
+/// A file being written, shared by all handles open on it.
+pub(super) struct Writer {
+    pub(super) w: Arc<WriteHandle>,
+    base: Option<Arc<dyn FileReader>>,
+    handles: usize,
+    /// Handles that can write: the release of the last one commits.
+    writable: usize,
+}
+
+/// How a file is opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenMode {
+    pub write: bool,
+    pub truncate: bool,
+    /// The thread that opens (FUSE's request pid); 0: unknown.
+    pub pid: u32,
+}
+
+impl OpenMode {
+    pub const READ: OpenMode = OpenMode {
+        write: false,
+        truncate: false,
+        pid: 0,
+    };
+}
+
+impl LakeFs {
+    /// Opens a file. Writing needs a writable mount (else EROFS). Also says whether the kernel
+    /// may keep the pages it cached at earlier opens: only when the file is still the
+    /// version (ETag) it was then.
+    pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<(u64, bool)> {
+        if mode.write && self.cfg.read_only {
+            return Err(FsError(libc::EROFS));
+        }
+        self.getattr(ino).await?;
+        if let Some(fh) = self.open_on_writer(ino, mode).await? {
+            return Ok((fh, true));
+        }
+        let (node, keep_cache) = {
+            let mut t = self.inodes.lock().unwrap();
+            let n = t.get_mut(ino).ok_or(FsError(libc::ENOENT))?;
+            let EntryKind::File { etag, .. } = &n.kind else {
+                return Err(FsError(libc::EISDIR));
+            };
+            let keep = n.opened_etag.as_ref() == Some(etag) && !mode.truncate;
+            n.opened_etag = Some(etag.clone());
+            (n.clone(), keep)
+        };
+        let EntryKind::File { size, etag, .. } = node.kind else {
+            return Err(FsError(libc::EISDIR));
+        };
+        let version = ObjectVersion {
+            key: node.key.clone(),
+            etag,
+            size,
+        };
+        let reader: Arc<dyn FileReader> = Arc::from(self.read_path.open(version.clone()));
+        if !mode.write {
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            self.files
+                .lock()
+                .unwrap()
+                .insert(fh, OpenFile::Read(reader));
+            return Ok((fh, keep_cache));
+        }
+        let start = if mode.truncate || size == 0 {
+            Start::Empty
+        } else {
+            Start::Existing(version)
+        };
+        let fresh = self.new_writer(&node.key, start)?;
+        let (fh, w) = self.start_writer(ino, fresh.clone(), Some(reader), mode);
+        if mode.truncate && !Arc::ptr_eq(&w, &fresh) {
+            self.truncate_on_open(&w).await?;
+        }
+        Ok((fh, keep_cache))
+    }
+
+    /// A handle on the writer `ino` already has, if it has one: all handles of a file being
+    /// written see the same bytes.
+    async fn open_on_writer(&self, ino: u64, mode: OpenMode) -> FsResult<Option<u64>> {
+        let joined = {
+            let mut writers = self.writers.lock().unwrap();
+            writers.get_mut(&ino).map(|entry| {
+                // Counted before the lock goes, so a release cannot finish it in between.
+                entry.handles += 1;
+                entry.writable += usize::from(mode.write);
+                (entry.w.clone(), entry.base.clone())
+            })
+        };
+        let Some((w, base)) = joined else {
+            return Ok(None);
+        };
+        let fh = self.insert_write_handle(ino, w.clone(), base, mode);
+        if mode.truncate {
+            self.truncate_on_open(&w).await?;
+        }
+        Ok(Some(fh))
+    }
+
+    async fn truncate_on_open(&self, w: &Arc<WriteHandle>) -> FsResult<()> {
+        w.set_size(0).await.map_err(|e| {
+            tracing::error!("truncating {}: {e}", w.key());
+            FsError(e.errno())
+        })
+    }
+
+    /// Registers `fresh` as the writer of `ino` and opens a handle on it; when another open
+    /// got there first, the handle joins that writer and `fresh` is dropped.
+    fn start_writer(
+        &self,
+        ino: u64,
+        fresh: Arc<WriteHandle>,
+        base: Option<Arc<dyn FileReader>>,
+        mode: OpenMode,
+    ) -> (u64, Arc<WriteHandle>) {
+        let (w, base, lost) = {
+            let mut writers = self.writers.lock().unwrap();
+            let entry = writers.entry(ino).or_insert_with(|| Writer {
+                w: fresh.clone(),
+                base,
+                handles: 0,
+                writable: 0,
+            });
+            entry.handles += 1;
+            entry.writable += usize::from(mode.write);
+            let lost = !Arc::ptr_eq(&entry.w, &fresh);
+            (entry.w.clone(), entry.base.clone(), lost)
+        };
+        if lost {
+            fresh.discard();
+        }
+        (self.insert_write_handle(ino, w.clone(), base, mode), w)
+    }
+
+    fn insert_write_handle(
+        &self,
+        ino: u64,
+        w: Arc<WriteHandle>,
+        base: Option<Arc<dyn FileReader>>,
+        mode: OpenMode,
+    ) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let file = OpenFile::Write {
+            ino,
+            w,
+            base,
+            writable: mode.write,
+            opener: if mode.write {
+                process::of_thread(mode.pid)
+            } else {
+                None
+            },
+        };
+        self.files.lock().unwrap().insert(fh, file);
+        fh
+    }
+
+    fn new_writer(&self, key: &str, start: Start) -> FsResult<Arc<WriteHandle>> {
+        WriteHandle::create(
+            self.store.clone(),
+            key,
+            start,
+            &self.cfg.write,
+            self.upload_slots.clone(),
+        )
+        .map_err(|e| {
+            tracing::error!("cannot write {key}: {e}");
+            FsError(e.errno())
+        })
+    }
+
+    pub(super) fn writer(&self, ino: u64) -> Option<Arc<WriteHandle>> {
+        self.writers.lock().unwrap().get(&ino).map(|w| w.w.clone())
+    }
+
+    /// The inode of `name` in `parent` if it is a file being written (maybe not in the lake yet).
+    pub(super) fn pending_child(&self, parent: u64, name: &str) -> Option<u64> {
+        let ino = self.inodes.lock().unwrap().child(parent, name)?;
+        self.writers
+            .lock()
+            .unwrap()
+            .contains_key(&ino)
+            .then_some(ino)
+    }
+
+    fn open_file(&self, fh: u64) -> FsResult<OpenFile> {
+        self.files
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError(libc::EBADF))
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        match self.open_file(fh)? {
+            OpenFile::Read(r) => Ok(r.read(offset, size).await?),
+            OpenFile::Write { w, base, .. } => match base {
+                Some(base) if !w.is_loaded() => Ok(base.read(offset, size).await?),
+                _ => Ok(w.read(offset, size).await?),
+            },
+        }
+    }
+
+    /// Writes through handle `fh`; returns the bytes taken.
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        match self.open_file(fh)? {
+            OpenFile::Write {
+                w, writable: true, ..
+            } => Ok(w.write(offset, data).await.map_err(|e| {
+                // Staging failures keep their errno (ENOSPC); copying in the original
+                // object (for a write into an existing file) fails as reads do.
+                tracing::error!("writing {}: {e}", w.key());
+                FsError(e.errno())
+            })?),
+            _ => Err(FsError(libc::EBADF)),
+        }
+    }
+
+    /// close(2) of a descriptor of `fh` by thread `pid`. The process that opened the file
+    /// commits, as [`flush`](Self::flush) does. Another process closing a descriptor it
+    /// inherited (a fork; every exec closes one) does not: the writer may still be writing,
+    /// and what it wrote so far must not reach the lake as the file. The last close
+    /// ([`release`](Self::release)) commits then.
+    pub async fn close(&self, fh: u64, pid: u32) -> FsResult<()> {
+        if let Ok(OpenFile::Write {
+            opener: Some(opener),
+            writable: true,
+            w,
+            ..
+        }) = self.open_file(fh)
+        {
+            if let Some(closer) = process::of_thread(pid) {
+                if closer != opener {
+                    tracing::debug!(
+                        "{}: closed by process {closer}, opened by {opener}: committed at the last close",
+                        w.key()
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        self.flush(fh).await
+    }
+
+    /// fsync(2), and close(2) by the opener: commits what the handle wrote, so the file is in
+    /// the lake, complete, when this returns. EIO if the upload failed (the data stays staged).
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let OpenFile::Write {
+            ino,
+            w,
+            writable: true,
+            ..
+        } = self.open_file(fh)?
+        else {
+            return Ok(());
+        };
+        self.commit(ino, &w).await
+    }
+
+    pub(super) async fn commit(&self, ino: u64, w: &Arc<WriteHandle>) -> FsResult<()> {
+        match w.commit().await {
+            Ok(None) => Ok(()),
+            Ok(Some((done, size))) => {
+                let kind = EntryKind::File {
+                    size,
+                    mtime: done.mtime,
+                    etag: done.etag.clone(),
+                };
+                let key = w.key();
+                if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
+                    n.kind = kind.clone();
+                    n.checked = std::time::Instant::now();
+                    // The kernel's pages are what was just written.
+                    n.opened_etag = Some(done.etag);
+                }
+                self.changed(&key, Some(kind)).await;
+                Ok(())
+            }
+            Err(e) => {
+                let kept = match w.keep_staged() {
+                    Ok(path) => format!("the data is kept in {}", path.display()),
+                    Err(e) => format!("its staging file is gone and cannot be made again ({e})"),
+                };
+                tracing::error!("upload of {} failed: {e}; {kept}", w.key());
+                Err(FsError(libc::EIO))
+            }
+        }
+    }
+
+    /// The last close of a handle. The release of the last writable handle of a file commits
+    /// what is not committed yet (errors are only logged: nobody is left to tell); the last
+    /// handle removes the staging file once safe.
+    pub async fn release(&self, fh: u64) {
+        let Some(file) = self.files.lock().unwrap().remove(&fh) else {
+            return;
+        };
+        let OpenFile::Write {
+            ino, w, writable, ..
+        } = file
+        else {
+            return;
+        };
+        // The writer stays registered while this commits, so an open meanwhile joins it
+        // (and sees the staged bytes) instead of reading the lake's older version.
+        let last_writable = {
+            let mut writers = self.writers.lock().unwrap();
+            match writers.get_mut(&ino) {
+                Some(entry) if Arc::ptr_eq(&entry.w, &w) => {
+                    entry.writable -= usize::from(writable);
+                    entry.writable == 0
+                }
+                _ => true,
+            }
+        };
+        if writable && last_writable && w.awaits_commit() {
+            let _ = self.commit(ino, &w).await;
+        }
+        let last = {
+            let mut writers = self.writers.lock().unwrap();
+            match writers.get_mut(&ino) {
+                Some(entry) if Arc::ptr_eq(&entry.w, &w) => {
+                    entry.handles -= 1;
+                    let last = entry.handles == 0;
+                    if last {
+                        writers.remove(&ino);
+                    }
+                    last
+                }
+                _ => true,
+            }
+        };
+        if last {
+            w.finish();
+        }
+    }
+
+    /// create(2): a new, empty file, written when closed. An existing file is replaced
+    /// (unless `exclusive`), as with O_TRUNC.
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &str,
+        exclusive: bool,
+        pid: u32,
+    ) -> FsResult<(Attr, u64)> {
+        self.writable()?;
+        let (dir, key) = self.new_name(parent, name)?;
+        match self.existing(parent, &dir, name).await? {
+            Some(k) if k.is_dir() => return Err(FsError(libc::EISDIR)),
+            Some(_) if exclusive => return Err(FsError(libc::EEXIST)),
+            _ => {}
+        }
+        let kind = EntryKind::File {
+            size: 0,
+            mtime: SystemTime::now(),
+            etag: String::new(),
+        };
+        let ino = self
+            .inodes
+            .lock()
+            .unwrap()
+            .upsert(parent, name, key.clone(), kind.clone(), 1);
+        let mode = OpenMode {
+            write: true,
+            truncate: true,
+            pid,
+        };
+        if let Some(fh) = self.open_on_writer(ino, mode).await? {
+            return Ok((self.getattr(ino).await?, fh));
+        }
+        let fresh = self.new_writer(&key, Start::Empty)?;
+        let (fh, w) = self.start_writer(ino, fresh.clone(), None, mode);
+        if !Arc::ptr_eq(&w, &fresh) {
+            self.truncate_on_open(&w).await?;
+        }
+        Ok((self.getattr(ino).await?, fh))
+    }
+
+    /// Sets the size (truncate(2), ftruncate(2), O_TRUNC); other attributes (mode, owner,
+    /// times) are accepted and not stored: the mount shows its configured ones.
+    pub async fn setattr(&self, ino: u64, size: Option<u64>, fh: Option<u64>) -> FsResult<Attr> {
+        let Some(size) = size else {
+            return self.getattr(ino).await;
+        };
+        self.writable()?;
+        let node = self.node(ino)?;
+        if node.kind.is_dir() {
+            return Err(FsError(libc::EISDIR));
+        }
+        if size > MAX_FILE_SIZE {
+            return Err(FsError(libc::EFBIG));
+        }
+        let via_handle = match fh.map(|fh| self.open_file(fh)) {
+            Some(Ok(OpenFile::Write { w, .. })) => Some(w),
+            _ => self.writer(ino),
+        };
+        if let Some(w) = via_handle {
+            w.set_size(size).await.map_err(|e| {
+                tracing::error!("truncating {}: {e}", w.key());
+                FsError(e.errno())
+            })?;
+            return self.getattr(ino).await;
+        }
+        // No open writer: `truncate -s N path`. Done as a whole write of the new content.
+        let current = self.getattr(ino).await?;
+        if current.size == size {
+            return Ok(current);
+        }
+        let mode = OpenMode {
+            write: true,
+            truncate: size == 0,
+            pid: 0,
+        };
+        let (fh, _) = self.open(ino, mode).await?;
+        let result = async {
+            if let OpenFile::Write { w, .. } = self.open_file(fh)? {
+                w.set_size(size).await.map_err(|e| {
+                    tracing::error!("truncating {}: {e}", w.key());
+                    FsError(e.errno())
+                })?;
+            }
+            self.flush(fh).await
+        }
+        .await;
+        self.release(fh).await;
+        result?;
+        self.getattr(ino).await
+    }
+}

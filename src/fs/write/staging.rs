@@ -1,0 +1,251 @@
+//! The staging file of a write: the file's whole content on a local disk, and beside it a
+//! sidecar naming where it goes and whether the lake already has it.
+//!
+//! `ID.data` holds the bytes; `ID.target` holds the lake, the key and, once the lake holds
+//! exactly these bytes, a third line `uploaded`. The data file carries a lock while a handle
+//! uses it, so the next mount can tell what a dead daemon left behind: an unlocked file
+//! whose sidecar does not say `uploaded` never reached the lake.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+const UPLOADED: &str = "uploaded";
+
+pub struct StagedFile {
+    file: File,
+    dir: PathBuf,
+    id: String,
+    /// `ID.data`; a new name when the old one was removed under us (see [`StagedFile::keep`]).
+    path: Mutex<PathBuf>,
+    /// Lake and key, as written to the sidecar.
+    target: Mutex<(String, String)>,
+}
+
+impl StagedFile {
+    /// A new, empty staging file for `key` of `lake`. Nothing is left behind if this fails
+    /// (a full disk gives ENOSPC, not a stray empty file that later mounts report).
+    pub fn create(
+        dir: &Path,
+        id: &str,
+        lake: &str,
+        key: &str,
+        uploaded: bool,
+    ) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        // Staged data is the user's file content: private, like the block cache.
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let path = dir.join(format!("{id}.data"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        // Held while the handle lives and dropped by the kernel when the process dies however
+        // it dies. Only the leftover report needs it: a file system without locks must not
+        // stop writes.
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            tracing::debug!("cannot lock {}: {e}", path.display());
+        }
+        let staged = StagedFile {
+            file,
+            dir: dir.to_path_buf(),
+            id: id.to_string(),
+            path: Mutex::new(path.clone()),
+            target: Mutex::new((lake.to_string(), key.to_string())),
+        };
+        if let Err(e) = staged.mark(uploaded) {
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(sidecar_of(&path));
+            return Err(e);
+        }
+        Ok(staged)
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.path.lock().unwrap().clone()
+    }
+
+    pub fn sidecar(&self) -> PathBuf {
+        sidecar_of(&self.path())
+    }
+
+    /// Records whether the lake holds exactly these bytes. Must say `false` before a change
+    /// is acknowledged: a daemon killed after it leaves a file the next mount reports.
+    pub fn mark(&self, uploaded: bool) -> std::io::Result<()> {
+        let (lake, key) = self.target.lock().unwrap().clone();
+        let mut text = format!("{lake}\n{key}\n");
+        if uploaded {
+            text.push_str(UPLOADED);
+            text.push('\n');
+        }
+        write_private(&self.sidecar(), text.as_bytes())
+    }
+
+    /// The file was renamed while open: the sidecar names the new key.
+    pub fn retarget(&self, key: &str, uploaded: bool) {
+        self.target.lock().unwrap().1 = key.to_string();
+        let _ = self.mark(uploaded);
+    }
+
+    /// Makes sure the data has a name in the staging directory, for someone to recover: when
+    /// the file (or the whole directory) was removed while we held it open, its content is
+    /// copied out of the open descriptor to a new name. Returns where the data is.
+    pub fn keep(&self) -> std::io::Result<PathBuf> {
+        let path = self.path();
+        let ours = self.file.metadata()?;
+        if std::fs::metadata(&path).is_ok_and(|m| m.dev() == ours.dev() && m.ino() == ours.ino()) {
+            return Ok(path);
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        let fresh = self.dir.join(format!("{}-kept.data", self.id));
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&fresh)?;
+        let mut input = self.file.try_clone()?;
+        let copied = (|| {
+            use std::io::Seek;
+            input.seek(std::io::SeekFrom::Start(0))?;
+            std::io::copy(&mut input, &mut out)?;
+            out.sync_all()
+        })();
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&fresh);
+            return Err(e);
+        }
+        *self.path.lock().unwrap() = fresh.clone();
+        self.mark(false)?;
+        Ok(fresh)
+    }
+
+    /// Removes the data and its sidecar (the lake has it, or nobody wants it).
+    pub fn remove(&self) {
+        let path = self.path();
+        let _ = std::fs::remove_file(sidecar_of(&path));
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+fn sidecar_of(data: &Path) -> PathBuf {
+    data.with_extension("target")
+}
+
+/// A staging file no handle holds any more whose data never reached the lake (the upload
+/// failed, or the daemon died before the commit).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Leftover {
+    /// `STAGING/ID.data`.
+    pub data: PathBuf,
+    /// Where it was meant to go: the lake URL and the path below it (from `ID.target`).
+    pub target: String,
+    pub size: u64,
+}
+
+/// The staging files in `dir` that are not being written and were never uploaded. Files a
+/// dead daemon left after their upload succeeded are removed on the way.
+pub fn leftovers(dir: &Path) -> Vec<Leftover> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let data = e.path();
+        if data.extension().is_none_or(|x| x != "data") {
+            continue;
+        }
+        let Ok(f) = File::open(&data) else { continue };
+        // SAFETY: flock on a descriptor we own; closing it (drop) releases the lock.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+            continue;
+        }
+        let mut text = String::new();
+        let _ = File::open(sidecar_of(&data)).and_then(|mut s| s.read_to_string(&mut text));
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.get(2) == Some(&UPLOADED) {
+            let _ = std::fs::remove_file(sidecar_of(&data));
+            let _ = std::fs::remove_file(&data);
+            continue;
+        }
+        let target = match (lines.first(), lines.get(1)) {
+            (Some(lake), Some(key)) => {
+                let sep = if lake.ends_with('/') { "" } else { "/" };
+                format!("{lake}{sep}{key}")
+            }
+            _ => "an unknown target".to_string(),
+        };
+        let size = f.metadata().map_or(0, |m| m.len());
+        out.push(Leftover { data, target, size });
+    }
+    out.sort_by(|a, b| a.data.cmp(&b.data));
+    out
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_uploaded_file_left_by_a_dead_daemon_is_removed_not_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StagedFile::create(dir.path(), "a", "file:///lake", "k", false).unwrap();
+        let path = s.path();
+        s.mark(true).unwrap();
+        drop(s);
+        assert_eq!(leftovers(dir.path()), []);
+        assert!(!path.exists(), "the clean copy is gone");
+    }
+
+    #[test]
+    fn a_file_changed_after_its_upload_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StagedFile::create(dir.path(), "a", "file:///lake", "k", true).unwrap();
+        s.mark(false).unwrap();
+        let path = s.path();
+        drop(s);
+        let left = leftovers(dir.path());
+        assert_eq!(left.len(), 1);
+        assert_eq!(
+            (left[0].data.clone(), left[0].target.as_str()),
+            (path, "file:///lake/k")
+        );
+    }
+
+    #[test]
+    fn data_whose_directory_was_removed_is_kept_under_a_new_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("staging");
+        let s = StagedFile::create(&staging, "a", "file:///lake", "k", false).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(s.file(), b"precious", 0).unwrap();
+        std::fs::remove_dir_all(&staging).unwrap();
+        let kept = s.keep().unwrap();
+        assert_eq!(std::fs::read(&kept).unwrap(), b"precious");
+        assert_eq!(s.path(), kept);
+        drop(s);
+        let left = leftovers(&staging);
+        assert_eq!(left.len(), 1, "the next mount names it");
+        assert_eq!(left[0].data, kept);
+    }
+}
