@@ -440,7 +440,7 @@ impl Session {
         rt: tokio::runtime::Handle,
     ) -> Result<Session> {
         let read_only = fs.config().read_only;
-        let adapter = FuseAdapter::new(fs, rt);
+        let adapter = FuseAdapter::new(fs.clone(), rt);
         let mut cfg = fuser::Config::default();
         cfg.mount_options = vec![
             MountOption::FSName(FSNAME.into()),
@@ -472,6 +472,10 @@ impl Session {
         if let Err(e) = wait_until_answers(mountpoint) {
             s.unmount();
             return Err(e);
+        }
+        match std::fs::metadata(mountpoint) {
+            Ok(m) => fs.set_device(std::os::unix::fs::MetadataExt::dev(&m)),
+            Err(e) => tracing::debug!("stat {}: {e}", mountpoint.display()),
         }
         Ok(s)
     }

@@ -11,8 +11,9 @@
 //!   descriptor they inherited commit nothing: the opener may still be writing);
 //! - the release of the last writable handle of the file: whatever is not committed by then.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -35,6 +36,9 @@ pub(super) enum OpenFile {
         writable: bool,
         /// The process that opened it (when known): only its `close` commits.
         opener: Option<u32>,
+        /// Other processes seen closing a copy of this handle (a child at exec): they may
+        /// still hold another copy (`Popen(stdout=f)`).
+        sharers: Arc<Mutex<HashSet<u32>>>,
     },
 }
 
@@ -191,6 +195,7 @@ impl LakeFs {
             } else {
                 None
             },
+            sharers: Arc::default(),
         };
         self.files.lock().unwrap().insert(fh, file);
         fh
@@ -259,22 +264,34 @@ impl LakeFs {
     }
 
     /// close(2) of a descriptor of `fh` by thread `pid`. The process that opened the file
-    /// commits, as [`flush`](Self::flush) does. Another process closing a descriptor it
-    /// inherited (a fork; every exec closes one) does not: the writer may still be writing,
-    /// and what it wrote so far must not reach the lake as the file. The last close
-    /// ([`release`](Self::release)) commits then.
+    /// commits, as [`flush`](Self::flush) does, unless a copy of the descriptor that can
+    /// write is still open in it (a `dup`) or in a process seen closing a copy (a child that
+    /// kept one across exec, as `Popen(stdout=f)` does): then the last close commits, so
+    /// the lake never shows the part written so far. Another process closing a descriptor
+    /// it inherited commits nothing: the writer may still be writing. The last close
+    /// ([`release`](Self::release)) commits what nobody committed.
     pub async fn close(&self, fh: u64, pid: u32) -> FsResult<()> {
         if let Ok(OpenFile::Write {
+            ino,
             opener: Some(opener),
             writable: true,
             w,
+            sharers,
             ..
         }) = self.open_file(fh)
         {
             if let Some(closer) = process::of_thread(pid) {
                 if closer != opener {
+                    sharers.lock().unwrap().insert(closer);
                     tracing::debug!(
                         "{}: closed by process {closer}, opened by {opener}: committed at the last close",
+                        w.key()
+                    );
+                    return Ok(());
+                }
+                if w.awaits_commit() && self.written_elsewhere(ino, opener, &sharers) {
+                    tracing::debug!(
+                        "{}: another descriptor still writes it: committed at its close",
                         w.key()
                     );
                     return Ok(());
@@ -282,6 +299,18 @@ impl LakeFs {
             }
         }
         self.flush(fh).await
+    }
+
+    /// Whether the opener, or a process known to share its handle, still has a descriptor
+    /// that can write `ino` of this mount.
+    fn written_elsewhere(&self, ino: u64, opener: u32, sharers: &Mutex<HashSet<u32>>) -> bool {
+        let Some(&dev) = self.device.get() else {
+            return false;
+        };
+        let others: Vec<u32> = sharers.lock().unwrap().iter().copied().collect();
+        std::iter::once(opener)
+            .chain(others)
+            .any(|p| process::has_writable_fd(p, dev, ino))
     }
 
     /// fsync(2), and close(2) by the opener: commits what the handle wrote, so the file is in

@@ -143,6 +143,8 @@ pub struct LakeFs {
     next_fh: AtomicU64,
     mounted_at: SystemTime,
     warned: Mutex<HashSet<String>>,
+    /// The mount's device number, once mounted: tells its files among a process's descriptors.
+    device: std::sync::OnceLock<u64>,
 }
 
 fn join_key(dir_prefix: &str, name: &str) -> String {
@@ -172,7 +174,13 @@ impl LakeFs {
             next_fh: AtomicU64::new(1),
             mounted_at: now,
             warned: Mutex::new(HashSet::new()),
+            device: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records the device number the kernel gave the mount (`st_dev` of its root).
+    pub fn set_device(&self, dev: u64) {
+        let _ = self.device.set(dev);
     }
 
     pub fn config(&self) -> &FsConfig {

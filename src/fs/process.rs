@@ -14,6 +14,50 @@ pub fn of_thread(tid: u32) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Whether process `pid` has a descriptor open for writing on the file `(dev, ino)`. Reads
+/// its `/proc` fd table without calling into the file system: the inode comes from statx
+/// with `AT_STATX_DONT_SYNC`, which a FUSE mount answers from the kernel's own copy.
+pub fn has_writable_fd(pid: u32, dev: u64, ino: u64) -> bool {
+    let dir = format!("/proc/{pid}/fd");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let Some(fd) = e.file_name().to_str().map(str::to_string) else {
+            return false;
+        };
+        same_file(&format!("{dir}/{fd}"), dev, ino) && writable(pid, &fd)
+    })
+}
+
+fn same_file(path: &str, dev: u64, ino: u64) -> bool {
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return false;
+    };
+    // SAFETY: a zeroed statx is a valid out-buffer; `c` is a NUL-terminated path.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_STATX_DONT_SYNC,
+            libc::STATX_INO,
+            &mut st,
+        )
+    };
+    r == 0 && st.stx_ino == ino && libc::makedev(st.stx_dev_major, st.stx_dev_minor) == dev
+}
+
+fn writable(pid: u32, fd: &str) -> bool {
+    let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) else {
+        return false;
+    };
+    info.lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| i32::from_str_radix(v.trim(), 8).ok())
+        .is_some_and(|flags| flags & libc::O_ACCMODE != libc::O_RDONLY)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,5 +84,30 @@ mod tests {
         let _ = child.wait();
         assert_eq!(child_process, Some(child.id()));
         assert_eq!(of_thread(0), None);
+    }
+
+    #[test]
+    fn only_descriptors_open_for_writing_on_the_file_count() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (f, g) = (dir.path().join("f"), dir.path().join("g"));
+        std::fs::write(&f, b"x").unwrap();
+        std::fs::write(&g, b"y").unwrap();
+        let m = std::fs::metadata(&f).unwrap();
+        let me = std::process::id();
+        let reader = std::fs::File::open(&f).unwrap();
+        let other = std::fs::OpenOptions::new().write(true).open(&g).unwrap();
+        assert!(
+            !has_writable_fd(me, m.dev(), m.ino()),
+            "read-only and other files"
+        );
+        let writer = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+        assert!(has_writable_fd(me, m.dev(), m.ino()));
+        drop((reader, other, writer));
+        assert!(!has_writable_fd(me, m.dev(), m.ino()));
+        assert!(
+            !has_writable_fd(u32::MAX, m.dev(), m.ino()),
+            "no such process"
+        );
     }
 }
