@@ -318,6 +318,18 @@ impl Client {
             .body
     }
 
+    /// The blob's content, or `None` when there is no such blob.
+    pub fn try_get_blob(&self, container: &str, name: &str) -> Option<Vec<u8>> {
+        let r = self
+            .request("GET", &blob(container, name), &[], &[], b"")
+            .unwrap();
+        match r.status {
+            200 => Some(r.body),
+            404 => None,
+            s => panic!("GET {container}/{name}: HTTP {s}"),
+        }
+    }
+
     /// Whether blob `name` is a directory marker (metadata `hdi_isfolder=true`).
     pub fn is_dir_marker(&self, container: &str, name: &str) -> bool {
         let r = self.expect("HEAD", &blob(container, name), &[], &[], b"", 200);

@@ -108,22 +108,26 @@ impl StagedFile {
             return Ok(path);
         }
         std::fs::create_dir_all(&self.dir)?;
+        // Copied to a temporary name and renamed: whoever reads the kept copy (a recovery
+        // running while the handle is still open) sees a whole one, never one being written.
         let fresh = self.dir.join(format!("{}-kept.data", self.id));
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&fresh)?;
-        let mut input = self.file.try_clone()?;
+        let tmp = self.dir.join(format!("{}-kept.partial", self.id));
         let copied = (|| {
             use std::io::Seek;
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            let mut input = self.file.try_clone()?;
             input.seek(std::io::SeekFrom::Start(0))?;
             std::io::copy(&mut input, &mut out)?;
-            out.sync_all()
+            out.sync_all()?;
+            std::fs::rename(&tmp, &fresh)
         })();
         if let Err(e) = copied {
-            let _ = std::fs::remove_file(&fresh);
+            let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
         *self.path.lock().unwrap() = fresh.clone();
