@@ -179,6 +179,47 @@ fn a_reopened_file_keeps_every_write_whatever_closes_the_first_handle_and_when()
         for holder in late {
             holder.release();
         }
+        // fork(2): the child holds the first descriptor and closes it while the parent,
+        // having reopened the file, waits for it; then the parent writes on.
+        for round in 0..10u32 {
+            let path = m.path().join("forked");
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap();
+            f.write_all_at(&[b'A'; 100], 0).unwrap();
+            let pause = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 10_000_000 * (1 + round as i64 % 5),
+            };
+            // SAFETY: the child calls only async-signal-safe functions, then _exit.
+            let child = unsafe { libc::fork() };
+            if child == 0 {
+                unsafe {
+                    libc::nanosleep(&pause, std::ptr::null_mut());
+                    libc::close(f.as_raw_fd());
+                    libc::_exit(0);
+                }
+            }
+            drop(f);
+            let g = rw(&path);
+            g.write_all_at(&[b'B'; 100], 100).unwrap();
+            let mut status = 0;
+            // SAFETY: waiting for the child forked above.
+            assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+            g.write_all_at(&[b'C'; 100], 200).unwrap();
+            drop(g);
+            let want = [[b'A'; 100], [b'B'; 100], [b'C'; 100]].concat();
+            assert_eq!(
+                lake.get("forked"),
+                Some(want),
+                "{}: round {round}",
+                lake.name()
+            );
+        }
         // No child at all: the kernel's release of the first handle arrives while the second writes.
         for round in 0..40u32 {
             let path = m.path().join("again");
