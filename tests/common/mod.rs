@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 pub mod azurite;
 pub mod faultproxy;
+pub mod lake;
 pub mod metrics;
 pub mod mount;
 pub mod proc;
