@@ -17,11 +17,13 @@ use common::mount::{errno, wait_for, Mount};
 use common::tmpfs::Tmpfs;
 use common::tree::pseudo_random;
 
+/// open(O_RDWR | O_CREAT): an existing file keeps its bytes.
 fn rw(path: &Path) -> std::fs::File {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
+        .truncate(false)
         .open(path)
         .unwrap()
 }

@@ -13,7 +13,7 @@ use super::*;
 use crate::reader::DirectReadPath;
 use crate::store::memory::MemoryStore;
 use crate::store::throttle::ThrottledStore;
-use crate::store::{DynStore, Store};
+use crate::store::DynStore;
 
 #[derive(Clone, Debug)]
 enum Op {

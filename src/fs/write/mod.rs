@@ -19,6 +19,7 @@
 //! - The sidecar says `uploaded` only while the lake holds exactly the staged bytes; it says
 //!   otherwise before a change is acknowledged.
 
+mod commit;
 pub mod staging;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -33,17 +34,13 @@ use md5::{Digest, Md5};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::reader::ObjectVersion;
-use crate::store::{Committed, DynStore, PutOptions, StoreError, StoreResult};
+use crate::store::{DynStore, StoreError, StoreResult};
 use staging::StagedFile;
 pub use staging::{leftovers, Leftover};
 
 /// The largest file a block blob can hold (50,000 blocks of 4,000 MiB): a size past it is
 /// EFBIG at once, not a staging file nobody can upload.
 pub const MAX_FILE_SIZE: u64 = 50_000 * 4000 * (1 << 20);
-
-/// How often a commit uploads its blocks again when another writer's commit of the same
-/// name discarded them (two mounts writing one file): the last commit wins, whole.
-const COMMIT_TRIES: usize = 4;
 
 /// Settings shared by all write handles of one mount.
 #[derive(Clone, Debug)]
@@ -399,206 +396,6 @@ impl WriteHandle {
         Ok(Bytes::from(buf))
     }
 
-    fn block_id(&self, generation: u64, index: u64) -> String {
-        use base64::Engine;
-        // Every id of one object must have the same length.
-        let raw = format!("{}-{generation:06}-{index:08}", self.upload_id);
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    }
-
-    /// Uploads the full blocks below `filled` that are not uploaded yet.
-    fn start_early_uploads(self: &Arc<Self>, st: &mut State) {
-        let bs = self.block_size;
-        while (st.next_early + 1) * bs <= st.filled {
-            let b = st.next_early;
-            st.next_early += 1;
-            if !st.in_flight.contains(&b) && needs_upload(st, b) {
-                self.spawn_upload(st, b);
-            }
-        }
-    }
-
-    fn spawn_upload(self: &Arc<Self>, st: &mut State, b: u64) {
-        st.in_flight.insert(b);
-        let version = st.version.get(&b).copied().unwrap_or(0);
-        let generation = st.generation;
-        let end = ((b + 1) * self.block_size).min(st.size);
-        let range = b * self.block_size..end;
-        let me = self.clone();
-        tokio::spawn(async move {
-            let result = me.upload_block(generation, b, range).await;
-            let mut st = me.st.lock().unwrap();
-            st.in_flight.remove(&b);
-            match result {
-                Ok(()) if st.generation == generation => {
-                    st.uploaded.insert(b, version);
-                }
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::debug!("block {b} of {}: {e}", me.key());
-                    st.last_error = Some(e);
-                }
-            }
-            drop(st);
-            me.idle.notify_waiters();
-        });
-    }
-
-    async fn upload_block(
-        &self,
-        generation: u64,
-        b: u64,
-        range: std::ops::Range<u64>,
-    ) -> StoreResult<()> {
-        let _slot = self.slots.acquire().await.expect("never closed");
-        let mut buf = vec![0u8; (range.end - range.start) as usize];
-        self.staged
-            .file()
-            .read_exact_at(&mut buf, range.start)
-            .map_err(|e| io(&self.staging_path(), e))?;
-        let id = self.block_id(generation, b);
-        self.store
-            .put_block(&self.key(), &id, Bytes::from(buf))
-            .await
-    }
-
-    async fn wait_uploads(&self) {
-        loop {
-            let idle = self.idle.notified();
-            if self.st.lock().unwrap().in_flight.is_empty() {
-                return;
-            }
-            idle.await;
-        }
-    }
-
-    /// The MD5 of the whole content: kept while writes came in order, else read back.
-    fn content_md5(&self, st: &State) -> StoreResult<[u8; 16]> {
-        if st.hashed == Some(st.size) {
-            if let Some(m) = &st.md5 {
-                return Ok(m.clone().finalize().into());
-            }
-        }
-        let mut m = Md5::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut off = 0;
-        while off < st.size {
-            let n = ((st.size - off) as usize).min(buf.len());
-            self.staged
-                .file()
-                .read_exact_at(&mut buf[..n], off)
-                .map_err(|e| io(&self.staging_path(), e))?;
-            m.update(&buf[..n]);
-            off += n as u64;
-        }
-        Ok(m.finalize().into())
-    }
-
-    /// Makes the lake object what this handle holds. `Ok(None)`: nothing to commit. No
-    /// change lands while it runs (they wait their turn), so clean means uploaded.
-    pub async fn commit(self: &Arc<Self>) -> StoreResult<Option<(Committed, u64)>> {
-        let _turn = self.turn.lock().await;
-        {
-            let mut st = self.st.lock().unwrap();
-            if st.unlinked {
-                return Ok(None);
-            }
-            // Before the dirty check: a change that failed before it dirtied anything (a
-            // full disk while copying in the original) must still fail the close.
-            if let Some(why) = &st.broken {
-                let e = StoreError::Other(format!(
-                    "{}: not uploaded, an earlier write to it failed ({why})",
-                    self.key()
-                ));
-                st.failed = true;
-                return Err(e);
-            }
-            if !st.dirty {
-                return Ok(None);
-            }
-        }
-        let mut result = self.commit_now().await;
-        for _ in 1..COMMIT_TRIES {
-            let Err(StoreError::BlocksMissing(why)) = &result else {
-                break;
-            };
-            tracing::info!("{}: {why}; uploading its blocks again", self.key());
-            self.forget_staged_blocks();
-            result = self.commit_now().await;
-        }
-        let mut st = self.st.lock().unwrap();
-        match &result {
-            Ok(_) => {
-                st.failed = false;
-                st.dirty = false;
-                drop(st);
-                if let Err(e) = self.staged.mark(true) {
-                    tracing::debug!("{}: {e}", self.staged.sidecar().display());
-                }
-            }
-            Err(_) => st.failed = true,
-        }
-        result.map(Some)
-    }
-
-    /// Blocks staged in the lake are not there (any more): a new generation uploads afresh.
-    fn forget_staged_blocks(&self) {
-        let mut st = self.st.lock().unwrap();
-        st.generation += 1;
-        st.uploaded.clear();
-        st.next_early = 0;
-    }
-
-    async fn commit_now(self: &Arc<Self>) -> StoreResult<(Committed, u64)> {
-        self.wait_uploads().await;
-        let key = self.key();
-        let (size, generation, md5) = {
-            let mut st = self.st.lock().unwrap();
-            st.last_error = None;
-            let md5 = self.content_md5(&st)?;
-            (st.size, st.generation, md5)
-        };
-        let opts = PutOptions {
-            content_md5: Some(md5),
-        };
-        let bs = self.block_size;
-        let blocks = size.div_ceil(bs);
-        let nothing_staged = self.st.lock().unwrap().uploaded.is_empty();
-        let done = if blocks <= 1 && nothing_staged {
-            // Small files: one request instead of two. Its buffer is an upload's: it takes
-            // a slot, which is what bounds the memory of writes.
-            let _slot = self.slots.acquire().await.expect("never closed");
-            let data = self.read(0, size as u32).await?;
-            self.store.put(&key, data, &opts).await?
-        } else {
-            {
-                let mut st = self.st.lock().unwrap();
-                for b in 0..blocks {
-                    if !st.in_flight.contains(&b) && needs_upload(&st, b) {
-                        self.spawn_upload(&mut st, b);
-                    }
-                }
-            }
-            self.wait_uploads().await;
-            let ids: Vec<String> = (0..blocks).map(|b| self.block_id(generation, b)).collect();
-            {
-                let st = self.st.lock().unwrap();
-                if let Some(e) = &st.last_error {
-                    return Err(e.clone());
-                }
-                if (0..blocks).any(|b| needs_upload(&st, b)) {
-                    return Err(StoreError::Other(format!(
-                        "{key}: changed while being committed"
-                    )));
-                }
-            }
-            self.store.commit_blocks(&key, &ids, &opts).await?
-        };
-        // Committed blocks are gone from the staging area: a later commit uploads afresh.
-        self.forget_staged_blocks();
-        Ok((done, size))
-    }
-
     /// The name was removed: nothing more is committed, and the staging file can go.
     pub fn mark_unlinked(&self) {
         self.st.lock().unwrap().unlinked = true;
@@ -658,11 +455,6 @@ impl WriteHandle {
     }
 }
 
-/// Whether the lake's staged copy of block `b` is missing or older than the staging file's.
-fn needs_upload(st: &State, b: u64) -> bool {
-    st.uploaded.get(&b) != Some(&st.version.get(&b).copied().unwrap_or(0))
-}
-
 /// Records `[start, end)` as written and grows the filled prefix.
 fn mark_written(st: &mut State, start: u64, end: u64) {
     if start <= st.filled {
@@ -681,154 +473,4 @@ fn mark_written(st: &mut State, start: u64, end: u64) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::memory::MemoryStore;
-    use crate::store::Store;
-
-    fn setup(bs: u64) -> (Arc<MemoryStore>, WriteConfig, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = WriteConfig {
-            staging_dir: dir.path().join("staging"),
-            block_size: bs,
-        };
-        (Arc::new(MemoryStore::new()), cfg, dir)
-    }
-
-    fn handle(store: &Arc<MemoryStore>, cfg: &WriteConfig, start: Start) -> Arc<WriteHandle> {
-        WriteHandle::create(store.clone(), "f", start, cfg, Arc::new(Semaphore::new(4))).unwrap()
-    }
-
-    #[tokio::test]
-    async fn out_of_order_writes_with_a_hole_commit_the_right_bytes() {
-        let (store, cfg, _d) = setup(4);
-        let h = handle(&store, &cfg, Start::Empty);
-        h.write(8, b"IJKL").await.unwrap();
-        h.write(0, b"ABCD").await.unwrap();
-        h.write(14, b"OP").await.unwrap();
-        h.write(2, b"cd").await.unwrap();
-        h.commit().await.unwrap().unwrap();
-        let want = b"ABcd\0\0\0\0IJKL\0\0OP";
-        assert_eq!(&store.data("f").unwrap()[..], want);
-        let md5: [u8; 16] = Md5::digest(want).into();
-        let info = store.head("f").await.unwrap().unwrap();
-        assert_eq!(info.content_md5, Some(crate::store::md5_base64(&md5)));
-        assert_eq!(store.staged_blocks(), 0, "nothing left staged");
-    }
-
-    #[tokio::test]
-    async fn sequential_writes_upload_full_blocks_before_the_commit() {
-        let (store, cfg, _d) = setup(4);
-        let h = handle(&store, &cfg, Start::Empty);
-        h.write(0, b"0123456789").await.unwrap();
-        h.wait_uploads().await;
-        assert_eq!(store.staged_blocks(), 2, "two full blocks went up early");
-        assert!(store.data("f").is_none(), "invisible before the commit");
-        h.commit().await.unwrap().unwrap();
-        assert_eq!(&store.data("f").unwrap()[..], b"0123456789");
-        h.finish();
-        assert!(!h.staging_path().exists(), "staging removed after success");
-    }
-
-    #[tokio::test]
-    async fn a_failed_commit_keeps_the_staging_file_and_the_old_object() {
-        let (store, cfg, _d) = setup(4);
-        store.put("f", "old");
-        let h = handle(&store, &cfg, Start::Empty);
-        h.write(0, b"new content").await.unwrap();
-        store.fail_writes.store(true, Ordering::Relaxed);
-        assert!(h.commit().await.is_err());
-        h.finish();
-        assert_eq!(&store.data("f").unwrap()[..], b"old");
-        assert_eq!(std::fs::read(h.staging_path()).unwrap(), b"new content");
-        let target = std::fs::read_to_string(h.staging_path().with_extension("target")).unwrap();
-        assert!(target.ends_with("\nf\n"), "{target}");
-    }
-
-    #[tokio::test]
-    async fn only_staging_files_without_a_live_handle_are_leftovers() {
-        // Blocks larger than the data: no upload task holds the handle.
-        let (store, cfg, _d) = setup(1 << 20);
-        let h = handle(&store, &cfg, Start::Empty);
-        h.write(0, b"written, never committed").await.unwrap();
-        assert_eq!(
-            leftovers(&cfg.staging_dir),
-            [],
-            "a live handle's file is not left over"
-        );
-        let data = h.staging_path().to_path_buf();
-        // What a killed daemon leaves: the file and its sidecar, no handle, no commit.
-        drop(h);
-        assert_eq!(
-            leftovers(&cfg.staging_dir),
-            [Leftover {
-                data,
-                target: "memory://f".into(),
-                size: 24
-            }]
-        );
-    }
-
-    #[tokio::test]
-    async fn a_size_past_the_largest_blob_is_refused_and_changes_nothing() {
-        let (store, cfg, _d) = setup(4);
-        let h = handle(&store, &cfg, Start::Empty);
-        h.write(0, b"part").await.unwrap();
-        let e = h.set_size(u64::MAX).await.unwrap_err();
-        assert_eq!(e.errno(), libc::EFBIG);
-        let e = h.write(MAX_FILE_SIZE - 2, b"xyz").await.unwrap_err();
-        assert_eq!(e.errno(), libc::EFBIG);
-        h.commit().await.unwrap().unwrap();
-        assert_eq!(&store.data("f").unwrap()[..], b"part");
-    }
-
-    #[tokio::test]
-    async fn a_copy_in_that_failed_before_any_change_still_fails_the_commit() {
-        let (store, cfg, _d) = setup(4);
-        store.put("f", "old content");
-        let v = store.head("f").await.unwrap().unwrap();
-        let base = ObjectVersion {
-            key: "f".into(),
-            etag: v.etag,
-            size: v.size,
-        };
-        let h = handle(&store, &cfg, Start::Existing(base));
-        // Replaced meanwhile: copying the original in fails, nothing was changed yet.
-        store.put("f", "other");
-        assert!(h.write(11, b" appended").await.is_err());
-        assert!(h.commit().await.is_err(), "close must not say 0");
-        assert!(!h.awaits_commit());
-        assert_eq!(&store.data("f").unwrap()[..], b"other");
-    }
-
-    #[tokio::test]
-    async fn appending_to_an_existing_object_rewrites_it_whole() {
-        let (store, cfg, _d) = setup(4);
-        store.put("f", "hello");
-        let v = store.head("f").await.unwrap().unwrap();
-        let base = ObjectVersion {
-            key: "f".into(),
-            etag: v.etag,
-            size: v.size,
-        };
-        let h = handle(&store, &cfg, Start::Existing(base));
-        assert_eq!(h.size(), 5);
-        h.write(5, b", world").await.unwrap();
-        h.write(0, b"H").await.unwrap();
-        h.commit().await.unwrap().unwrap();
-        assert_eq!(&store.data("f").unwrap()[..], b"Hello, world");
-    }
-
-    #[tokio::test]
-    async fn truncating_then_writing_again_commits_only_the_new_bytes() {
-        let (store, cfg, _d) = setup(4);
-        let h = handle(&store, &cfg, Start::Empty);
-        h.write(0, b"0123456789").await.unwrap();
-        h.commit().await.unwrap().unwrap();
-        h.set_size(0).await.unwrap();
-        h.write(0, b"ab").await.unwrap();
-        h.set_size(6).await.unwrap();
-        h.commit().await.unwrap().unwrap();
-        assert_eq!(&store.data("f").unwrap()[..], b"ab\0\0\0\0");
-    }
-}
+mod tests;

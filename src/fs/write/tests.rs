@@ -1,0 +1,151 @@
+//! The write handle over the in-memory store.
+
+use super::*;
+use crate::store::memory::MemoryStore;
+use crate::store::Store;
+
+fn setup(bs: u64) -> (Arc<MemoryStore>, WriteConfig, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WriteConfig {
+        staging_dir: dir.path().join("staging"),
+        block_size: bs,
+    };
+    (Arc::new(MemoryStore::new()), cfg, dir)
+}
+
+/// The version of `key` the store holds now.
+async fn version_of(store: &MemoryStore, key: &str) -> ObjectVersion {
+    let v = store.head(key).await.unwrap().unwrap();
+    ObjectVersion {
+        key: key.into(),
+        etag: v.etag,
+        size: v.size,
+    }
+}
+
+fn handle(store: &Arc<MemoryStore>, cfg: &WriteConfig, start: Start) -> Arc<WriteHandle> {
+    WriteHandle::create(store.clone(), "f", start, cfg, Arc::new(Semaphore::new(4))).unwrap()
+}
+
+#[tokio::test]
+async fn out_of_order_writes_with_a_hole_commit_the_right_bytes() {
+    let (store, cfg, _d) = setup(4);
+    let h = handle(&store, &cfg, Start::Empty);
+    h.write(8, b"IJKL").await.unwrap();
+    h.write(0, b"ABCD").await.unwrap();
+    h.write(14, b"OP").await.unwrap();
+    h.write(2, b"cd").await.unwrap();
+    h.commit().await.unwrap().unwrap();
+    let want = b"ABcd\0\0\0\0IJKL\0\0OP";
+    assert_eq!(&store.data("f").unwrap()[..], want);
+    let md5: [u8; 16] = Md5::digest(want).into();
+    let info = store.head("f").await.unwrap().unwrap();
+    assert_eq!(info.content_md5, Some(crate::store::md5_base64(&md5)));
+    assert_eq!(store.staged_blocks(), 0, "nothing left staged");
+}
+
+#[tokio::test]
+async fn sequential_writes_upload_full_blocks_before_the_commit() {
+    let (store, cfg, _d) = setup(4);
+    let h = handle(&store, &cfg, Start::Empty);
+    h.write(0, b"0123456789").await.unwrap();
+    h.wait_uploads().await;
+    assert_eq!(store.staged_blocks(), 2, "two full blocks went up early");
+    assert!(store.data("f").is_none(), "invisible before the commit");
+    h.commit().await.unwrap().unwrap();
+    assert_eq!(&store.data("f").unwrap()[..], b"0123456789");
+    h.finish();
+    assert!(!h.staging_path().exists(), "staging removed after success");
+}
+
+#[tokio::test]
+async fn a_failed_commit_keeps_the_staging_file_and_the_old_object() {
+    let (store, cfg, _d) = setup(4);
+    store.put("f", "old");
+    let h = handle(&store, &cfg, Start::Empty);
+    h.write(0, b"new content").await.unwrap();
+    store.fail_writes.store(true, Ordering::Relaxed);
+    assert!(h.commit().await.is_err());
+    h.finish();
+    assert_eq!(&store.data("f").unwrap()[..], b"old");
+    assert_eq!(std::fs::read(h.staging_path()).unwrap(), b"new content");
+    let target = std::fs::read_to_string(h.staging_path().with_extension("target")).unwrap();
+    assert!(target.ends_with("\nf\n"), "{target}");
+}
+
+#[tokio::test]
+async fn only_staging_files_without_a_live_handle_are_leftovers() {
+    // Blocks larger than the data: no upload task holds the handle.
+    let (store, cfg, _d) = setup(1 << 20);
+    let h = handle(&store, &cfg, Start::Empty);
+    h.write(0, b"written, never committed").await.unwrap();
+    assert_eq!(
+        leftovers(&cfg.staging_dir),
+        [],
+        "a live handle's file is not left over"
+    );
+    let data = h.staging_path().to_path_buf();
+    // What a killed daemon leaves: the file and its sidecar, no handle, no commit.
+    drop(h);
+    assert_eq!(
+        leftovers(&cfg.staging_dir),
+        [Leftover {
+            data,
+            target: "memory://f".into(),
+            size: 24
+        }]
+    );
+}
+
+#[tokio::test]
+async fn a_size_past_the_largest_blob_is_refused_and_changes_nothing() {
+    let (store, cfg, _d) = setup(4);
+    let h = handle(&store, &cfg, Start::Empty);
+    h.write(0, b"part").await.unwrap();
+    let e = h.set_size(u64::MAX).await.unwrap_err();
+    assert_eq!(e.errno(), libc::EFBIG);
+    let e = h.write(MAX_FILE_SIZE - 2, b"xyz").await.unwrap_err();
+    assert_eq!(e.errno(), libc::EFBIG);
+    h.commit().await.unwrap().unwrap();
+    assert_eq!(&store.data("f").unwrap()[..], b"part");
+}
+
+#[tokio::test]
+async fn a_copy_in_that_failed_before_any_change_still_fails_the_commit() {
+    let (store, cfg, _d) = setup(4);
+    store.put("f", "old content");
+    let base = version_of(&store, "f").await;
+    let h = handle(&store, &cfg, Start::Existing(base));
+    // Replaced meanwhile: copying the original in fails, nothing was changed yet.
+    store.put("f", "other");
+    assert!(h.write(11, b" appended").await.is_err());
+    assert!(h.commit().await.is_err(), "close must not say 0");
+    assert!(!h.awaits_commit());
+    assert_eq!(&store.data("f").unwrap()[..], b"other");
+}
+
+#[tokio::test]
+async fn appending_to_an_existing_object_rewrites_it_whole() {
+    let (store, cfg, _d) = setup(4);
+    store.put("f", "hello");
+    let base = version_of(&store, "f").await;
+    let h = handle(&store, &cfg, Start::Existing(base));
+    assert_eq!(h.size(), 5);
+    h.write(5, b", world").await.unwrap();
+    h.write(0, b"H").await.unwrap();
+    h.commit().await.unwrap().unwrap();
+    assert_eq!(&store.data("f").unwrap()[..], b"Hello, world");
+}
+
+#[tokio::test]
+async fn truncating_then_writing_again_commits_only_the_new_bytes() {
+    let (store, cfg, _d) = setup(4);
+    let h = handle(&store, &cfg, Start::Empty);
+    h.write(0, b"0123456789").await.unwrap();
+    h.commit().await.unwrap().unwrap();
+    h.set_size(0).await.unwrap();
+    h.write(0, b"ab").await.unwrap();
+    h.set_size(6).await.unwrap();
+    h.commit().await.unwrap().unwrap();
+    assert_eq!(&store.data("f").unwrap()[..], b"ab\0\0\0\0");
+}
