@@ -8,8 +8,9 @@ const CONFLICTS: u8 = 3;
 
 fn init_logging(verbose: u8) {
     lakemount::init_logging(match verbose {
-        0 => "lakemount=info,warn",
-        1 => "lakemount=debug,info",
+        // fuser's session warns at every clean unmount that its own second unmount failed.
+        0 => "lakemount=info,warn,fuser::session=error",
+        1 => "lakemount=debug,info,fuser::session=error",
         _ => "trace",
     });
 }

@@ -362,3 +362,70 @@ fn a_writable_local_mount_creates_renames_and_removes_in_the_lake() {
         "staging emptied"
     );
 }
+
+#[test]
+fn unsupported_operations_answer_their_errno_and_a_normal_run_logs_nothing_per_operation() {
+    use std::os::fd::AsRawFd;
+    let src = tempfile::tempdir().unwrap();
+    build_tree(src.path());
+    let staging = tempfile::tempdir().unwrap();
+    let st = staging.path().to_str().unwrap();
+    let m = Mount::start(&lake_url(src.path()), &["--staging-dir", st], &[])
+        .unwrap_or_else(|o| panic!("{o:?}"));
+    let mp = m.path();
+    // What every Python open() does: ask whether the file is a terminal.
+    for i in 0..200 {
+        let f = std::fs::File::open(mp.join(format!("many/f{i:04}.txt"))).unwrap();
+        // SAFETY: TCGETS into a zeroed termios on a descriptor we own.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::TCGETS, &mut t) };
+        assert_eq!(
+            (r, std::io::Error::last_os_error().raw_os_error()),
+            (-1, Some(libc::ENOTTY))
+        );
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(mp.join("new.bin"))
+        .unwrap();
+    // SAFETY: fallocate(2) on a descriptor we own.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 4096) };
+    assert_eq!(
+        (r, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::EOPNOTSUPP))
+    );
+    drop(f);
+    // copy_file_range falls back to reads and writes.
+    std::fs::copy(mp.join("README.txt"), mp.join("copy.txt")).unwrap();
+    assert_eq!(
+        std::fs::read(src.path().join("copy.txt")).unwrap(),
+        b"sample lake\n"
+    );
+    assert_eq!(
+        errno(std::os::unix::fs::symlink("README.txt", mp.join("ln"))),
+        Some(libc::EPERM)
+    );
+    assert_eq!(
+        errno(std::fs::hard_link(mp.join("README.txt"), mp.join("hl"))),
+        Some(libc::EPERM)
+    );
+    std::fs::File::open(mp.join("many"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    let c = std::ffi::CString::new(mp.join("README.txt").to_str().unwrap()).unwrap();
+    // SAFETY: access(2) on a NUL-terminated path.
+    assert_eq!(unsafe { libc::access(c.as_ptr(), libc::R_OK) }, 0);
+    let out = lakemount(&["unmount", mp.to_str().unwrap()], &[])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(wait_for(Duration::from_secs(10), || m
+        .log_text()
+        .contains("was unmounted")));
+    let log = m.log_text();
+    let noisy: Vec<&str> = log.lines().filter(|l| !l.contains(" INFO ")).collect();
+    assert!(noisy.is_empty(), "log lines beyond INFO: {noisy:#?}");
+    assert!(log.lines().count() < 10, "{log}");
+}
