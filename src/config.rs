@@ -90,6 +90,19 @@ fn size(flag: &str, v: Option<&str>, default: u64) -> Result<u64> {
     }
 }
 
+/// Longest metadata TTL taken: a year (the caches behind it refuse more than 1,000 years).
+const MAX_METADATA_TTL: u64 = 365 * 24 * 3600;
+
+fn metadata_ttl(v: Option<u64>, default: Duration) -> Result<Duration> {
+    match v {
+        None => Ok(default),
+        Some(s) if s > MAX_METADATA_TTL => {
+            bail!("--metadata-ttl: at most {MAX_METADATA_TTL} seconds (365 days), not {s}")
+        }
+        Some(s) => Ok(Duration::from_secs(s)),
+    }
+}
+
 pub fn block_size(v: Option<&str>) -> Result<u64> {
     let bs = size("block-size", v, DEFAULT_BLOCK_SIZE)?;
     if !(64 << 10..=256 << 20).contains(&bs) {
@@ -181,10 +194,7 @@ impl MountSettings {
             gid: args.gid.or(file.gid).unwrap_or(d.gid),
             file_mode: mode(file_mode, d.file_mode)?,
             dir_mode: mode(dir_mode, d.dir_mode)?,
-            metadata_ttl: args
-                .metadata_ttl
-                .or(file.metadata_ttl)
-                .map_or(d.metadata_ttl, Duration::from_secs),
+            metadata_ttl: metadata_ttl(args.metadata_ttl.or(file.metadata_ttl), d.metadata_ttl)?,
             endpoint: args.endpoint.clone().or(file.endpoint),
             auth: args.auth.or(file.auth).unwrap_or(d.auth),
             log_file: args.log_file.clone().or(file.log_file),

@@ -183,6 +183,12 @@ fn bad_config_files_and_flag_values_are_one_line_each() {
         &["--metrics-addr", "nope"],
         "--metrics-addr \"nope\": expected HOST:PORT",
     );
+    for ttl in ["99999999999", "18446744073709551615"] {
+        mount(
+            &["--metadata-ttl", ttl],
+            "--metadata-ttl: at most 31536000 seconds",
+        );
+    }
     mount(&["--dir-mode", "rwx"], "invalid mode \"rwx\"");
     mount(&["--endpoint", "not-a-url"], "endpoint \"not-a-url\"");
     mount(
