@@ -29,6 +29,28 @@ pub fn init_logging(default: &str) {
         .init();
 }
 
+/// Raises the soft limit of open files to the hard one: the daemon holds a descriptor per
+/// file being written (and per cache file read), and systemd's default soft limit of 1,024
+/// is soon reached by training jobs. Call first thing in `main`.
+pub fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit out-buffer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::debug!(
+                    "cannot raise RLIMIT_NOFILE: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
 /// Keeps the daemon's resident memory near what its caches account for. Block buffers (MiB
 /// each) come from the heap below a fixed mmap threshold: a fresh mmap per block would cost
 /// page faults and zeroing (a quarter of the disk-cache read rate here). One arena lets a

@@ -17,6 +17,7 @@ fn init_logging(verbose: u8) {
 
 fn main() -> ExitCode {
     lakemount::tune_allocator();
+    lakemount::raise_open_file_limit();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match &cli.command {

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -428,4 +429,43 @@ fn unsupported_operations_answer_their_errno_and_a_normal_run_logs_nothing_per_o
     let noisy: Vec<&str> = log.lines().filter(|l| !l.contains(" INFO ")).collect();
     assert!(noisy.is_empty(), "log lines beyond INFO: {noisy:#?}");
     assert!(log.lines().count() < 10, "{log}");
+}
+
+#[test]
+fn a_daemon_started_under_a_low_open_file_limit_raises_it_and_takes_many_writers() {
+    use std::os::unix::process::CommandExt;
+    let src = tempfile::tempdir().unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let st = staging.path().to_str().unwrap();
+    // A soft limit of 256 (systemd's default is 1,024), the hard one left as it is.
+    let m = Mount::start_with(&lake_url(src.path()), &["--staging-dir", st], &[], |cmd| {
+        // SAFETY: getrlimit/setrlimit are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut lim = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+                lim.rlim_cur = 256;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                Ok(())
+            });
+        }
+    })
+    .unwrap_or_else(|o| panic!("{o:?}"));
+    let files: Vec<std::fs::File> = (0..600)
+        .map(|i| {
+            let mut f = std::fs::File::create(m.path().join(format!("w{i:03}"))).unwrap();
+            f.write_all(format!("{i}").as_bytes()).unwrap();
+            f
+        })
+        .collect();
+    drop(files);
+    for i in [0, 299, 599] {
+        assert_eq!(
+            std::fs::read_to_string(src.path().join(format!("w{i:03}"))).unwrap(),
+            i.to_string()
+        );
+    }
 }

@@ -60,6 +60,16 @@ impl Mount {
     /// Mounts `lake` on a fresh temporary directory in daemon mode; returns once the mount
     /// answers, or the command's output if it failed.
     pub fn start(lake: &str, extra: &[&str], env: &[(&str, &str)]) -> Result<Mount, Output> {
+        Mount::start_with(lake, extra, env, |_| {})
+    }
+
+    /// [`Mount::start`], with `tweak` applied to the `lakemount mount` command first.
+    pub fn start_with(
+        lake: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        tweak: impl FnOnce(&mut Command),
+    ) -> Result<Mount, Output> {
         let dir = tempfile::Builder::new()
             .prefix("lakemount-mnt")
             .tempdir()
@@ -75,7 +85,9 @@ impl Mount {
             log.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        let out = lakemount(&args, env).output().unwrap();
+        let mut cmd = lakemount(&args, env);
+        tweak(&mut cmd);
+        let out = cmd.output().unwrap();
         if !out.status.success() {
             return Err(out);
         }
