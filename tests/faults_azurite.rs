@@ -174,3 +174,50 @@ fn a_blob_replaced_while_read_gives_estale_never_a_mix() {
         "the new blob never showed"
     );
 }
+
+#[test]
+fn a_listing_that_never_ends_is_eio_at_once_through_the_mount_and_one_line_from_warm() {
+    let az = Azurite::start();
+    az.create_container(CONTAINER);
+    for i in 0..3 {
+        az.put_blob(CONTAINER, &format!("data/f{i}"), b"x");
+    }
+    // Every List Blobs answer names the same continuation marker.
+    let proxy = FaultProxy::looping_listings(az.port());
+    let cs = az.connection_string();
+    let env = [("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())];
+    let endpoint = proxy.endpoint();
+    let lake = format!("az://{ACCOUNT}/{CONTAINER}");
+    let m = Mount::start(&lake, &["--endpoint", &endpoint], &env)
+        .unwrap_or_else(|o| panic!("mount through the proxy failed: {o:?}"));
+    let before = proxy.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let e = std::fs::read_dir(m.path().join("data")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    assert_eq!(e.err().and_then(|e| e.raw_os_error()), Some(libc::EIO));
+    let used = proxy.requests.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(used < 20, "{used} requests for one listing");
+    assert!(
+        wait_for(Duration::from_secs(10), || m
+            .log_text()
+            .contains("does not end")),
+        "the log says why: {}",
+        m.log_text()
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let out = lakemount(
+        &[
+            "warm",
+            &format!("{lake}/data"),
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+            "--endpoint",
+            &endpoint,
+        ],
+        &env,
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("does not end"), "{err}");
+}

@@ -44,6 +44,9 @@ pub struct MemoryStore {
     hierarchical: bool,
     /// While set, every write fails as if the network were down (fault injection).
     pub fail_writes: AtomicBool,
+    /// Listing faults (injection): 1, every page names the same continuation marker; 2, every
+    /// page is empty and names a new marker.
+    pub broken_listing: AtomicU64,
     pub counters: Counters,
 }
 
@@ -67,6 +70,7 @@ impl MemoryStore {
             staged: Mutex::new(HashMap::new()),
             hierarchical: false,
             fail_writes: AtomicBool::new(false),
+            broken_listing: AtomicU64::new(0),
             counters: Counters::default(),
         }
     }
@@ -176,7 +180,22 @@ impl Store for MemoryStore {
     }
 
     async fn list_page(&self, prefix: &str, marker: Option<String>) -> StoreResult<ListPage> {
-        self.counters.lists.fetch_add(1, Ordering::Relaxed);
+        let n = self.counters.lists.fetch_add(1, Ordering::Relaxed);
+        match self.broken_listing.load(Ordering::Relaxed) {
+            1 => {
+                return Ok(ListPage {
+                    next: Some("again".into()),
+                    ..ListPage::default()
+                })
+            }
+            2 => {
+                return Ok(ListPage {
+                    next: Some(format!("m{n}")),
+                    ..ListPage::default()
+                })
+            }
+            _ => {}
+        }
         // Build the delimiter view of this level, in key order, then cut one page after `marker`.
         let mut items: Vec<Item> = Vec::new();
         {
@@ -350,6 +369,21 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
     use crate::store::list_all;
+
+    #[tokio::test]
+    async fn a_listing_that_never_ends_fails_in_bounded_pages() {
+        // A repeated marker is caught at its second sight; endless empty pages after 100.
+        for (fault, pages) in [(1, 2), (2, 100)] {
+            let s = MemoryStore::new();
+            s.put("a", "a");
+            s.broken_listing.store(fault, Ordering::Relaxed);
+            let e = list_all(&s, "").await.unwrap_err();
+            assert!(e.to_string().contains("does not end"), "{e}");
+            assert_eq!(e.errno(), libc::EIO);
+            assert!(!e.is_transient(), "not retried");
+            assert_eq!(s.counters.lists.load(Ordering::Relaxed), pages);
+        }
+    }
 
     #[tokio::test]
     async fn listing_has_blob_delimiter_semantics_across_pages() {

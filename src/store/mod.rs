@@ -98,6 +98,10 @@ pub enum StoreError {
     /// The writer can upload them again.
     #[error("staged blocks are gone: {0}")]
     BlocksMissing(String),
+    /// The store answered something that cannot be right (a listing that never ends): not
+    /// worth another try.
+    #[error("{0}")]
+    Protocol(String),
     /// A name longer than the store takes (a path past PATH_MAX on a local lake).
     #[error("name too long: {0}")]
     NameTooLong(String),
@@ -134,6 +138,7 @@ impl StoreError {
             | StoreError::Unreachable(_)
             | StoreError::Busy(..)
             | StoreError::BlocksMissing(_)
+            | StoreError::Protocol(_)
             | StoreError::Other(_) => libc::EIO,
         }
     }
@@ -237,18 +242,47 @@ fn read_only(key: &str) -> StoreError {
 pub type DynStore = Arc<dyn Store>;
 
 /// All pages of one directory level, concatenated.
+/// Most pages one listing may take: 100 million entries at Azure's 5,000 a page.
+const MAX_PAGES: usize = 20_000;
+/// Most empty pages in a row (Azure may return some, with a marker, while it skips deleted
+/// blobs; an endless run of them is a listing that never ends).
+const MAX_EMPTY_PAGES: usize = 100;
+
 pub async fn list_all(store: &dyn Store, prefix: &str) -> StoreResult<ListPage> {
     let mut all = ListPage::default();
-    let mut marker = None;
-    loop {
-        let page = store.list_page(prefix, marker).await?;
+    let mut marker: Option<String> = None;
+    let mut seen = std::collections::HashSet::new();
+    let mut empty_run = 0;
+    for _ in 0..MAX_PAGES {
+        let page = store.list_page(prefix, marker.clone()).await?;
+        empty_run = if page.objects.is_empty() && page.prefixes.is_empty() {
+            empty_run + 1
+        } else {
+            0
+        };
         all.objects.extend(page.objects);
         all.prefixes.extend(page.prefixes);
-        match page.next {
-            Some(next) if !next.is_empty() => marker = Some(next),
+        let next = match page.next {
+            Some(next) if !next.is_empty() => next,
             _ => return Ok(all),
+        };
+        let what = format!("listing of {:?} on {}", prefix, store.describe());
+        if !seen.insert(next.clone()) {
+            return Err(StoreError::Protocol(format!(
+                "{what} does not end: the store named the same continuation marker twice"
+            )));
         }
+        if empty_run >= MAX_EMPTY_PAGES {
+            return Err(StoreError::Protocol(format!(
+                "{what} does not end: {empty_run} empty pages in a row"
+            )));
+        }
+        marker = Some(next);
     }
+    Err(StoreError::Protocol(format!(
+        "listing of {prefix:?} on {} does not end within {MAX_PAGES} pages",
+        store.describe()
+    )))
 }
 
 /// Opens the store a lake URL names.

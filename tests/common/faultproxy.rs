@@ -29,6 +29,16 @@ enum Fault {
 
 impl FaultProxy {
     pub fn start(upstream: u16, every: u64) -> FaultProxy {
+        FaultProxy::start_with(upstream, every, false)
+    }
+
+    /// A proxy whose every List Blobs answer names the same continuation marker: a listing
+    /// that never ends. No other faults.
+    pub fn looping_listings(upstream: u16) -> FaultProxy {
+        FaultProxy::start_with(upstream, u64::MAX, true)
+    }
+
+    fn start_with(upstream: u16, every: u64, loop_lists: bool) -> FaultProxy {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -46,7 +56,7 @@ impl FaultProxy {
                             [Fault::Busy, Fault::Internal, Fault::CutBody][(k % 3) as usize]
                         });
                         std::thread::spawn(move || {
-                            let _ = serve(conn, upstream, fault);
+                            let _ = serve(conn, upstream, fault, loop_lists);
                         });
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -121,7 +131,65 @@ fn read_request(conn: &mut TcpStream) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-fn serve(mut conn: TcpStream, upstream: u16, fault: Option<Fault>) -> io::Result<()> {
+/// The same response with `<NextMarker>` set to one constant, and its length fixed.
+fn loop_marker(response: Vec<u8>) -> Vec<u8> {
+    let Some(head_end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return response;
+    };
+    let head = String::from_utf8_lossy(&response[..head_end]).into_owned();
+    let raw = &response[head_end + 4..];
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked { dechunk(raw) } else { raw.to_vec() };
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let re_start = body.find("<NextMarker");
+    let Some(start) = re_start else {
+        return response;
+    };
+    let end = body[start..]
+        .find("</NextMarker>")
+        .map(|i| start + i + "</NextMarker>".len())
+        .or_else(|| body[start..].find("/>").map(|i| start + i + 2))
+        .unwrap_or(start);
+    let body = format!(
+        "{}<NextMarker>LOOP</NextMarker>{}",
+        &body[..start],
+        &body[end..]
+    );
+    let head: String = head
+        .split("\r\n")
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            !l.starts_with("content-length:") && !l.starts_with("transfer-encoding:")
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    format!("{head}\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+/// The body of a chunked transfer encoding.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&raw[..eol]);
+        let size =
+            usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        if size == 0 || raw.len() < eol + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
+        raw = &raw[(eol + 4 + size).min(raw.len())..];
+    }
+    out
+}
+
+fn serve(
+    mut conn: TcpStream,
+    upstream: u16,
+    fault: Option<Fault>,
+    loop_lists: bool,
+) -> io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(60)))?;
     let request = read_request(&mut conn)?;
     let canned = |status: &str, code: &str, extra: &str| {
@@ -152,6 +220,14 @@ fn serve(mut conn: TcpStream, upstream: u16, fault: Option<Fault>) -> io::Result
                     .map_or(response.len(), |i| i + 4);
                 let body = response.len() - head_end;
                 response.truncate(head_end + body / 2);
+            }
+            let listing = request.starts_with(b"GET ")
+                && String::from_utf8_lossy(&request[..request.len().min(2048)])
+                    .lines()
+                    .next()
+                    .is_some_and(|l| l.contains("comp=list"));
+            if loop_lists && listing {
+                response = loop_marker(response);
             }
             conn.write_all(&response)?;
         }
