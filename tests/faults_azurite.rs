@@ -125,24 +125,44 @@ fn faults_on_the_wire_are_retried_and_every_byte_stays_right() {
 
 #[test]
 fn a_blob_replaced_while_read_gives_estale_never_a_mix() {
+    // Straight to Azurite, and through a proxy that drops If-Match (then only the ETag of
+    // each response tells an old version from a new one).
+    for drop_if_match in [false, true] {
+        replaced_while_read(drop_if_match);
+    }
+}
+
+fn replaced_while_read(drop_if_match: bool) {
     use std::io::Read;
     let az = Azurite::start();
     az.create_container(CONTAINER);
     let old = pseudo_random(16 << 20, 31);
     let new = pseudo_random(16 << 20, 32);
     az.put_blob_large(CONTAINER, "f.bin", &old);
-    let m = mount_azurite(
-        &az,
-        CONTAINER,
-        &[
-            "--block-size",
-            "1M",
-            "--max-readahead",
-            "1M",
-            "--metadata-ttl",
-            "1",
-        ],
-    );
+    let flags = [
+        "--block-size",
+        "1M",
+        "--max-readahead",
+        "1M",
+        "--metadata-ttl",
+        "1",
+    ];
+    let proxy = drop_if_match.then(|| FaultProxy::dropping_if_match(az.port()));
+    let m = match &proxy {
+        None => mount_azurite(&az, CONTAINER, &flags),
+        Some(p) => {
+            let sas = az.account_sas("racwdl");
+            let endpoint = p.endpoint();
+            let mut args = flags.to_vec();
+            args.extend(["--endpoint", &endpoint]);
+            Mount::start(
+                &format!("az://{ACCOUNT}/{CONTAINER}"),
+                &args,
+                &[("AZURE_STORAGE_SAS_TOKEN", sas.as_str())],
+            )
+            .unwrap_or_else(|o| panic!("mount through the proxy failed: {o:?}"))
+        }
+    };
     let p = m.path().join("f.bin");
     let mut f = std::fs::File::open(&p).unwrap();
     let mut buf = vec![0u8; 1 << 20];

@@ -503,6 +503,14 @@ impl Store for AzureStore {
             .get_opts(&self.object_path(key)?, opts)
             .await
             .map_err(|e| map_os_error(key, e))?;
+        // Not trusting the service to honour If-Match (a proxy or cache may drop it): bytes of
+        // another version are never handed out.
+        let got = res.meta.e_tag.as_deref().map(bare_etag);
+        if got.is_some_and(|g| g != bare_etag(etag)) {
+            return Err(StoreError::Changed(format!(
+                "{key}: the lake answered another version than the one open"
+            )));
+        }
         res.bytes().await.map_err(|e| map_os_error(key, e))
     }
 
@@ -656,6 +664,11 @@ impl Store for AzureStore {
     async fn probe(&self) -> StoreResult<()> {
         self.list("", None, 1).await.map(|_| ())
     }
+}
+
+/// An ETag without the quotes and weak marker headers carry (listings give it bare).
+fn bare_etag(e: &str) -> &str {
+    e.trim().trim_start_matches("W/").trim_matches('"')
 }
 
 #[cfg(test)]

@@ -20,6 +20,13 @@ pub struct FaultProxy {
     accept: Option<JoinHandle<()>>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Faults,
+    LoopListings,
+    DropIfMatch,
+}
+
 #[derive(Clone, Copy)]
 enum Fault {
     Busy,
@@ -29,16 +36,23 @@ enum Fault {
 
 impl FaultProxy {
     pub fn start(upstream: u16, every: u64) -> FaultProxy {
-        FaultProxy::start_with(upstream, every, false)
+        FaultProxy::start_with(upstream, every, Mode::Faults)
+    }
+
+    /// A proxy that forwards every request without its `If-Match` header, as a cache or an
+    /// origin that ignores conditions would. Only SAS requests still pass Azurite's checks
+    /// (a shared key signs the header). No other faults.
+    pub fn dropping_if_match(upstream: u16) -> FaultProxy {
+        FaultProxy::start_with(upstream, u64::MAX, Mode::DropIfMatch)
     }
 
     /// A proxy whose every List Blobs answer names the same continuation marker: a listing
     /// that never ends. No other faults.
     pub fn looping_listings(upstream: u16) -> FaultProxy {
-        FaultProxy::start_with(upstream, u64::MAX, true)
+        FaultProxy::start_with(upstream, u64::MAX, Mode::LoopListings)
     }
 
-    fn start_with(upstream: u16, every: u64, loop_lists: bool) -> FaultProxy {
+    fn start_with(upstream: u16, every: u64, mode: Mode) -> FaultProxy {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -56,7 +70,7 @@ impl FaultProxy {
                             [Fault::Busy, Fault::Internal, Fault::CutBody][(k % 3) as usize]
                         });
                         std::thread::spawn(move || {
-                            let _ = serve(conn, upstream, fault, loop_lists);
+                            let _ = serve(conn, upstream, fault, mode);
                         });
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -92,7 +106,7 @@ impl Drop for FaultProxy {
 }
 
 /// Reads one request (head and Content-Length body).
-fn read_request(conn: &mut TcpStream) -> io::Result<Vec<u8>> {
+fn read_request(conn: &mut TcpStream, drop_if_match: bool) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 64 << 10];
     let head_end = loop {
@@ -122,7 +136,12 @@ fn read_request(conn: &mut TcpStream) -> io::Result<Vec<u8>> {
     let text = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let mut out: Vec<u8> = text
         .split("\r\n")
-        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty())
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            !l.starts_with("connection:")
+                && !l.is_empty()
+                && !(drop_if_match && l.starts_with("if-match:"))
+        })
         .map(|l| format!("{l}\r\n"))
         .collect::<String>()
         .into_bytes();
@@ -184,14 +203,9 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     out
 }
 
-fn serve(
-    mut conn: TcpStream,
-    upstream: u16,
-    fault: Option<Fault>,
-    loop_lists: bool,
-) -> io::Result<()> {
+fn serve(mut conn: TcpStream, upstream: u16, fault: Option<Fault>, mode: Mode) -> io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let request = read_request(&mut conn)?;
+    let request = read_request(&mut conn, mode == Mode::DropIfMatch)?;
     let canned = |status: &str, code: &str, extra: &str| {
         format!(
             "HTTP/1.1 {status}\r\nx-ms-error-code: {code}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
@@ -226,7 +240,7 @@ fn serve(
                     .lines()
                     .next()
                     .is_some_and(|l| l.contains("comp=list"));
-            if loop_lists && listing {
+            if mode == Mode::LoopListings && listing {
                 response = loop_marker(response);
             }
             conn.write_all(&response)?;
