@@ -138,9 +138,8 @@ fn read_request(conn: &mut TcpStream, drop_if_match: bool) -> io::Result<Vec<u8>
         .split("\r\n")
         .filter(|l| {
             let l = l.to_ascii_lowercase();
-            !l.starts_with("connection:")
-                && !l.is_empty()
-                && !(drop_if_match && l.starts_with("if-match:"))
+            let dropped = drop_if_match && l.starts_with("if-match:");
+            !(l.starts_with("connection:") || l.is_empty() || dropped)
         })
         .map(|l| format!("{l}\r\n"))
         .collect::<String>()
