@@ -71,6 +71,14 @@ fn normalize_prefix(p: &str) -> Result<String, String> {
 impl LakeUrl {
     pub fn parse(s: &str) -> Result<LakeUrl, String> {
         let s = s.trim();
+        if let Some((base, _)) = s.split_once('?') {
+            // Most often a SAS pasted with the URL: never echoed back.
+            return Err(format!(
+                "invalid lake URL {base:?} followed by a query string (not shown): a lake URL \
+                 takes none; give a SAS in AZURE_STORAGE_SAS_TOKEN or a connection string \
+                 instead (README: \"Credentials\")"
+            ));
+        }
         let bad = |why: &str| Err(format!("invalid lake URL {s:?}: {why}"));
         let Some((scheme, rest)) = s.split_once("://") else {
             return bad(FORMS);

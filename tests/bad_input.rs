@@ -353,3 +353,41 @@ fn lakes_that_refuse_are_missing_or_are_not_azure_fail_every_command_in_one_line
     assert!(!Path::new(dest).exists(), "nothing downloaded");
     assert_eq!(az.list_blobs("data", ""), ["a.txt"], "nothing uploaded");
 }
+
+#[test]
+fn a_sas_pasted_into_a_lake_url_is_refused_and_never_printed() {
+    let dir = workdir();
+    let d = dir.path();
+    let [mp, src, dest, cache, log] = work_paths(d);
+    for url in [
+        "az://myaccount/data/x?sv=2024-01-01&sig=TOPSECRET",
+        "az://myaccount/lake?sig=TOPSECRET",
+        "https://myaccount.blob.core.windows.net/lake?sv=2024&ss=b&sig=TOPSECRET",
+        "abfss://lake@myaccount.dfs.core.windows.net/p?sig=TOPSECRET",
+    ] {
+        every_command(d, url, "followed by a query string (not shown)");
+        let cfg = d.join("sas.toml");
+        std::fs::write(&cfg, format!("lake = \"{url}\"\nmountpoint = \"{mp}\"\n")).unwrap();
+        let cfg = cfg.to_str().unwrap();
+        for args in [
+            vec!["mount", url, &mp, "--log-file", &log],
+            vec!["mount", "--config", cfg, "--log-file", &log],
+            vec!["upload", &src, url],
+            vec!["download", url, &dest],
+            vec!["warm", url, "--cache-dir", &cache],
+        ] {
+            let out = lakemount(&args, &KEY_ENV).output().unwrap();
+            let all = format!(
+                "{}{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            assert!(!out.status.success(), "{args:?}");
+            assert!(
+                !all.contains("TOPSECRET") && !all.contains("sig="),
+                "{args:?}: {all}"
+            );
+        }
+    }
+}
