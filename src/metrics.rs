@@ -58,6 +58,12 @@ pub async fn serve(
     addr: std::net::SocketAddr,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<std::net::SocketAddr> {
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            "serving metrics on {addr}, beyond this machine: anyone who reaches it can read \
+             the mount's counters (bind 127.0.0.1 unless a scraper elsewhere needs them)"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
@@ -67,12 +73,22 @@ pub async fn serve(
             };
             let metrics = metrics.clone();
             tokio::spawn(async move {
-                // One request per connection; the request itself is not needed beyond its arrival.
+                // One request per connection; only `GET /metrics` is answered with them.
                 let mut buf = [0u8; 1024];
-                let _ = sock.read(&mut buf).await;
-                let body = metrics.render();
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                let first = String::from_utf8_lossy(&buf[..n]);
+                let wanted = first
+                    .lines()
+                    .next()
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .is_some_and(|path| path == "/metrics" || path.starts_with("/metrics?"));
+                let (status, body) = if wanted {
+                    ("200 OK", metrics.render())
+                } else {
+                    ("404 Not Found", "metrics are at /metrics\n".to_string())
+                };
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
                 );
                 let _ = sock.write_all(head.as_bytes()).await;
@@ -106,5 +122,19 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE lakemount_disk_hit_bytes_total counter"));
+        for other in [
+            "GET / HTTP/1.1",
+            "GET /admin HTTP/1.1",
+            "GET /metricsx HTTP/1.1",
+        ] {
+            let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+            sock.write_all(format!("{other}\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut text = String::new();
+            sock.read_to_string(&mut text).await.unwrap();
+            assert!(text.starts_with("HTTP/1.1 404"), "{other}: {text}");
+            assert!(!text.contains("lakemount_store"), "{other}");
+        }
     }
 }

@@ -198,6 +198,18 @@ fn bad_credentials_fail_fast_with_one_line() {
         &[("AZURE_STORAGE_SAS_TOKEN", expired_sas)],
     );
     assert!(err.contains("access denied"), "{err}");
+    // A correctly signed SAS whose time is up: the refusal says it expired, and shows no signature.
+    let expired = az.account_sas_until("rl", "2020-01-01T00:00:00Z");
+    let err = refused(
+        &endpoint,
+        &lake(),
+        &[("AZURE_STORAGE_SAS_TOKEN", expired.as_str())],
+    );
+    assert!(
+        err.contains("the SAS expired at 2020-01-01T00:00:00Z"),
+        "{err}"
+    );
+    assert!(!err.contains("sig="), "{err}");
 
     let good = az.connection_string();
     let missing = format!("az://{}/no-such-container", common::azurite::ACCOUNT);

@@ -469,3 +469,17 @@ fn a_daemon_started_under_a_low_open_file_limit_raises_it_and_takes_many_writers
         );
     }
 }
+
+#[test]
+fn metrics_served_beyond_loopback_are_warned_about() {
+    let src = tempfile::tempdir().unwrap();
+    let m = Mount::start(&lake_url(src.path()), &["--metrics-addr", "0.0.0.0:0"], &[])
+        .unwrap_or_else(|o| panic!("{o:?}"));
+    assert!(
+        wait_for(Duration::from_secs(10), || m
+            .log_text()
+            .contains("beyond this machine")),
+        "{}",
+        m.log_text()
+    );
+}

@@ -192,6 +192,8 @@ pub struct AzureStore {
     container: String,
     prefix: String,
     hns: tokio::sync::OnceCell<bool>,
+    /// The `se=` (expiry) of the SAS in use, if one is: a refusal then says whether it expired.
+    sas_expiry: Option<String>,
 }
 
 impl fmt::Debug for AzureStore {
@@ -248,6 +250,9 @@ impl AzureStore {
         if let Some(t) = target.auth.credential_type() {
             b = b.with_credential_type(t);
         }
+        let sas_expiry = b
+            .get_config_value(&AzureConfigKey::SasKey)
+            .and_then(|sas| sas_expiry(&sas));
         let os = b.build().map_err(|e| config_err(e.to_string()))?;
         let options = ClientOptions::new()
             .with_allow_http(allow_http)
@@ -270,6 +275,7 @@ impl AzureStore {
             container: target.container,
             prefix: target.prefix,
             hns: tokio::sync::OnceCell::new(),
+            sas_expiry,
         })
     }
 
@@ -404,7 +410,7 @@ impl AzureStore {
             }
             StatusCode::NOT_FOUND => StoreError::NotFound(detail),
             StatusCode::PRECONDITION_FAILED => StoreError::Changed(detail),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => StoreError::Denied(detail),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => self.denied(detail),
             StatusCode::BAD_REQUEST if code == "InvalidBlockList" => {
                 StoreError::BlocksMissing(detail)
             }
@@ -444,14 +450,44 @@ fn committed(resp: HttpResponse) -> StoreResult<Committed> {
     })
 }
 
-fn map_os_error(key: &str, e: object_store::Error) -> StoreError {
-    match e {
-        object_store::Error::NotFound { .. } => StoreError::NotFound(key.to_string()),
-        object_store::Error::Precondition { .. } => StoreError::Changed(key.to_string()),
-        object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. } => StoreError::Denied(format!("{key}: {e}")),
-        other => StoreError::Other(format!("{key}: {other}")),
+impl AzureStore {
+    fn map_os_error(&self, key: &str, e: object_store::Error) -> StoreError {
+        match e {
+            object_store::Error::NotFound { .. } => StoreError::NotFound(key.to_string()),
+            object_store::Error::Precondition { .. } => StoreError::Changed(key.to_string()),
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => self.denied(format!("{key}: {e}")),
+            other => StoreError::Other(format!("{key}: {other}")),
+        }
     }
+
+    /// A refusal, saying so when the SAS in use has expired (the service only says 403).
+    fn denied(&self, detail: String) -> StoreError {
+        let Some(se) = &self.sas_expiry else {
+            return StoreError::Denied(detail);
+        };
+        let expired = chrono::DateTime::parse_from_rfc3339(se)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .or_else(|_| {
+                chrono::NaiveDate::parse_from_str(se, "%Y-%m-%d")
+                    .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc())
+            })
+            .is_ok_and(|t| t <= chrono::Utc::now());
+        StoreError::Denied(if expired {
+            format!("{detail}; the SAS expired at {se}: make a new one (AZURE_STORAGE_SAS_TOKEN)")
+        } else {
+            format!("{detail}; with a SAS valid until {se}: check its permissions (sp=) and scope")
+        })
+    }
+}
+
+/// The expiry (`se=`) of a SAS token, percent-decoded; the rest of the token stays unread.
+fn sas_expiry(sas: &str) -> Option<String> {
+    sas.trim_start_matches('?')
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("se="))
+        .and_then(|v| percent_encoding::percent_decode_str(v).decode_utf8().ok())
+        .map(|v| v.into_owned())
 }
 
 #[async_trait]
@@ -502,7 +538,7 @@ impl Store for AzureStore {
             .os
             .get_opts(&self.object_path(key)?, opts)
             .await
-            .map_err(|e| map_os_error(key, e))?;
+            .map_err(|e| self.map_os_error(key, e))?;
         // Not trusting the service to honour If-Match (a proxy or cache may drop it): bytes of
         // another version are never handed out.
         let got = res.meta.e_tag.as_deref().map(bare_etag);
@@ -511,14 +547,14 @@ impl Store for AzureStore {
                 "{key}: the lake answered another version than the one open"
             )));
         }
-        res.bytes().await.map_err(|e| map_os_error(key, e))
+        res.bytes().await.map_err(|e| self.map_os_error(key, e))
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.os
             .delete(&self.object_path(key)?)
             .await
-            .map_err(|e| map_os_error(key, e))
+            .map_err(|e| self.map_os_error(key, e))
     }
 
     async fn put_block(&self, key: &str, block_id: &str, data: Bytes) -> StoreResult<()> {

@@ -119,8 +119,13 @@ impl Azurite {
     /// An account SAS with permissions `perms` (e.g. `rl`, `rwdlc`) on blobs, signed with the
     /// account key: for tools (rclone's `sas_url`) that need one.
     pub fn account_sas(&self, perms: &str) -> String {
+        self.account_sas_until(perms, "2035-01-01T00:00:00Z")
+    }
+
+    /// An account SAS that expires at `se` (RFC 3339, UTC).
+    pub fn account_sas_until(&self, perms: &str, se: &str) -> String {
         let key = BASE64.decode(KEY).unwrap();
-        let (ss, srt, se, spr, sv) = ("b", "sco", "2035-01-01T00:00:00Z", "http", "2019-12-12");
+        let (ss, srt, spr, sv) = ("b", "sco", "http", "2019-12-12");
         let to_sign = format!("{ACCOUNT}\n{perms}\n{ss}\n{srt}\n\n{se}\n\n{spr}\n{sv}\n");
         let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
         mac.update(to_sign.as_bytes());
