@@ -17,6 +17,28 @@ pub mod reader;
 pub mod store;
 pub mod transfer;
 
+/// Parses the command line; clap's refusals (an unknown flag, `--uid abc`, `--threads 0`)
+/// become one line and exit code 1, like every other bad input. Help and version print as
+/// clap prints them.
+pub fn parse_args<C: clap::Parser>(program: &str) -> Result<C, std::process::ExitCode> {
+    use clap::error::ErrorKind;
+    C::try_parse().map_err(|e| {
+        if matches!(
+            e.kind(),
+            ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        ) {
+            e.exit();
+        }
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or_default();
+        let first = first.strip_prefix("error: ").unwrap_or(first);
+        eprintln!("{program}: error: {first} (see {program} --help)");
+        std::process::ExitCode::FAILURE
+    })
+}
+
 /// Logs to stderr at `default` (a tracing filter) unless `RUST_LOG` says otherwise; colours
 /// only on a terminal.
 pub fn init_logging(default: &str) {

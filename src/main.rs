@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use lakemount::cli::{CacheCommand, Cli, Command};
 
 /// Exit code of an upload or download refused because targets exist (see --help).
@@ -18,7 +17,10 @@ fn init_logging(verbose: u8) {
 fn main() -> ExitCode {
     lakemount::tune_allocator();
     lakemount::raise_open_file_limit();
-    let cli = Cli::parse();
+    let cli: Cli = match lakemount::parse_args("lakemount") {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     init_logging(cli.verbose);
     let result = match &cli.command {
         Command::Mount(args) => lakemount::mount::run(args),

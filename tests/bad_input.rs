@@ -391,3 +391,41 @@ fn a_sas_pasted_into_a_lake_url_is_refused_and_never_printed() {
         }
     }
 }
+
+#[test]
+fn values_the_argument_parser_refuses_are_one_line_and_exit_1_too() {
+    for (args, want) in [
+        (
+            vec!["mount", "--uid", "abc", "file:///x", "/mnt/x"],
+            "invalid value 'abc' for '--uid",
+        ),
+        (
+            vec!["mount", "--metadata-ttl", "1e3", "file:///x", "/mnt/x"],
+            "invalid value '1e3'",
+        ),
+        (
+            vec!["upload", "--threads", "0", "a", "az://acct/data"],
+            "0 is not in 1..=512",
+        ),
+        (
+            vec!["mount", "--no-such-flag"],
+            "unexpected argument '--no-such-flag'",
+        ),
+        (vec!["frobnicate"], "unrecognized subcommand 'frobnicate'"),
+    ] {
+        fails(&args, &[], want);
+    }
+    let agent = env!("CARGO_BIN_EXE_lake-agent");
+    let out = std::process::Command::new(agent)
+        .arg("--no-such-flag")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.starts_with("lake-agent: error: "), "{err}");
+    // Help still prints whole, with success.
+    let help = lakemount(&["mount", "--help"], &[]).output().unwrap();
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--metadata-ttl"));
+}

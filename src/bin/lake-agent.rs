@@ -3,11 +3,13 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use lakemount::agent::cli::AgentCli;
 
 fn main() -> ExitCode {
-    let cli = AgentCli::parse();
+    let cli: AgentCli = match lakemount::parse_args("lake-agent") {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let default = match cli.verbose {
         0 => "warn",
         1 => "lakemount=debug,info",
