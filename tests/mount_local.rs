@@ -28,6 +28,15 @@ fn build_tree(root: &Path) {
     }
 }
 
+/// A mount of the lake at `lake` with its own staging directory (kept while the mount is).
+fn writable_mount(lake: &Path) -> (Mount, tempfile::TempDir) {
+    let staging = tempfile::tempdir().unwrap();
+    let st = staging.path().to_str().unwrap();
+    let m = Mount::start(&lake_url(lake), &["--staging-dir", st], &[])
+        .unwrap_or_else(|o| panic!("{o:?}"));
+    (m, staging)
+}
+
 fn lake_url(dir: &Path) -> String {
     format!("file://{}", dir.display())
 }
@@ -283,10 +292,7 @@ impl Drop for Remount {
 fn a_writable_local_mount_creates_renames_and_removes_in_the_lake() {
     let src = tempfile::tempdir().unwrap();
     build_tree(src.path());
-    let staging = tempfile::tempdir().unwrap();
-    let st = staging.path().to_str().unwrap();
-    let m = Mount::start(&lake_url(src.path()), &["--staging-dir", st], &[])
-        .unwrap_or_else(|o| panic!("{o:?}"));
+    let (m, staging) = writable_mount(src.path());
     let mp = m.path();
     let lake = src.path();
     std::fs::create_dir(mp.join("out")).unwrap();
@@ -369,10 +375,7 @@ fn unsupported_operations_answer_their_errno_and_a_normal_run_logs_nothing_per_o
     use std::os::fd::AsRawFd;
     let src = tempfile::tempdir().unwrap();
     build_tree(src.path());
-    let staging = tempfile::tempdir().unwrap();
-    let st = staging.path().to_str().unwrap();
-    let m = Mount::start(&lake_url(src.path()), &["--staging-dir", st], &[])
-        .unwrap_or_else(|o| panic!("{o:?}"));
+    let (m, _staging) = writable_mount(src.path());
     let mp = m.path();
     // What every Python open() does: ask whether the file is a terminal.
     for i in 0..200 {
