@@ -21,8 +21,9 @@ pub struct StagedFile {
     id: String,
     /// `ID.data`; a new name when the old one was removed under us (see [`StagedFile::keep`]).
     path: Mutex<PathBuf>,
-    /// Lake and key, as written to the sidecar.
-    target: Mutex<(String, String)>,
+    /// Lake and key, as written to the sidecar; `None` once removed, so a late rename of the
+    /// handle cannot write a sidecar for data that is gone.
+    target: Mutex<Option<(String, String)>>,
 }
 
 impl StagedFile {
@@ -58,7 +59,7 @@ impl StagedFile {
             dir: dir.to_path_buf(),
             id: id.to_string(),
             path: Mutex::new(path.clone()),
-            target: Mutex::new((lake.to_string(), key.to_string())),
+            target: Mutex::new(Some((lake.to_string(), key.to_string()))),
         };
         if let Err(e) = staged.mark(uploaded) {
             let _ = std::fs::remove_file(&path);
@@ -83,7 +84,10 @@ impl StagedFile {
     /// Records whether the lake holds exactly these bytes. Must say `false` before a change
     /// is acknowledged: a daemon killed after it leaves a file the next mount reports.
     pub fn mark(&self, uploaded: bool) -> std::io::Result<()> {
-        let (lake, key) = self.target.lock().unwrap().clone();
+        let target = self.target.lock().unwrap();
+        let Some((lake, key)) = target.as_ref() else {
+            return Ok(());
+        };
         let mut text = format!("{lake}\n{key}\n");
         if uploaded {
             text.push_str(UPLOADED);
@@ -94,7 +98,9 @@ impl StagedFile {
 
     /// The file was renamed while open: the sidecar names the new key.
     pub fn retarget(&self, key: &str, uploaded: bool) {
-        self.target.lock().unwrap().1 = key.to_string();
+        if let Some(t) = self.target.lock().unwrap().as_mut() {
+            t.1 = key.to_string();
+        }
         let _ = self.mark(uploaded);
     }
 
@@ -137,6 +143,8 @@ impl StagedFile {
 
     /// Removes the data and its sidecar (the lake has it, or nobody wants it).
     pub fn remove(&self) {
+        let mut target = self.target.lock().unwrap();
+        *target = None;
         let path = self.path();
         let _ = std::fs::remove_file(sidecar_of(&path));
         let _ = std::fs::remove_file(&path);
@@ -220,6 +228,16 @@ mod tests {
         drop(s);
         assert_eq!(leftovers(dir.path()), []);
         assert!(!path.exists(), "the clean copy is gone");
+    }
+
+    #[test]
+    fn nothing_is_written_for_a_removed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StagedFile::create(dir.path(), "a", "file:///lake", "k", false).unwrap();
+        s.remove();
+        // A rename of the handle that comes after its last close.
+        s.retarget("k2", true);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
