@@ -157,7 +157,8 @@ pub struct MountArgs {
     pub dir_mode: Option<String>,
 
     /// How long listings and attributes are trusted before asking the lake again; changes
-    /// made by other clients show up after at most this long [default: 60].
+    /// made by other clients show up after at most this long [default: 60; at most 31536000,
+    /// a year].
     #[arg(long, value_name = "SECONDS")]
     pub metadata_ttl: Option<u64>,
 
