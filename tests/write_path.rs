@@ -455,7 +455,7 @@ fn a_full_staging_disk_is_enospc_to_the_writer_eio_at_close_and_leaves_nothing_e
 }
 
 #[test]
-fn truncate_past_the_largest_blob_is_efbig_and_an_ftruncate_shows_its_mtime_at_once() {
+fn truncate_past_the_largest_blob_is_efbig_changes_nothing_and_a_smaller_one_still_works() {
     both(|lake| {
         let staging = tempfile::tempdir().unwrap();
         let m = lake.mount(&["--staging-dir", staging.path().to_str().unwrap()]);
@@ -484,6 +484,12 @@ fn truncate_past_the_largest_blob_is_efbig_and_an_ftruncate_shows_its_mtime_at_o
         let after = std::fs::metadata(&path).unwrap();
         assert_eq!(after.len(), 4);
         assert!(after.mtime() >= before, "{}", lake.name());
+        assert_eq!(
+            lake.get("t.bin").as_deref(),
+            Some(&b"0123"[..]),
+            "{}",
+            lake.name()
+        );
     });
 }
 

@@ -5,7 +5,7 @@
 //! the original object in, reads come from that object (the `base` of the writer, shared by
 //! all its handles), never from a staging file that is not filled yet.
 //!
-//! Who commits (SEMANTICS.md, "Writing: who commits what"):
+//! Who commits (SEMANTICS.md, "Who commits what"):
 //! - fsync(2) through any handle;
 //! - close(2) by the process that opened a writable handle (other processes closing a
 //!   descriptor they inherited commit nothing: the opener may still be writing);

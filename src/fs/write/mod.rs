@@ -7,7 +7,7 @@
 //! before its end has been written, and again at commit if it changed since. A failed upload
 //! loses nothing: the staging file stays, with a sidecar naming the lake key it was meant for.
 //!
-//! The invariants (SEMANTICS.md, "Writing: who commits what"):
+//! The invariants (SEMANTICS.md, "Who commits what"):
 //! - One [`WriteHandle`] per file being written on a mount, shared by every open handle of
 //!   it: they all read and write the same staged bytes.
 //! - Changes (write, truncate, copying in the original) and commits take turns on one lock,
