@@ -162,6 +162,17 @@ pub struct MountArgs {
     #[arg(long, value_name = "SECONDS")]
     pub metadata_ttl: Option<u64>,
 
+    /// Most one metadata call to the lake (a listing page, a lookup, a delete) may take, its
+    /// retries included; past it the operation fails with ETIMEDOUT. Bounds how long a process
+    /// can hang on an unresponsive lake [default: 30; 1 to 3600].
+    #[arg(long, value_name = "SECONDS")]
+    pub metadata_timeout: Option<u64>,
+
+    /// Most one block read or upload may take, its retries included (ETIMEDOUT after it). Raise
+    /// it for large --block-size on slow links [default: 120; 1 to 3600].
+    #[arg(long, value_name = "SECONDS")]
+    pub data_timeout: Option<u64>,
+
     /// Blob service endpoint, for Azurite or sovereign clouds, e.g.
     /// http://127.0.0.1:10000/devstoreaccount1 [default: https://ACCOUNT.blob.core.windows.net,
     /// or the BlobEndpoint of AZURE_STORAGE_CONNECTION_STRING].
@@ -173,7 +184,8 @@ pub struct MountArgs {
     pub auth: Option<AuthMethod>,
 
     /// A TOML file whose keys mirror these flags (lake, mountpoint, read_only, allow_other, uid,
-    /// gid, file_mode, dir_mode, metadata_ttl, endpoint, auth, log_file, block_size,
+    /// gid, file_mode, dir_mode, metadata_ttl, metadata_timeout, data_timeout, endpoint, auth,
+    /// log_file, block_size,
     /// max_readahead, max_memory, cache_dir, cache_size, staging_dir, metrics_addr). Flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -12,6 +12,7 @@ use crate::cache::disk::{parse_bytes, CacheSize};
 use crate::cli::MountArgs;
 use crate::lake_url::LakeUrl;
 use crate::store::azure::AuthMethod;
+use crate::store::deadline::Deadlines;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +26,8 @@ pub struct MountFile {
     pub file_mode: Option<String>,
     pub dir_mode: Option<String>,
     pub metadata_ttl: Option<u64>,
+    pub metadata_timeout: Option<u64>,
+    pub data_timeout: Option<u64>,
     pub endpoint: Option<String>,
     pub auth: Option<AuthMethod>,
     pub log_file: Option<PathBuf>,
@@ -68,6 +71,8 @@ pub struct MountSettings {
     pub file_mode: u16,
     pub dir_mode: u16,
     pub metadata_ttl: Duration,
+    /// How long one call to the lake may take (see `store::deadline`).
+    pub deadlines: Deadlines,
     pub endpoint: Option<String>,
     pub auth: AuthMethod,
     pub log_file: Option<PathBuf>,
@@ -100,6 +105,17 @@ fn metadata_ttl(v: Option<u64>, default: Duration) -> Result<Duration> {
             bail!("--metadata-ttl: at most {MAX_METADATA_TTL} seconds (365 days), not {s}")
         }
         Some(s) => Ok(Duration::from_secs(s)),
+    }
+}
+
+/// Longest deadline taken for one call to the lake: an hour.
+const MAX_TIMEOUT: u64 = 3600;
+
+fn timeout(flag: &str, v: Option<u64>, default: Duration) -> Result<Duration> {
+    match v {
+        None => Ok(default),
+        Some(s) if (1..=MAX_TIMEOUT).contains(&s) => Ok(Duration::from_secs(s)),
+        Some(s) => bail!("--{flag}: between 1 and {MAX_TIMEOUT} seconds, not {s}"),
     }
 }
 
@@ -195,6 +211,18 @@ impl MountSettings {
             file_mode: mode(file_mode, d.file_mode)?,
             dir_mode: mode(dir_mode, d.dir_mode)?,
             metadata_ttl: metadata_ttl(args.metadata_ttl.or(file.metadata_ttl), d.metadata_ttl)?,
+            deadlines: Deadlines {
+                metadata: timeout(
+                    "metadata-timeout",
+                    args.metadata_timeout.or(file.metadata_timeout),
+                    d.deadlines.metadata,
+                )?,
+                data: timeout(
+                    "data-timeout",
+                    args.data_timeout.or(file.data_timeout),
+                    d.deadlines.data,
+                )?,
+            },
             endpoint: args.endpoint.clone().or(file.endpoint),
             auth: args.auth.or(file.auth).unwrap_or(d.auth),
             log_file: args.log_file.clone().or(file.log_file),
@@ -250,6 +278,7 @@ impl MountSettings {
             file_mode: 0o644,
             dir_mode: 0o755,
             metadata_ttl: Duration::from_secs(60),
+            deadlines: Deadlines::default(),
             endpoint: None,
             auth: AuthMethod::default(),
             log_file: None,

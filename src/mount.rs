@@ -402,7 +402,7 @@ pub fn build_fs_with(
         BlockConfig {
             block_size: s.block_size,
             max_memory: read_memory,
-            retry: ReadRetry::default(),
+            retry: ReadRetry::within(&s.deadlines),
         },
         metrics,
     );
@@ -606,7 +606,8 @@ fn serve(s: &MountSettings, ready: &mut Readiness) -> Result<()> {
     let lake = s.lake.to_string();
     let store = {
         let _guard = rt.enter();
-        store::open(&s.lake, s.endpoint.clone(), s.auth).map_err(|e| explain(&lake, e))?
+        store::open(&s.lake, s.endpoint.clone(), s.auth, s.deadlines)
+            .map_err(|e| explain(&lake, e))?
     };
     rt.block_on(async { tokio::time::timeout(PROBE_TIMEOUT, store.probe()).await })
         .map_err(|_| {

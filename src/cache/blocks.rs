@@ -37,15 +37,26 @@ pub struct ReadRetry {
     /// First delay between attempts; it doubles (with jitter).
     pub base_delay: Duration,
     pub attempt_timeout: Duration,
+    /// The most one block may take, all attempts together: the data deadline, so a reader
+    /// on a hung lake gets ETIMEDOUT instead of waiting `attempts` times `attempt_timeout`.
+    pub total: Duration,
+}
+
+impl ReadRetry {
+    /// Attempts that fit in the data deadline of `deadlines`.
+    pub fn within(deadlines: &crate::store::deadline::Deadlines) -> Self {
+        ReadRetry {
+            attempts: 5,
+            base_delay: Duration::from_millis(200),
+            attempt_timeout: crate::store::deadline::Deadlines::attempt(deadlines.data),
+            total: deadlines.data,
+        }
+    }
 }
 
 impl Default for ReadRetry {
     fn default() -> Self {
-        ReadRetry {
-            attempts: 5,
-            base_delay: Duration::from_millis(200),
-            attempt_timeout: Duration::from_secs(120),
-        }
+        ReadRetry::within(&Default::default())
     }
 }
 
@@ -372,21 +383,35 @@ impl BlockCache {
         let obj = obj.clone();
         let key = id.clone();
         let fut = async move {
-            let slot = match slot {
-                Some(s) => s,
-                None => me
-                    .slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("semaphore is never closed"),
-            };
-            let result = me.load(&obj, index, &key, prefetched).await;
-            if let Ok(block) = &result {
-                // Count the block in memory before its fetch slot is released.
-                me.remember(key.clone(), block.clone());
-            }
-            drop(slot);
+            // The wait for a fetch slot counts against the block's deadline too: behind
+            // fetches stuck on a hung lake, a reader fails at the deadline, not at twice it.
+            let total = me.cfg.retry.total;
+            let fetched = tokio::time::timeout(total, async {
+                let slot = match slot {
+                    Some(s) => s,
+                    None => me
+                        .slots
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("semaphore is never closed"),
+                };
+                let result = me.load(&obj, index, &key, prefetched).await;
+                if let Ok(block) = &result {
+                    // Count the block in memory before its fetch slot is released.
+                    me.remember(key.clone(), block.clone());
+                }
+                drop(slot);
+                result
+            })
+            .await;
+            let result = fetched.unwrap_or_else(|_| {
+                Err(StoreError::TimedOut(format!(
+                    "{}: block {index}: no answer within {}s",
+                    obj.key,
+                    total.as_secs_f64()
+                )))
+            });
             me.inflight.lock().unwrap().remove(&key);
             result.map_err(Arc::new)
         }

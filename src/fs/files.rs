@@ -268,9 +268,16 @@ impl LakeFs {
     /// write is still open in it (a `dup`) or in a process seen closing a copy (a child that
     /// kept one across exec, as `Popen(stdout=f)` does): then the last close commits, so
     /// the lake never shows the part written so far. Another process closing a descriptor
-    /// it inherited commits nothing: the writer may still be writing. The last close
-    /// ([`release`](Self::release)) commits what nobody committed.
+    /// it inherited commits nothing: the writer may still be writing. Nor does a process that
+    /// a signal killed. The last close ([`release`](Self::release)) commits what nobody
+    /// committed.
     pub async fn close(&self, fh: u64, pid: u32) -> FsResult<()> {
+        if process::dies_of_signal(pid) {
+            // Nobody sees this close's answer, and a killed process waiting on a hung lake
+            // would not die: the last close commits, in the background.
+            tracing::debug!("handle {fh}: closed by a killed process: committed at the last close");
+            return Ok(());
+        }
         if let Ok(OpenFile::Write {
             ino,
             opener: Some(opener),

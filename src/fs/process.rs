@@ -14,6 +14,29 @@ pub fn of_thread(tid: u32) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Whether thread `tid` is exiting because a signal killed it (SIGKILL, an unhandled SIGTERM).
+/// Its descriptors are being closed by the kernel, and nobody can see what those closes
+/// return; waiting for an upload there only keeps a killed process from dying.
+pub fn dies_of_signal(tid: u32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    if tid == 0 {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tid}/stat")) else {
+        return false;
+    };
+    // Fields after the parenthesized command name, from the state (field 3) on.
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return false;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    let exiting = field(9).is_some_and(|flags| flags & PF_EXITING != 0);
+    // The exit code is set before the descriptors are closed; its low bits name the signal.
+    let signal = field(52).is_some_and(|code| code & 0x7f != 0);
+    exiting && signal
+}
+
 /// Whether process `pid` has a descriptor open for writing on the file `(dev, ino)`. Reads
 /// its `/proc` fd table without calling into the file system: the inode comes from statx
 /// with `AT_STATX_DONT_SYNC`, which a FUSE mount answers from the kernel's own copy.
@@ -61,6 +84,20 @@ fn writable(pid: u32, fd: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_process_killed_by_a_signal_dies_of_one() {
+        assert!(!dies_of_signal(std::process::id()), "this test is running");
+        assert!(!dies_of_signal(0));
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        assert!(!dies_of_signal(child.id()), "a sleeping process");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!dies_of_signal(child.id()), "a reaped process is gone");
+    }
 
     #[test]
     fn threads_belong_to_their_process_and_other_processes_differ() {

@@ -258,6 +258,7 @@ fn fast_retry() -> ReadRetry {
         attempts: 8,
         base_delay: Duration::from_millis(1),
         attempt_timeout: Duration::from_millis(150),
+        total: Duration::from_secs(60),
     }
 }
 

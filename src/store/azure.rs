@@ -19,9 +19,12 @@ use object_store::client::{
     HttpClient, HttpConnector, HttpRequestBody, HttpResponse, ReqwestConnector,
 };
 use object_store::path::Path as ObjectPath;
-use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt};
+use object_store::{
+    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, RetryConfig,
+};
 use url::Url;
 
+use super::deadline::Deadlines;
 use super::{
     azure_list, md5_base64, retry, Committed, ListPage, ObjectInfo, PutOptions, Store, StoreError,
     StoreResult,
@@ -137,6 +140,8 @@ pub struct AzureTarget {
     /// default `https://ACCOUNT.blob.core.windows.net`.
     pub endpoint: Option<String>,
     pub auth: AuthMethod,
+    /// How long calls may take; each attempt gets a third (see [`Deadlines::attempt`]).
+    pub deadlines: Deadlines,
 }
 
 /// The parts of an `AZURE_STORAGE_CONNECTION_STRING` lakemount uses.
@@ -194,6 +199,7 @@ pub struct AzureStore {
     hns: tokio::sync::OnceCell<bool>,
     /// The `se=` (expiry) of the SAS in use, if one is: a refusal then says whether it expired.
     sas_expiry: Option<String>,
+    deadlines: Deadlines,
 }
 
 impl fmt::Debug for AzureStore {
@@ -253,11 +259,21 @@ impl AzureStore {
         let sas_expiry = b
             .get_config_value(&AzureConfigKey::SasKey)
             .and_then(|sas| sas_expiry(&sas));
-        let os = b.build().map_err(|e| config_err(e.to_string()))?;
+        // Attempts that fit the deadlines (the deadline wrapper cuts off whatever is left).
+        let attempt = Deadlines::attempt(target.deadlines.data);
         let options = ClientOptions::new()
             .with_allow_http(allow_http)
-            .with_connect_timeout(Duration::from_secs(10))
-            .with_timeout(Duration::from_secs(60));
+            .with_connect_timeout(Duration::from_secs(10).min(attempt))
+            .with_timeout(attempt);
+        let os = b
+            .with_client_options(options.clone())
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: retry::ATTEMPTS as usize - 1,
+                retry_timeout: target.deadlines.data,
+            })
+            .build()
+            .map_err(|e| config_err(e.to_string()))?;
         let http = ReqwestConnector::default()
             .connect(&options)
             .map_err(|e| config_err(e.to_string()))?;
@@ -276,6 +292,7 @@ impl AzureStore {
             prefix: target.prefix,
             hns: tokio::sync::OnceCell::new(),
             sas_expiry,
+            deadlines: target.deadlines,
         })
     }
 
@@ -320,8 +337,23 @@ impl AzureStore {
 
     async fn call(&self, call: Call) -> StoreResult<HttpResponse> {
         let mut attempt = 0;
+        // Uploads carry a body and get a data attempt; everything else is metadata.
+        let total = if call.body.is_empty() {
+            self.deadlines.metadata
+        } else {
+            self.deadlines.data
+        };
+        let limit = Deadlines::attempt(total);
         loop {
-            match self.send_once(&call).await {
+            let once = tokio::time::timeout(limit, self.send_once(&call))
+                .await
+                .unwrap_or_else(|_| {
+                    let what = self.where_(&call.url);
+                    let err =
+                        StoreError::Unreachable(format!("{what}: no answer within {limit:?}"));
+                    Err((err, Some(None)))
+                });
+            match once {
                 Ok(resp) => return Ok(resp),
                 Err((err, Some(after))) if attempt + 1 < retry::ATTEMPTS => {
                     let wait = retry::delay(attempt, after, retry::jitter());
@@ -754,6 +786,7 @@ mod tests {
     #[test]
     fn blob_urls_keep_empty_segments_and_escape_the_rest() {
         let s = AzureStore::new(AzureTarget {
+            deadlines: Deadlines::default(),
             account: "acct".into(),
             container: "data".into(),
             prefix: "p/".into(),

@@ -7,6 +7,7 @@
 
 pub mod azure;
 pub mod azure_list;
+pub mod deadline;
 pub mod local;
 pub mod memory;
 pub mod retry;
@@ -102,6 +103,10 @@ pub enum StoreError {
     /// worth another try.
     #[error("{0}")]
     Protocol(String),
+    /// No answer within the deadline of the call (see [`deadline`]): a hung or very slow
+    /// origin. Not tried again, so the caller's wait stays bounded.
+    #[error("{0}")]
+    TimedOut(String),
     /// A name longer than the store takes (a path past PATH_MAX on a local lake).
     #[error("name too long: {0}")]
     NameTooLong(String),
@@ -134,6 +139,7 @@ impl StoreError {
             StoreError::Unsupported(_) => libc::EOPNOTSUPP,
             StoreError::Local(_, errno) => *errno,
             StoreError::NameTooLong(_) => libc::ENAMETOOLONG,
+            StoreError::TimedOut(_) => libc::ETIMEDOUT,
             StoreError::NoContainer(_)
             | StoreError::Unreachable(_)
             | StoreError::Busy(..)
@@ -285,14 +291,15 @@ pub async fn list_all(store: &dyn Store, prefix: &str) -> StoreResult<ListPage> 
     )))
 }
 
-/// Opens the store a lake URL names.
+/// Opens the store a lake URL names, every call bounded by `deadlines`.
 pub fn open(
     lake: &crate::lake_url::LakeUrl,
     endpoint: Option<String>,
     auth: azure::AuthMethod,
+    deadlines: deadline::Deadlines,
 ) -> StoreResult<DynStore> {
-    match lake {
-        crate::lake_url::LakeUrl::Local { path } => Ok(Arc::new(local::LocalStore::new(path))),
+    let store: DynStore = match lake {
+        crate::lake_url::LakeUrl::Local { path } => Arc::new(local::LocalStore::new(path)),
         crate::lake_url::LakeUrl::Azure {
             account,
             container,
@@ -304,8 +311,10 @@ pub fn open(
                 prefix: prefix.clone(),
                 endpoint,
                 auth,
+                deadlines,
             };
-            Ok(Arc::new(azure::AzureStore::new(target)?))
+            Arc::new(azure::AzureStore::new(target)?)
         }
-    }
+    };
+    Ok(deadline::DeadlineStore::wrap(store, deadlines))
 }

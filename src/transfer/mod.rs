@@ -133,8 +133,13 @@ pub fn open_lake(
     let rt = crate::mount::runtime()?;
     let store = {
         let _g = rt.enter();
-        store::open(&lake, args.endpoint.clone(), args.auth.unwrap_or_default())
-            .map_err(|e| crate::mount::explain_for("reach", &shown, e))?
+        store::open(
+            &lake,
+            args.endpoint.clone(),
+            args.auth.unwrap_or_default(),
+            Default::default(),
+        )
+        .map_err(|e| crate::mount::explain_for("reach", &shown, e))?
     };
     rt.block_on(store.probe())
         .map_err(|e| crate::mount::explain_for("reach", &shown, e))?;

@@ -124,8 +124,13 @@ pub fn run(args: &WarmArgs) -> Result<()> {
     let shown = lake.to_string();
     let store = {
         let _g = rt.enter();
-        store::open(&lake, args.endpoint.clone(), args.auth.unwrap_or_default())
-            .map_err(|e| crate::mount::explain_for("warm", &shown, e))?
+        store::open(
+            &lake,
+            args.endpoint.clone(),
+            args.auth.unwrap_or_default(),
+            Default::default(),
+        )
+        .map_err(|e| crate::mount::explain_for("warm", &shown, e))?
     };
     rt.block_on(store.probe())
         .map_err(|e| crate::mount::explain_for("warm", &shown, e))?;

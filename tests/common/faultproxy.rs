@@ -2,10 +2,12 @@
 //! `every`-th request is answered 503 ServerBusy (with Retry-After), 500 InternalError, or
 //! forwarded with its response cut off mid-body, in turn. One request per connection (it
 //! answers `Connection: close`), which keeps the forwarding simple and the faults exact.
+//! Any proxy can also be told to [`FaultProxy::hang`]: requests then get no answer (or half of
+//! one) until it is told to stop, as a hung origin behaves.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -17,7 +19,48 @@ pub struct FaultProxy {
     pub injected: Arc<AtomicU64>,
     /// Requests seen so far.
     pub requests: Arc<AtomicU64>,
+    /// Requests held without a (whole) answer so far.
+    pub hung: Arc<AtomicU64>,
+    hang: Arc<AtomicU8>,
     accept: Option<JoinHandle<()>>,
+}
+
+/// How a hung origin behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hang {
+    /// Answers normally.
+    Off = 0,
+    /// Takes the request and never answers.
+    Silent = 1,
+    /// Sends the response head and half the body, then nothing more.
+    MidBody = 2,
+}
+
+/// What each connection's thread shares with the proxy.
+#[derive(Clone)]
+struct Shared {
+    stop: Arc<AtomicBool>,
+    hang: Arc<AtomicU8>,
+    hung: Arc<AtomicU64>,
+}
+
+impl Shared {
+    fn hang(&self) -> Hang {
+        match self.hang.load(Ordering::SeqCst) {
+            1 => Hang::Silent,
+            2 => Hang::MidBody,
+            _ => Hang::Off,
+        }
+    }
+
+    /// Holds a connection open, answering nothing, until the hang is lifted or the proxy stops.
+    fn hold(&self) {
+        self.hung.fetch_add(1, Ordering::SeqCst);
+        while self.hang() != Hang::Off && !self.stop.load(Ordering::Relaxed) {
+            // The hung origin's own pace, not synchronisation: it polls two flags.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -60,6 +103,13 @@ impl FaultProxy {
         let injected = Arc::new(AtomicU64::new(0));
         let requests = Arc::new(AtomicU64::new(0));
         let (s, i, r) = (stop.clone(), injected.clone(), requests.clone());
+        let hang = Arc::new(AtomicU8::new(Hang::Off as u8));
+        let hung = Arc::new(AtomicU64::new(0));
+        let shared = Shared {
+            stop: stop.clone(),
+            hang: hang.clone(),
+            hung: hung.clone(),
+        };
         let accept = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
@@ -69,8 +119,9 @@ impl FaultProxy {
                             let k = i.fetch_add(1, Ordering::Relaxed);
                             [Fault::Busy, Fault::Internal, Fault::CutBody][(k % 3) as usize]
                         });
+                        let shared = shared.clone();
                         std::thread::spawn(move || {
-                            let _ = serve(conn, upstream, fault, mode);
+                            let _ = serve(conn, upstream, fault, mode, &shared);
                         });
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -86,8 +137,21 @@ impl FaultProxy {
             stop,
             injected,
             requests,
+            hung,
+            hang,
             accept: Some(accept),
         }
+    }
+
+    /// A proxy that forwards everything faithfully until told to [`FaultProxy::hang`].
+    pub fn faithful(upstream: u16) -> FaultProxy {
+        FaultProxy::start_with(upstream, u64::MAX, Mode::Faults)
+    }
+
+    /// From now on, requests are answered as `how` says (connections already held stay held
+    /// until the hang is lifted with [`Hang::Off`], then they are closed).
+    pub fn hang(&self, how: Hang) {
+        self.hang.store(how as u8, Ordering::SeqCst);
     }
 
     /// The Blob endpoint to give lakemount (`--endpoint`).
@@ -202,9 +266,20 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     out
 }
 
-fn serve(mut conn: TcpStream, upstream: u16, fault: Option<Fault>, mode: Mode) -> io::Result<()> {
+fn serve(
+    mut conn: TcpStream,
+    upstream: u16,
+    fault: Option<Fault>,
+    mode: Mode,
+    shared: &Shared,
+) -> io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(60)))?;
     let request = read_request(&mut conn, mode == Mode::DropIfMatch)?;
+    let hang = shared.hang();
+    if hang == Hang::Silent {
+        shared.hold();
+        return Ok(());
+    }
     let canned = |status: &str, code: &str, extra: &str| {
         format!(
             "HTTP/1.1 {status}\r\nx-ms-error-code: {code}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
@@ -241,6 +316,17 @@ fn serve(mut conn: TcpStream, upstream: u16, fault: Option<Fault>, mode: Mode) -
                     .is_some_and(|l| l.contains("comp=list"));
             if mode == Mode::LoopListings && listing {
                 response = loop_marker(response);
+            }
+            if hang == Hang::MidBody {
+                let head_end = response
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(response.len(), |i| i + 4);
+                let half = head_end + (response.len() - head_end) / 2;
+                conn.write_all(&response[..half])?;
+                conn.flush()?;
+                shared.hold();
+                return Ok(());
             }
             conn.write_all(&response)?;
         }

@@ -170,7 +170,12 @@ impl WriteHandle {
         let key = self.key();
         let (size, generation, md5) = {
             let mut st = self.st.lock().unwrap();
-            st.last_error = None;
+            // An early upload that failed is uploaded again below, unless it ran out of
+            // time: the lake did not answer for a whole deadline, and trying again would
+            // make this close wait a second one.
+            if let Some(e @ StoreError::TimedOut(_)) = st.last_error.take() {
+                return Err(e);
+            }
             let md5 = self.content_md5(&st)?;
             (st.size, st.generation, md5)
         };
