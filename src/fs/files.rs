@@ -269,7 +269,7 @@ impl LakeFs {
     /// kept one across exec, as `Popen(stdout=f)` does): then the last close commits, so
     /// the lake never shows the part written so far. Another process closing a descriptor
     /// it inherited commits nothing: the writer may still be writing. Nor does a process that
-    /// a signal killed. The last close ([`release`](Self::release)) commits what nobody
+    /// SIGKILL is ending. The last close ([`release`](Self::release)) commits what nobody
     /// committed.
     pub async fn close(&self, fh: u64, pid: u32) -> FsResult<()> {
         if process::dies_of_signal(pid) {

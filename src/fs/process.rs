@@ -14,27 +14,26 @@ pub fn of_thread(tid: u32) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Whether thread `tid` is exiting because a signal killed it (SIGKILL, an unhandled SIGTERM).
-/// Its descriptors are being closed by the kernel, and nobody can see what those closes
-/// return; waiting for an upload there only keeps a killed process from dying.
+/// Whether thread `tid` belongs to a process being killed by SIGKILL. Its descriptors are
+/// being closed by the kernel and nobody can see what those closes return; waiting for an
+/// upload there only keeps a killed process from dying. SIGKILL cannot be blocked, so one
+/// pending means the process is dying. Read from `/proc/TID/status` only: `/proc/TID/stat`
+/// of an exiting process can wait on the very close being answered here.
 pub fn dies_of_signal(tid: u32) -> bool {
-    const PF_EXITING: u64 = 0x4;
+    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
     if tid == 0 {
         return false;
     }
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tid}/stat")) else {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
         return false;
     };
-    // Fields after the parenthesized command name, from the state (field 3) on.
-    let Some((_, rest)) = stat.rsplit_once(") ") else {
-        return false;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
-    let exiting = field(9).is_some_and(|flags| flags & PF_EXITING != 0);
-    // The exit code is set before the descriptors are closed; its low bits name the signal.
-    let signal = field(52).is_some_and(|code| code & 0x7f != 0);
-    exiting && signal
+    status.lines().any(|l| {
+        let mask = l
+            .strip_prefix("ShdPnd:")
+            .or_else(|| l.strip_prefix("SigPnd:"));
+        mask.and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .is_some_and(|m| m & SIGKILL_BIT != 0)
+    })
 }
 
 /// Whether process `pid` has a descriptor open for writing on the file `(dev, ino)`. Reads
