@@ -189,6 +189,15 @@ fn bad_config_files_and_flag_values_are_one_line_each() {
             "--metadata-ttl: at most 31536000 seconds",
         );
     }
+    for (flag, v) in [
+        ("--metadata-timeout", "0"),
+        ("--metadata-timeout", "3601"),
+        ("--data-timeout", "0"),
+        ("--data-timeout", "18446744073709551615"),
+    ] {
+        let want = format!("{flag}: between 1 and 3600 seconds, not {v}");
+        mount(&[flag, v], &want);
+    }
     mount(&["--dir-mode", "rwx"], "invalid mode \"rwx\"");
     mount(&["--endpoint", "not-a-url"], "endpoint \"not-a-url\"");
     mount(

@@ -347,8 +347,9 @@ impl BlockCache {
                 Ok(Err(e)) if e.is_transient() => e,
                 Ok(Err(e)) => return Err(e),
                 Err(_) => StoreError::Unreachable(format!(
-                    "{}: block {index}: no answer within {:?}",
-                    obj.key, policy.attempt_timeout
+                    "{}: block {index}: no answer within {}",
+                    obj.key,
+                    crate::store::deadline::shown(policy.attempt_timeout)
                 )),
             };
             attempt += 1;
@@ -407,9 +408,9 @@ impl BlockCache {
             .await;
             let result = fetched.unwrap_or_else(|_| {
                 Err(StoreError::TimedOut(format!(
-                    "{}: block {index}: no answer within {}s",
+                    "{}: block {index}: no answer within {}",
                     obj.key,
-                    total.as_secs_f64()
+                    crate::store::deadline::shown(total)
                 )))
             });
             me.inflight.lock().unwrap().remove(&key);

@@ -272,7 +272,7 @@ impl LakeFs {
     /// SIGKILL is ending. The last close ([`release`](Self::release)) commits what nobody
     /// committed.
     pub async fn close(&self, fh: u64, pid: u32) -> FsResult<()> {
-        if process::dies_of_signal(pid) {
+        if process::being_killed(pid) {
             // Nobody sees this close's answer, and a killed process waiting on a hung lake
             // would not die: the last close commits, in the background.
             tracing::debug!("handle {fh}: closed by a killed process: committed at the last close");

@@ -16,17 +16,20 @@ pub fn of_thread(tid: u32) -> Option<u32> {
 
 /// Whether thread `tid` belongs to a process being killed by SIGKILL. Its descriptors are
 /// being closed by the kernel and nobody can see what those closes return; waiting for an
-/// upload there only keeps a killed process from dying. SIGKILL cannot be blocked, so one
-/// pending means the process is dying. Read from `/proc/TID/status` only: `/proc/TID/stat`
-/// of an exiting process can wait on the very close being answered here.
-pub fn dies_of_signal(tid: u32) -> bool {
-    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+/// upload there only keeps a killed process from dying. Read from `/proc/TID/status` only:
+/// `/proc/TID/stat` of an exiting process can wait on the very close being answered here.
+pub fn being_killed(tid: u32) -> bool {
     if tid == 0 {
         return false;
     }
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
-        return false;
-    };
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .is_ok_and(|status| sigkill_pending(&status))
+}
+
+/// Whether a `/proc/TID/status` text shows SIGKILL pending, for the thread or its process.
+/// SIGKILL cannot be blocked or handled: one pending means the process is dying.
+fn sigkill_pending(status: &str) -> bool {
+    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
     status.lines().any(|l| {
         let mask = l
             .strip_prefix("ShdPnd:")
@@ -85,17 +88,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_process_killed_by_a_signal_dies_of_one() {
-        assert!(!dies_of_signal(std::process::id()), "this test is running");
-        assert!(!dies_of_signal(0));
+    fn only_a_pending_sigkill_means_the_process_is_being_killed() {
+        let status = |shd: &str, sig: &str| {
+            format!("Name:\tcp\nState:\tD (disk sleep)\nSigPnd:\t{sig}\nShdPnd:\t{shd}\nSigBlk:\t0000000000000100\n")
+        };
+        assert!(sigkill_pending(&status(
+            "0000000000000100",
+            "0000000000000000"
+        )));
+        assert!(sigkill_pending(&status(
+            "0000000000000000",
+            "0000000000000100"
+        )));
+        assert!(sigkill_pending(&status(
+            "0000000000004100",
+            "0000000000000000"
+        )));
+        // SIGTERM (bit 15) may be blocked by a live process; a blocked-mask line is not pending.
+        assert!(!sigkill_pending(&status(
+            "0000000000004000",
+            "0000000000000000"
+        )));
+        assert!(!sigkill_pending(&status(
+            "0000000000000000",
+            "0000000000000000"
+        )));
+        assert!(!sigkill_pending("garbage"));
+        // Live processes: this one, a sleeping child, and one that is gone.
+        assert!(!being_killed(std::process::id()));
+        assert!(!being_killed(0));
         let mut child = std::process::Command::new("sleep")
             .arg("60")
             .spawn()
             .unwrap();
-        assert!(!dies_of_signal(child.id()), "a sleeping process");
+        assert!(!being_killed(child.id()), "a sleeping process");
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(!dies_of_signal(child.id()), "a reaped process is gone");
+        assert!(!being_killed(child.id()), "a reaped process is gone");
     }
 
     #[test]

@@ -349,8 +349,10 @@ impl AzureStore {
                 .await
                 .unwrap_or_else(|_| {
                     let what = self.where_(&call.url);
-                    let err =
-                        StoreError::Unreachable(format!("{what}: no answer within {limit:?}"));
+                    let err = StoreError::Unreachable(format!(
+                        "{what}: no answer within {}",
+                        super::deadline::shown(limit)
+                    ));
                     Err((err, Some(None)))
                 });
             match once {
@@ -663,8 +665,9 @@ impl Store for AzureStore {
                 .to_string()
         };
         let mut state = status(&resp);
-        // Copies within an account are usually done at once; a pending one is polled.
-        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        // Copies within an account are usually done at once; a pending one is polled, within
+        // the data deadline the whole copy has (see `deadline`).
+        let deadline = std::time::Instant::now() + self.deadlines.data;
         while state == "pending" && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;
             state = status(&self.send(Method::HEAD, self.blob_url(to)).await?);

@@ -38,6 +38,15 @@ impl Default for Deadlines {
     }
 }
 
+/// A duration for messages: `30s`, `1.3s`.
+pub fn shown(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
 impl Deadlines {
     /// How long one attempt of a call may take before it is abandoned and retried: a third of
     /// the deadline, so a stalled connection leaves time for two more tries.
@@ -67,9 +76,9 @@ impl DeadlineStore {
         match tokio::time::timeout(limit, call).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::TimedOut(format!(
-                "{what} of {key:?} on {}: no answer within {}s",
+                "{what} of {key:?} on {}: no answer within {}",
                 self.inner.describe(),
-                limit.as_secs_f64()
+                shown(limit)
             ))),
         }
     }
@@ -213,6 +222,12 @@ mod tests {
         ) -> StoreResult<Committed> {
             std::future::pending().await
         }
+        async fn copy(&self, _: &str, _: &str) -> StoreResult<()> {
+            std::future::pending().await
+        }
+        async fn rename(&self, _: &str, _: &str) -> StoreResult<()> {
+            std::future::pending().await
+        }
         async fn hierarchical(&self) -> bool {
             std::future::pending().await
         }
@@ -250,6 +265,8 @@ mod tests {
         let opts = PutOptions::default();
         let commit = s.commit_blocks("k", &[], &opts);
         assert_eq!(timed(commit).await, 7);
+        assert_eq!(timed(s.rename("a", "b")).await, 3);
+        assert_eq!(timed(s.copy("a", "b")).await, 7);
         let t1 = tokio::time::Instant::now();
         assert!(!s.hierarchical().await, "no answer in time counts as flat");
         assert_eq!(tokio::time::Instant::now().duration_since(t1).as_secs(), 3);
