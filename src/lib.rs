@@ -74,8 +74,10 @@ pub fn raise_open_file_limit() {
 }
 
 /// Keeps the daemon's resident memory near what its caches account for. Block buffers (MiB
-/// each) come from the heap below a fixed mmap threshold: a fresh mmap per block would cost
-/// page faults and zeroing (a quarter of the disk-cache read rate here). One arena lets a
+/// each, 8 by default) come from the heap below a fixed mmap threshold: a fresh mmap per block
+/// would cost page faults and zeroing (a quarter of the disk-cache read rate here). The
+/// threshold is 16 MiB so that fuser's zero-filled 16 MiB request buffer, of which the kernel
+/// writes at most `max_write`, is mapped and not resident (16 MiB less idle RSS). One arena lets a
 /// buffer freed by any thread be reused by any other; with four arenas, each
 /// kept its own freed blocks and the peak RSS of 16 readers and 4 writers went past
 /// --max-memory + 64 MiB (tests/stress_azurite.rs). Call first thing in `main`.
@@ -83,7 +85,7 @@ pub fn tune_allocator() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes allocator parameters.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20);
         libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
     }

@@ -1,28 +1,28 @@
 //! The block layer under open files: fixed-size blocks of an object version, held in a memory
 //! tier (LRU, bounded in bytes), backed by the disk tier and fetched from the store with one
-//! ranged GET per block. Concurrent requests for a block share one fetch, and the bytes being
-//! fetched plus the bytes held never exceed `--max-memory`.
+//! ranged GET per block. Concurrent requests for a block share one fetch. Every block's bytes
+//! hold a share of one memory budget (`budget.rs`) from before they are fetched until the last
+//! user lets go, so block memory never exceeds `--max-memory` at any number of open handles.
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::future::{BoxFuture, FutureExt, Shared};
-use lru::LruCache;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
+use super::budget::{Budget, Permit};
 use super::disk::DiskCache;
 use crate::metrics::Metrics;
 use crate::reader::ObjectVersion;
 use crate::store::{retry, DynStore, Store, StoreError, StoreResult};
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use lru::LruCache;
 
 #[derive(Clone, Copy, Debug)]
 pub struct BlockConfig {
     pub block_size: u64,
-    /// In-flight plus cached block bytes.
+    /// Block bytes fetched, held and in use, all together.
     pub max_memory: u64,
     pub retry: ReadRetry,
 }
@@ -60,18 +60,6 @@ impl Default for ReadRetry {
     }
 }
 
-impl BlockConfig {
-    /// Blocks that may be in flight at once: half the budget (at least one block).
-    fn fetch_slots(&self) -> u64 {
-        (self.max_memory / 2 / self.block_size).max(1)
-    }
-
-    fn memory_capacity(&self) -> u64 {
-        self.max_memory
-            .saturating_sub(self.fetch_slots() * self.block_size)
-    }
-}
-
 /// Everything that makes a block's bytes what they are: object, ETag, block size, index.
 pub fn block_identity(
     store: &dyn Store,
@@ -95,26 +83,50 @@ pub fn block_range(block_size: u64, size: u64, index: u64) -> Range<u64> {
 pub struct Block {
     pub data: Bytes,
     prefetched: bool,
-    /// Read by someone. Changed only under the memory lock, like `held`.
+    /// Read by someone. Changed only under the memory lock.
     used: AtomicBool,
-    /// Counted in the memory tier.
-    held: AtomicBool,
-    /// Evicted while a reader still held it: counted in `orphans` until dropped.
-    orphaned: AtomicBool,
-    orphans: Arc<AtomicU64>,
+    /// The budget these bytes take, given back when the block is dropped.
+    _permit: Permit,
 }
 
-impl Drop for Block {
+/// A block in use: a reply being sent, a block being written to the disk cache. While one
+/// exists the block cannot be evicted; letting go wakes readers waiting for memory.
+pub struct Lease {
+    block: Arc<Block>,
+    budget: Arc<Budget>,
+}
+
+impl Lease {
+    pub fn data(&self) -> &Bytes {
+        &self.block.data
+    }
+
+    /// Who reads the block next can find it again cheaply, without keeping it in memory.
+    pub fn downgrade(&self) -> std::sync::Weak<Block> {
+        Arc::downgrade(&self.block)
+    }
+
+    /// The bytes `range` of the block, keeping the lease until they are dropped.
+    pub fn slice(self, range: Range<usize>) -> Bytes {
+        Bytes::from_owner(self).slice(range)
+    }
+}
+
+impl AsRef<[u8]> for Lease {
+    fn as_ref(&self) -> &[u8] {
+        &self.block.data
+    }
+}
+
+impl Drop for Lease {
     fn drop(&mut self) {
-        if self.orphaned.load(Ordering::SeqCst) {
-            self.orphans
-                .fetch_sub(self.data.len() as u64, Ordering::SeqCst);
-        }
+        self.budget.let_go();
     }
 }
 
 type Fetch = Shared<BoxFuture<'static, Result<Arc<Block>, Arc<StoreError>>>>;
 
+/// The memory tier. Its blocks are bounded by the budget they hold, not by a size of its own.
 struct Memory {
     lru: LruCache<String, Arc<Block>>,
     bytes: u64,
@@ -128,10 +140,7 @@ pub struct BlockCache {
     cfg: BlockConfig,
     memory: Mutex<Memory>,
     inflight: Mutex<HashMap<String, Fetch>>,
-    slots: Arc<Semaphore>,
-    /// Bytes of blocks evicted from the memory tier that readers still hold (an open
-    /// handle keeps the block it reads): memory in use, so the tier holds that much less.
-    orphans: Arc<AtomicU64>,
+    budget: Arc<Budget>,
     metrics: Arc<Metrics>,
 }
 
@@ -152,8 +161,7 @@ impl BlockCache {
                 unread_prefetched: 0,
             }),
             inflight: Mutex::new(HashMap::new()),
-            slots: Arc::new(Semaphore::new(cfg.fetch_slots() as usize)),
-            orphans: Arc::new(AtomicU64::new(0)),
+            budget: Budget::new(cfg.max_memory),
             metrics,
         })
     }
@@ -186,9 +194,17 @@ impl BlockCache {
         self.memory.lock().unwrap().bytes
     }
 
-    /// Bytes of evicted blocks that readers still hold.
-    pub fn orphaned_bytes(&self) -> u64 {
-        self.orphans.load(Ordering::SeqCst)
+    /// Block bytes in memory, all together: held, being fetched or in use.
+    pub fn budget_in_use(&self) -> u64 {
+        self.budget.in_use()
+    }
+
+    /// `block` in use by a reader.
+    pub fn lease(&self, block: Arc<Block>) -> Lease {
+        Lease {
+            block,
+            budget: self.budget.clone(),
+        }
     }
 
     /// A held block, marked as read.
@@ -204,82 +220,74 @@ impl BlockCache {
     /// Marks a block read that came from a shared fetch.
     fn mark_used(&self, b: &Block) {
         let mut m = self.memory.lock().unwrap();
-        if !b.used.swap(true, Ordering::Relaxed) && b.prefetched && b.held.load(Ordering::Relaxed) {
+        // A block is in the tier from its fetch's end until evicted, and eviction marks it
+        // used: one not yet used is counted in `unread_prefetched`.
+        if !b.used.swap(true, Ordering::Relaxed) && b.prefetched {
             m.unread_prefetched -= b.data.len() as u64;
         }
     }
 
     fn remember(&self, id: String, block: Arc<Block>) {
-        let cap = self.cfg.memory_capacity();
         let mut m = self.memory.lock().unwrap();
         let len = block.data.len() as u64;
         m.bytes += len;
-        block.held.store(true, Ordering::Relaxed);
         if block.prefetched && !block.used.load(Ordering::Relaxed) {
             m.unread_prefetched += len;
         }
         if let Some(old) = m.lru.put(id, block) {
-            m.bytes -= old.data.len() as u64;
-            if old.prefetched && !old.used.swap(true, Ordering::Relaxed) {
-                m.unread_prefetched -= old.data.len() as u64;
-            }
-        }
-        while m.bytes + self.orphans.load(Ordering::SeqCst) > cap {
-            // Blocks already read and held by nobody else go first, oldest first; then
-            // read-ahead nobody has reached yet; a block a handle is reading (its current
-            // block) only when nothing else is left and the tier alone is over.
-            let pick = |want_used: bool| {
-                m.lru
-                    .iter()
-                    .rev()
-                    .find(|(_, b)| {
-                        Arc::strong_count(b) == 1 && b.used.load(Ordering::Relaxed) == want_used
-                    })
-                    .map(|(k, _)| k.clone())
-            };
-            let victim = match pick(true).or_else(|| pick(false)) {
-                Some(k) => m.lru.pop(&k),
-                None if m.bytes > cap => m.lru.pop_lru().map(|(_, b)| b),
-                None => None,
-            };
-            let Some(victim) = victim else {
-                break;
-            };
-            m.bytes -= victim.data.len() as u64;
-            if Arc::strong_count(&victim) > 1 {
-                // Our reference keeps it alive until this is counted: its Drop subtracts.
-                victim.orphaned.store(true, Ordering::SeqCst);
-                self.orphans
-                    .fetch_add(victim.data.len() as u64, Ordering::SeqCst);
-            }
-            Metrics::add(&self.metrics.memory_evictions_total, 1);
-            if victim.prefetched && !victim.used.swap(true, Ordering::Relaxed) {
-                m.unread_prefetched -= victim.data.len() as u64;
-                Metrics::add(
-                    &self.metrics.prefetched_unused_bytes_total,
-                    victim.data.len() as u64,
-                );
-            }
+            Self::forget(&mut m, &old, &self.metrics);
         }
     }
 
+    /// Bookkeeping for a block leaving the tier.
+    fn forget(m: &mut Memory, b: &Block, metrics: &Metrics) {
+        m.bytes -= b.data.len() as u64;
+        if b.prefetched && !b.used.swap(true, Ordering::Relaxed) {
+            m.unread_prefetched -= b.data.len() as u64;
+            Metrics::add(&metrics.prefetched_unused_bytes_total, b.data.len() as u64);
+        }
+    }
+
+    /// Drops one block nobody uses, to give its budget to a new one: blocks already read go
+    /// first, oldest first; read-ahead nobody has reached yet only when `unread` allows it.
+    /// False when there is no such block.
+    fn evict_one(&self, unread: bool) -> bool {
+        let mut m = self.memory.lock().unwrap();
+        let pick = |m: &Memory, want_used: bool| {
+            m.lru
+                .iter()
+                .rev()
+                .find(|(_, b)| {
+                    Arc::strong_count(b) == 1 && b.used.load(Ordering::Relaxed) == want_used
+                })
+                .map(|(k, _)| k.clone())
+        };
+        let Some(key) = pick(&m, true).or_else(|| unread.then(|| pick(&m, false)).flatten()) else {
+            return false;
+        };
+        let victim = m.lru.pop(&key).expect("picked from the tier");
+        Self::forget(&mut m, &victim, &self.metrics);
+        Metrics::add(&self.metrics.memory_evictions_total, 1);
+        true
+    }
+
     /// Block `index` of `obj` for a reader that wants `want` bytes of it; waits for memory
-    /// budget if all fetch slots are busy.
+    /// when the budget is in use by other readers.
     pub async fn get(
         self: &Arc<Self>,
         obj: &ObjectVersion,
         index: u64,
         want: u64,
-    ) -> StoreResult<Arc<Block>> {
+    ) -> StoreResult<Lease> {
         let id = self.identity(obj, index);
         if let Some(b) = self.held(&id) {
             Metrics::add(&self.metrics.memory_hit_bytes_total, want);
-            return Ok(b);
+            return Ok(self.lease(b));
         }
         let fetch = self.fetch(obj, index, id, None);
         let block = fetch.await.map_err(|e| (*e).clone())?;
         self.mark_used(&block);
-        Ok(block)
+        Ok(self.lease(block))
     }
 
     /// Starts fetching block `index` in the background unless it is held, already coming, or
@@ -287,7 +295,7 @@ impl BlockCache {
     /// windows shrink under memory pressure.
     pub fn prefetch(self: &Arc<Self>, obj: &ObjectVersion, index: u64) -> bool {
         let id = self.identity(obj, index);
-        {
+        let len = {
             let m = self.memory.lock().unwrap();
             if m.lru.contains(&id) {
                 return true;
@@ -297,22 +305,20 @@ impl BlockCache {
                 return true;
             }
             // Read-ahead must not push out what it fetched before and nobody has read yet:
-            // unread blocks plus blocks coming stay within half the memory tier (what is
-            // left of it next to evicted blocks readers still hold).
+            // unread blocks plus blocks coming stay within half the budget.
             let coming = inflight.len() as u64 * self.cfg.block_size;
-            let room = self
-                .cfg
-                .memory_capacity()
-                .saturating_sub(self.orphans.load(Ordering::SeqCst))
-                / 2;
-            if m.unread_prefetched + coming + self.cfg.block_size > room {
+            let len = self.block_range(obj.size, index);
+            let len = len.end - len.start;
+            if m.unread_prefetched + coming + len > self.cfg.max_memory / 2 {
                 return false;
             }
-        }
-        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            len
+        };
+        // Never waits, and never evicts read-ahead of others nobody has read yet.
+        let Some(permit) = self.budget.try_take(len, || self.evict_one(false)) else {
             return false;
         };
-        let fetch = self.fetch(obj, index, id, Some(slot));
+        let fetch = self.fetch(obj, index, id, Some(permit));
         tokio::spawn(fetch);
         true
     }
@@ -373,36 +379,35 @@ impl BlockCache {
         obj: &ObjectVersion,
         index: u64,
         id: String,
-        slot: Option<OwnedSemaphorePermit>,
+        permit: Option<Permit>,
     ) -> Fetch {
         let mut inflight = self.inflight.lock().unwrap();
         if let Some(f) = inflight.get(&id) {
             return f.clone();
         }
-        let prefetched = slot.is_some();
+        let prefetched = permit.is_some();
         let me = self.clone();
         let obj = obj.clone();
         let key = id.clone();
         let fut = async move {
-            // The wait for a fetch slot counts against the block's deadline too: behind
-            // fetches stuck on a hung lake, a reader fails at the deadline, not at twice it.
+            // The wait for memory counts against the block's deadline too: behind fetches
+            // stuck on a hung lake, a reader fails at the deadline, not at twice it.
             let total = me.cfg.retry.total;
             let fetched = tokio::time::timeout(total, async {
-                let slot = match slot {
-                    Some(s) => s,
-                    None => me
-                        .slots
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("semaphore is never closed"),
+                let permit = match permit {
+                    Some(p) => p,
+                    None => {
+                        let range = me.block_range(obj.size, index);
+                        let budget = me.budget.clone();
+                        budget
+                            .take(range.end - range.start, || me.evict_one(true))
+                            .await
+                    }
                 };
-                let result = me.load(&obj, index, &key, prefetched).await;
+                let result = me.load(&obj, index, &key, prefetched, permit).await;
                 if let Ok(block) = &result {
-                    // Count the block in memory before its fetch slot is released.
                     me.remember(key.clone(), block.clone());
                 }
-                drop(slot);
                 result
             })
             .await;
@@ -428,6 +433,7 @@ impl BlockCache {
         index: u64,
         id: &str,
         prefetched: bool,
+        permit: Permit,
     ) -> StoreResult<Arc<Block>> {
         let range = self.block_range(obj.size, index);
         let len = range.end - range.start;
@@ -436,9 +442,7 @@ impl BlockCache {
                 data,
                 prefetched,
                 used: AtomicBool::new(false),
-                held: AtomicBool::new(false),
-                orphaned: AtomicBool::new(false),
-                orphans: self.orphans.clone(),
+                _permit: permit,
             })
         };
         if let Some(disk) = &self.disk {
@@ -451,9 +455,11 @@ impl BlockCache {
             }
         }
         let data = self.get_with_retry(obj, index, range).await?;
+        let block = block(data);
         if let Some(disk) = &self.disk {
-            disk.write_behind(id.to_string(), data.clone());
+            // The pending write keeps the block (and its budget) until it lands.
+            disk.write_behind(id.to_string(), self.lease(block.clone()));
         }
-        Ok(block(data))
+        Ok(block)
     }
 }

@@ -335,11 +335,17 @@ impl DiskCache {
 
     /// Stores a block from a blocking-pool thread, so a slow or full cache disk never delays
     /// the reader that fetched it. Needs a tokio runtime.
-    pub fn write_behind(self: &Arc<Self>, identity: String, data: Bytes) {
+    /// `data` is held until then: a block's lease, so the memory budget counts it.
+    pub fn write_behind(
+        self: &Arc<Self>,
+        identity: String,
+        data: impl AsRef<[u8]> + Send + 'static,
+    ) {
         self.pending.fetch_add(1, Ordering::SeqCst);
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
-            me.put(&identity, &data);
+            me.put(&identity, data.as_ref());
+            drop(data);
             me.pending.fetch_sub(1, Ordering::SeqCst);
         });
     }

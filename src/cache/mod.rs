@@ -2,5 +2,6 @@
 
 pub mod admin;
 pub mod blocks;
+pub mod budget;
 pub mod disk;
 pub mod meta;

@@ -5,7 +5,7 @@
 //! from blocks held or in flight. Anything else is random access: only the blocks a read needs
 //! are fetched, nothing ahead.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -51,8 +51,9 @@ impl ReadPath for PrefetchReadPath {
 
 struct State {
     /// The block the previous read ended in: small reads in a row use it without asking
-    /// the cache (and it stays in memory while this handle reads it).
-    current: Option<(u64, Arc<Block>)>,
+    /// the cache. Weak: an open handle keeps no memory between reads, or many handles would
+    /// hold more than the budget.
+    current: Option<(u64, Weak<Block>)>,
     /// End of the previous read: where a sequential reader continues.
     last_end: u64,
     last_block: u64,
@@ -112,35 +113,37 @@ impl FileReader for PrefetchReader {
         }
         if first == last {
             let held = self.state.lock().unwrap().current.clone();
-            let block = match held {
-                Some((i, b)) if i == first => {
+            let lease = match held.and_then(|(i, b)| (i == first).then(|| b.upgrade()).flatten()) {
+                Some(b) => {
                     Metrics::add(&self.cache.metrics().memory_hit_bytes_total, end - offset);
-                    b
+                    self.cache.lease(b)
                 }
-                _ => {
+                None => {
                     let b = self.cache.get(&self.object, first, end - offset).await?;
-                    self.state.lock().unwrap().current = Some((first, b.clone()));
+                    self.state.lock().unwrap().current = Some((first, b.downgrade()));
                     b
                 }
             };
             let start = (offset - first * bs) as usize;
-            return Ok(block.data.slice(start..start + (end - offset) as usize));
+            return Ok(lease.slice(start..start + (end - offset) as usize));
         }
-        let wanted = |i: u64| {
-            let r = self.cache.block_range(size, i);
-            end.min(r.end) - offset.max(r.start)
-        };
-        let blocks = futures::future::try_join_all(
-            (first..=last).map(|i| self.cache.get(&self.object, i, wanted(i))),
-        )
-        .await?;
-        self.state.lock().unwrap().current = Some((last, blocks[blocks.len() - 1].clone()));
+        // One block at a time, each let go of once copied: a read never holds one block while
+        // it waits for memory for the next. The later ones are asked for first, to come at
+        // once where the budget allows.
+        for index in first + 1..=last {
+            if !self.cache.prefetch(&self.object, index) {
+                break;
+            }
+        }
         let mut out = BytesMut::with_capacity((end - offset) as usize);
-        for (i, b) in (first..=last).zip(&blocks) {
+        for i in first..=last {
             let r = self.cache.block_range(size, i);
-            let from = (offset.max(r.start) - r.start) as usize;
-            let to = (end.min(r.end) - r.start) as usize;
-            out.extend_from_slice(&b.data[from..to]);
+            let (from, to) = (offset.max(r.start), end.min(r.end));
+            let b = self.cache.get(&self.object, i, to - from).await?;
+            out.extend_from_slice(&b.data()[(from - r.start) as usize..(to - r.start) as usize]);
+            if i == last {
+                self.state.lock().unwrap().current = Some((last, b.downgrade()));
+            }
         }
         Ok(out.freeze())
     }
