@@ -215,6 +215,15 @@ impl LakeFs {
         })
     }
 
+    /// Handles open for writing `ino`, on this mount.
+    fn writable_handles(&self, ino: u64) -> usize {
+        self.writers
+            .lock()
+            .unwrap()
+            .get(&ino)
+            .map_or(0, |w| w.writable)
+    }
+
     pub(super) fn writer(&self, ino: u64) -> Option<Arc<WriteHandle>> {
         self.writers.lock().unwrap().get(&ino).map(|w| w.w.clone())
     }
@@ -468,18 +477,18 @@ impl LakeFs {
         if size > MAX_FILE_SIZE {
             return Err(FsError(libc::EFBIG));
         }
-        let via_handle = match fh.map(|fh| self.open_file(fh)) {
-            Some(Ok(OpenFile::Write { w, .. })) => Some(w),
-            _ => self.writer(ino),
-        };
-        if let Some(w) = via_handle {
+        if let Some(Ok(OpenFile::Write { w, .. })) = fh.map(|fh| self.open_file(fh)) {
+            // ftruncate(2) through a handle that writes the file.
             w.set_size(size).await.map_err(|e| {
                 tracing::error!("truncating {}: {e}", w.key());
                 FsError(e.errno())
             })?;
             return self.getattr(ino).await;
         }
-        // No open writer: `truncate -s N path`. Done as a whole write of the new content.
+        // truncate(2) of a path: through a handle of its own, which joins a writer still
+        // registered (one another process writes, or one whose last release is on its way)
+        // and keeps it registered until this change is committed by the last close. A writer
+        // used without a handle could be finished under it and the change lost.
         let current = self.getattr(ino).await?;
         if current.size == size {
             return Ok(current);
@@ -490,14 +499,20 @@ impl LakeFs {
             pid: 0,
         };
         let (fh, _) = self.open(ino, mode).await?;
-        let result = async {
-            if let OpenFile::Write { w, .. } = self.open_file(fh)? {
-                w.set_size(size).await.map_err(|e| {
-                    tracing::error!("truncating {}: {e}", w.key());
-                    FsError(e.errno())
-                })?;
+        let result: FsResult<()> = async {
+            let OpenFile::Write { w, .. } = self.open_file(fh)? else {
+                return Ok(());
+            };
+            w.set_size(size).await.map_err(|e| {
+                tracing::error!("truncating {}: {e}", w.key());
+                FsError(e.errno())
+            })?;
+            // Alone, the change is in the lake when truncate returns; next to other writing
+            // handles it goes up with their last close, like their own writes.
+            if self.writable_handles(ino) == 1 {
+                self.flush(fh).await?;
             }
-            self.flush(fh).await
+            Ok(())
         }
         .await;
         self.release(fh).await;

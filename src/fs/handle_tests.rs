@@ -1,5 +1,6 @@
-//! The write path under many handles: every interleaving of opens, writes, truncates, closes
-//! by the opener and by other processes, fsyncs and late (asynchronous) releases ends with
+//! The write path under many handles: every interleaving of opens, writes, truncates (through
+//! a handle and of the path), closes by the opener and by other processes, fsyncs and late
+//! (asynchronous) releases ends with
 //! the lake holding exactly the bytes written, and every close by the opener leaves the lake
 //! holding what was written before it.
 
@@ -30,6 +31,10 @@ enum Op {
         h: usize,
         size: u8,
     },
+    /// truncate(2) of the path, with no handle: also while a release is on its way.
+    TruncatePath {
+        size: u8,
+    },
     Read {
         h: usize,
     },
@@ -56,6 +61,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (h.clone(), any::<u8>(), 1u8..40, any::<u8>())
             .prop_map(|(h, off, len, seed)| Op::Write { h, off, len, seed }),
         1 => (h.clone(), any::<u8>()).prop_map(|(h, size)| Op::Truncate { h, size }),
+        1 => any::<u8>().prop_map(|size| Op::TruncatePath { size }),
         1 => h.clone().prop_map(|h| Op::Read { h }),
         2 => h.clone().prop_map(|h| Op::Close { h }),
         1 => h.clone().prop_map(|h| Op::CloseByOther { h }),
@@ -133,6 +139,23 @@ async fn run(
                 let Some(fh) = pick(&open, h) else { continue };
                 fs.setattr(ino, Some(size as u64), Some(fh)).await.unwrap();
                 model.resize(size as usize, 0);
+            }
+            Op::TruncatePath { size } => {
+                let a = fs.setattr(ino, Some(size as u64), None).await.unwrap();
+                model.resize(size as usize, 0);
+                prop_assert_eq!(a.size, size as u64, "truncate answers the new size");
+                prop_assert_eq!(fs.getattr(ino).await.unwrap().size, size as u64);
+                if open.is_empty()
+                    && releases
+                        .iter()
+                        .all(|r: &tokio::task::JoinHandle<()>| r.is_finished())
+                {
+                    prop_assert_eq!(
+                        store.data("f").map(|b| b.to_vec()),
+                        Some(model.clone()),
+                        "with no handle open, a truncated file is in the lake at once"
+                    );
+                }
             }
             Op::Read { h } => {
                 let Some(fh) = pick(&open, h) else { continue };
@@ -255,4 +278,39 @@ async fn two_mounts_writing_one_name_the_last_commit_wins_whole() {
     );
     a.release(fa).await;
     b.release(fb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlink_during_a_commit_leaves_no_file_whatever_the_timing() {
+    // A commit under way (an fsync from another thread, or the last release) when the name is
+    // unlinked: the file must not come back once the commit lands. Unlinks at 0 to 7 ms
+    // into commits that take about 2 ms a request.
+    for delay_ms in 0..8u64 {
+        for block_size in [4u64, 1 << 20] {
+            let store = Arc::new(MemoryStore::new());
+            let t = tempfile::tempdir().unwrap();
+            let fs = fs_with(slow(&store, Duration::from_millis(2)), t.path(), block_size);
+            let (_, fh) = fs.create(ROOT_INO, "tmp", false, 0).await.unwrap();
+            fs.write(fh, 0, b"scratch data of a few blocks")
+                .await
+                .unwrap();
+            let syncing = {
+                let fs = fs.clone();
+                tokio::spawn(async move { fs.flush(fh).await })
+            };
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            fs.unlink(ROOT_INO, "tmp").await.unwrap();
+            let _ = syncing.await.unwrap();
+            fs.release(fh).await;
+            assert!(
+                store.keys().is_empty(),
+                "unlinked {delay_ms} ms into a commit (blocks of {block_size}): {:?}",
+                store.keys()
+            );
+            assert_eq!(
+                fs.lookup(ROOT_INO, "tmp").await.map(|_| ()),
+                Err(FsError(libc::ENOENT))
+            );
+        }
+    }
 }

@@ -36,7 +36,7 @@ impl LakeFs {
         }
         if let Some(ino) = pending {
             if let Some(w) = self.writer(ino) {
-                w.mark_unlinked();
+                w.mark_unlinked().await;
             }
         }
         match self.store.delete(&key).await {

@@ -396,8 +396,11 @@ impl WriteHandle {
         Ok(Bytes::from(buf))
     }
 
-    /// The name was removed: nothing more is committed, and the staging file can go.
-    pub fn mark_unlinked(&self) {
+    /// The name was removed: nothing more is committed, and the staging file can go. Waits
+    /// for a commit under way (a release's, an fsync's), so the caller's delete comes after
+    /// it and the name cannot come back.
+    pub async fn mark_unlinked(&self) {
+        let _turn = self.turn.lock().await;
         self.st.lock().unwrap().unlinked = true;
     }
 
