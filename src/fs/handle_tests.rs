@@ -314,3 +314,29 @@ async fn an_unlink_during_a_commit_leaves_no_file_whatever_the_timing() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_open_file_whose_name_is_gone_has_no_links_and_still_reads_and_writes() {
+    let store = Arc::new(MemoryStore::new());
+    store.put("kept", "k");
+    let t = tempfile::tempdir().unwrap();
+    let fs = fs_with(store.clone(), t.path(), 4);
+    let (a, fh) = fs.create(ROOT_INO, "log", false, 0).await.unwrap();
+    assert_eq!(a.nlink, 1);
+    fs.unlink(ROOT_INO, "log").await.unwrap();
+    assert_eq!(fs.getattr(a.ino).await.unwrap().nlink, 0, "unlinked");
+    fs.write(fh, 0, b"still here").await.unwrap();
+    assert_eq!(&fs.read(fh, 0, 64).await.unwrap()[..], b"still here");
+    // Replaced by a rename onto its name: the old inode has no links either.
+    let (b, fb) = fs.create(ROOT_INO, "new", false, 0).await.unwrap();
+    fs.flush(fb).await.unwrap();
+    let kept = fs.lookup(ROOT_INO, "kept").await.unwrap();
+    fs.rename(ROOT_INO, "new", ROOT_INO, "kept", false)
+        .await
+        .unwrap();
+    assert_eq!(fs.getattr(kept.ino).await.unwrap().nlink, 0, "replaced");
+    assert_eq!(fs.getattr(b.ino).await.unwrap().nlink, 1, "renamed");
+    fs.release(fb).await;
+    fs.release(fh).await;
+    assert_eq!(store.keys(), ["kept"]);
+}

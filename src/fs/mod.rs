@@ -305,6 +305,22 @@ impl LakeFs {
 
     /// Attributes of `ino`, re-checked against the store once the metadata TTL has passed.
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let mut a = self.current_attr(ino).await?;
+        // An open file whose name is gone (unlinked, or replaced by a rename) has no links,
+        // as on a local disk: tools that follow a log see it was removed.
+        if ino != ROOT_INO {
+            let t = self.inodes.lock().unwrap();
+            let linked = t
+                .get(ino)
+                .is_some_and(|n| t.child(n.parent, &n.name) == Some(ino));
+            if !linked {
+                a.nlink = 0;
+            }
+        }
+        Ok(a)
+    }
+
+    async fn current_attr(&self, ino: u64) -> FsResult<Attr> {
         let node = self.node(ino)?;
         if let Some(w) = self.writer(ino) {
             let mut a = self.attr(ino, &node.kind);

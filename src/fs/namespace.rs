@@ -146,11 +146,14 @@ impl LakeFs {
             (EntryKind::Dir { .. }, _) if to.starts_with(&format!("{from}/")) => {
                 return Err(FsError(libc::EINVAL))
             }
+            // Before EXDEV: `mv` answers EXDEV by copying, which would merge into a full one.
+            (EntryKind::Dir { .. }, Some(EntryKind::Dir { .. }))
+                if !self.is_empty_dir(&to).await? =>
+            {
+                return Err(FsError(libc::ENOTEMPTY))
+            }
             (EntryKind::Dir { .. }, _) if !hierarchical => return Err(FsError(libc::EXDEV)),
             (EntryKind::Dir { .. }, Some(EntryKind::Dir { .. })) => {
-                if !self.is_empty_dir(&to).await? {
-                    return Err(FsError(libc::ENOTEMPTY));
-                }
                 self.store.remove_dir(&to).await?;
             }
             _ => {}

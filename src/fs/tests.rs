@@ -487,6 +487,12 @@ mod writes {
             fs.rename(ROOT_INO, "dir", ROOT_INO, "dir2", false).await,
             Err(FsError(libc::EXDEV))
         );
+        s.put("full/f", "f");
+        assert_eq!(
+            fs.rename(ROOT_INO, "dir", ROOT_INO, "full", false).await,
+            Err(FsError(libc::ENOTEMPTY)),
+            "onto a full directory: not EXDEV, which mv would answer by merging"
+        );
         assert_eq!(
             fs.rename(ROOT_INO, "missing", ROOT_INO, "m2", false).await,
             Err(FsError(libc::ENOENT))
