@@ -34,6 +34,7 @@ pub fn parse_args<C: clap::Parser>(program: &str) -> Result<C, std::process::Exi
         let text = e.to_string();
         let first = text.lines().next().unwrap_or_default();
         let first = first.strip_prefix("error: ").unwrap_or(first);
+        let first = lake_url::hide_queries(first);
         eprintln!("{program}: error: {first} (see {program} --help)");
         std::process::ExitCode::FAILURE
     })

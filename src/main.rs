@@ -38,12 +38,17 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<lakemount::transfer::tree::Conflicts>() => {
-            eprintln!("lakemount: {e}");
+            eprintln!(
+                "lakemount: {}",
+                lakemount::lake_url::hide_queries(&e.to_string())
+            );
             ExitCode::from(CONFLICTS)
         }
         Err(e) => {
             // One line: the chain of causes joined with ": ".
-            eprintln!("lakemount: error: {e:#}");
+            // A value quoted back (a config file's) may be a SAS pasted in the wrong place.
+            let line = lakemount::lake_url::hide_queries(&format!("{e:#}"));
+            eprintln!("lakemount: error: {line}");
             ExitCode::FAILURE
         }
     }

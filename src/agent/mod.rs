@@ -48,7 +48,8 @@ pub fn main(cli: AgentCli) -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             // One line: the chain of causes joined with ": ".
-            eprintln!("lake-agent: error: {e:#}");
+            let line = crate::lake_url::hide_queries(&format!("{e:#}"));
+            eprintln!("lake-agent: error: {line}");
             let code = e.downcast_ref::<run::ExitError>().map_or(1, |x| x.code);
             ExitCode::from(code)
         }

@@ -254,7 +254,9 @@ impl Node {
         all.extend_from_slice(env);
         let mut a = vec!["--config", self.config.to_str().unwrap()];
         a.extend_from_slice(args);
-        agent(&a, &all).output().unwrap()
+        // Run from the node's directory: outside Batch, `run` writes its hostfile into the
+        // current one, which would otherwise be the repository.
+        agent(&a, &all).current_dir(self.path()).output().unwrap()
     }
 
     /// `bootstrap`, which must succeed.
