@@ -18,11 +18,13 @@ Examples:\n  \
 lakemount mount az://myaccount/datasets /mnt/lake\n  \
 lakemount mount abfss://datasets@myaccount.dfs.core.windows.net/imagenet /mnt/imagenet\n  \
 lakemount mount az://devstoreaccount1/data /mnt/lake --endpoint http://127.0.0.1:10000/devstoreaccount1\n  \
+lakemount mount 'https://myaccount.blob.core.windows.net/datasets?sv=...&sig=...' /mnt/lake\n  \
 lakemount mount file:///srv/sample-lake /mnt/lake\n  \
 lakemount unmount /mnt/lake\n  \
 lakemount upload ./crops az://myaccount/datasets/crops/v2\n  \
 lakemount download az://myaccount/results/runs/42 ./runs/42\n\n\
-Credentials come from the standard places: AZURE_STORAGE_CONNECTION_STRING, \
+Credentials come from a SAS URL given as the lake, or from the standard places: \
+AZURE_STORAGE_CONNECTION_STRING, \
 AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN, a service principal \
 (AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET), workload identity \
 (AZURE_FEDERATED_TOKEN_FILE), the Azure CLI (--auth azure-cli) or the VM's managed identity \

@@ -2,7 +2,8 @@
 //!
 //! - `az://ACCOUNT/CONTAINER[/PREFIX]`
 //! - `abfss://CONTAINER@ACCOUNT.dfs.core.windows.net[/PREFIX]` (also `abfs://`)
-//! - `https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX]` (also `.dfs.`)
+//! - `https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX]` (also `.dfs.`), optionally
+//!   with a SAS as its query (`?sv=...&sig=...`: the SAS URL the portal and azcopy hand out)
 //! - `file:///PATH` — a local directory (the embedded default)
 
 use std::fmt;
@@ -15,10 +16,34 @@ pub enum LakeUrl {
         container: String,
         /// `""` or ending in `/`.
         prefix: String,
+        /// The SAS of a SAS URL: the lake's credential. Never displayed.
+        sas: Option<Sas>,
     },
     Local {
         path: PathBuf,
     },
+}
+
+/// A shared access signature taken from a lake URL. Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sas(String);
+
+impl Sas {
+    /// A SAS handed over without its URL (to the mount daemon, see `mount.rs`).
+    pub fn from_token(token: String) -> Sas {
+        Sas(token)
+    }
+
+    /// The token itself, for the credential; nothing else may print it.
+    pub fn token(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Sas {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Sas(not shown)")
+    }
 }
 
 const FORMS: &str = "expected az://ACCOUNT/CONTAINER[/PREFIX], \
@@ -71,12 +96,26 @@ fn normalize_prefix(p: &str) -> Result<String, String> {
 impl LakeUrl {
     pub fn parse(s: &str) -> Result<LakeUrl, String> {
         let s = s.trim();
-        if let Some((base, _)) = s.split_once('?') {
-            // Most often a SAS pasted with the URL: never echoed back.
+        if let Some((base, query)) = s.split_once('?') {
+            // A SAS URL (https://ACCOUNT.blob.core.windows.net/CONTAINER?sv=...&sig=...) carries
+            // the lake's credential; in any other form a query is most often a SAS pasted by
+            // mistake. Either way it is never echoed back.
+            let https = base
+                .get(..8)
+                .is_some_and(|p| p.eq_ignore_ascii_case("https://"));
+            let signed = query.split('&').any(|kv| kv.starts_with("sig="));
+            if https && signed {
+                let mut url = LakeUrl::parse(base)?;
+                if let LakeUrl::Azure { sas, .. } = &mut url {
+                    *sas = Some(Sas(query.to_string()));
+                }
+                return Ok(url);
+            }
             return Err(format!(
-                "invalid lake URL {base:?} followed by a query string (not shown): a lake URL \
-                 takes none; give a SAS in AZURE_STORAGE_SAS_TOKEN or a connection string \
-                 instead (README: \"Credentials\")"
+                "invalid lake URL {base:?} followed by a query string (not shown): only a SAS \
+                 URL (https://ACCOUNT.blob.core.windows.net/CONTAINER?sv=...&sig=...) takes one; \
+                 give a SAS in AZURE_STORAGE_SAS_TOKEN or a connection string otherwise \
+                 (README: \"Credentials\")"
             ));
         }
         let bad = |why: &str| Err(format!("invalid lake URL {s:?}: {why}"));
@@ -140,6 +179,7 @@ impl LakeUrl {
                 account,
                 container,
                 prefix,
+                sas,
             } => {
                 let trimmed = prefix.strip_suffix('/')?;
                 let (parent, name) = match trimmed.rsplit_once('/') {
@@ -150,6 +190,7 @@ impl LakeUrl {
                     account: account.clone(),
                     container: container.clone(),
                     prefix: parent,
+                    sas: sas.clone(),
                 };
                 Some((parent, name.to_string()))
             }
@@ -170,6 +211,7 @@ impl LakeUrl {
             account: account.to_string(),
             container: container.to_string(),
             prefix: normalize_prefix(prefix)?,
+            sas: None,
         })
     }
 }
@@ -181,11 +223,13 @@ impl fmt::Display for LakeUrl {
                 account,
                 container,
                 prefix,
+                ..
             } if prefix.is_empty() => write!(f, "az://{account}/{container}"),
             LakeUrl::Azure {
                 account,
                 container,
                 prefix,
+                ..
             } => write!(
                 f,
                 "az://{account}/{container}/{}",
@@ -249,6 +293,42 @@ mod tests {
             account: a.into(),
             container: c.into(),
             prefix: p.into(),
+            sas: None,
+        }
+    }
+
+    #[test]
+    fn a_sas_url_gives_the_lake_and_its_sas_which_nothing_prints() {
+        let url = "https://acct.blob.core.windows.net/data/train?sv=2024-01-01&sp=rl&se=2030-01-01&sig=S3CRET%3D";
+        let lake = LakeUrl::parse(url).unwrap();
+        let LakeUrl::Azure { sas: Some(sas), .. } = &lake else {
+            panic!("{lake:?}");
+        };
+        assert_eq!(
+            sas.token(),
+            "sv=2024-01-01&sp=rl&se=2030-01-01&sig=S3CRET%3D"
+        );
+        assert_eq!(lake.to_string(), "az://acct/data/train");
+        assert!(!format!("{lake:?} {lake}").contains("S3CRET"));
+        let (parent, name) = lake.split_last().unwrap();
+        assert_eq!(
+            (parent.to_string(), name.as_str()),
+            ("az://acct/data".into(), "train")
+        );
+        assert!(
+            matches!(parent, LakeUrl::Azure { sas: Some(_), .. }),
+            "the parent keeps it"
+        );
+        // Any other form, or a query that is not a SAS, is still refused without the query.
+        for bad in [
+            "az://acct/data?sv=1&sig=S3CRET",
+            "abfss://data@acct.dfs.core.windows.net/p?sig=S3CRET",
+            "https://acct.blob.core.windows.net/data?x=S3CRET",
+            "file:///srv/lake?sig=S3CRET",
+        ] {
+            let err = LakeUrl::parse(bad).unwrap_err();
+            assert!(err.contains("query string (not shown)"), "{bad}: {err}");
+            assert!(!err.contains("S3CRET"), "{err}");
         }
     }
 

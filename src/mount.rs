@@ -128,6 +128,9 @@ fn default_log_file(mountpoint: &Path) -> PathBuf {
 
 /// Starts `lakemount mount ... --foreground` detached, and returns once it reports that the
 /// mount answers (exit 0) or why it could not mount (error).
+/// Where the daemon finds the SAS of a SAS URL given to `lakemount mount`.
+pub const LAKE_SAS_ENV: &str = "LAKEMOUNT_LAKE_SAS";
+
 fn spawn_daemon(s: &MountSettings) -> Result<()> {
     let log_path = s
         .log_file
@@ -146,7 +149,18 @@ fn spawn_daemon(s: &MountSettings) -> Result<()> {
     let wfd = writer.as_raw_fd();
     let mut cmd =
         Command::new(std::env::current_exe().context("cannot find the lakemount executable")?);
-    cmd.args(std::env::args_os().skip(1))
+    // A SAS URL's SAS goes to the daemon in its environment, which only its user can read:
+    // its command line, which anyone can, has the URL without it.
+    let args = std::env::args_os().skip(1).map(|a| match a.to_str() {
+        Some(t) if t.contains('?') && crate::lake_url::LakeUrl::parse(t).is_ok() => {
+            t.split_once('?').map_or(a.clone(), |(base, _)| base.into())
+        }
+        _ => a,
+    });
+    if let crate::lake_url::LakeUrl::Azure { sas: Some(sas), .. } = &s.lake {
+        cmd.env(LAKE_SAS_ENV, sas.token());
+    }
+    cmd.args(args)
         .arg("--foreground")
         .env(READY_FD_ENV, "3")
         .stdin(Stdio::null())

@@ -365,13 +365,15 @@ fn lakes_that_refuse_are_missing_or_are_not_azure_fail_every_command_in_one_line
 
 #[test]
 fn a_sas_pasted_into_a_lake_url_is_refused_and_never_printed() {
+    // (A SAS URL, https://ACCOUNT.blob.core.windows.net/CONTAINER?...&sig=..., is a lake URL
+    // with its credential: security::credentials_never_appear_in_output_logs_or_errors.)
     let dir = workdir();
     let d = dir.path();
     let [mp, src, dest, cache, log] = work_paths(d);
     for url in [
         "az://myaccount/data/x?sv=2024-01-01&sig=TOPSECRET",
         "az://myaccount/lake?sig=TOPSECRET",
-        "https://myaccount.blob.core.windows.net/lake?sv=2024&ss=b&sig=TOPSECRET",
+        "https://myaccount.blob.core.windows.net/lake?sv=2024&ss=b&x=TOPSECRET",
         "abfss://lake@myaccount.dfs.core.windows.net/p?sig=TOPSECRET",
     ] {
         every_command(d, url, "followed by a query string (not shown)");

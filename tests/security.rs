@@ -102,6 +102,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
 fn mount_read_write(
     az: &Azurite,
     work: &Path,
+    lake_url: &str,
     name: &str,
     env: &[(&str, &str)],
     extra: &[&str],
@@ -114,7 +115,7 @@ fn mount_read_write(
     let endpoint = az.endpoint();
     let mut args = vec![
         "mount",
-        &lake(),
+        lake_url,
         mp.to_str().unwrap(),
         "--endpoint",
         &endpoint,
@@ -134,6 +135,12 @@ fn mount_read_write(
     outputs.command(&format!("{name}: mount"), &out);
     assert_eq!(std::fs::read(mp.join("in/a.txt")).unwrap(), b"a");
     assert_eq!(std::fs::read_dir(mp.join("in")).unwrap().count(), 2);
+    // What anyone on the machine can read of the daemon: its command line.
+    let pid = common::proc::daemon_pid(&mp).expect("the daemon runs");
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    outputs
+        .0
+        .push((format!("{name}: daemon command line"), cmdline));
     std::fs::write(
         mp.join(format!("out-{name}.bin")),
         pseudo_random(3 << 20, 1),
@@ -197,8 +204,16 @@ fn credentials_never_appear_in_output_logs_or_errors() {
         ),
     ];
     for (name, env, extra) in &creds {
-        mount_read_write(&az, w, name, env, extra, &mut outputs);
+        mount_read_write(&az, w, &lake(), name, env, extra, &mut outputs);
     }
+    // A SAS URL as the lake, as the portal and azcopy hand them out, with no other credential.
+    let sas_url =
+        |path: &str| format!("https://{ACCOUNT}.blob.core.windows.net/{CONTAINER}{path}?{sas}");
+    mount_read_write(&az, w, &sas_url(""), "sas-url", &[], &[], &mut outputs);
+    assert!(
+        az.try_get_blob(CONTAINER, "out-sas-url.bin").is_some(),
+        "written through the SAS URL's mount"
+    );
 
     // upload and download, with the key and with the SAS.
     let src = w.join("src");
@@ -230,6 +245,36 @@ fn credentials_never_appear_in_output_logs_or_errors() {
         assert!(out.status.success(), "{out:?}");
         outputs.command(&format!("{name}: download"), &out);
     }
+    let up = sas_url("/up-sas-url");
+    let out = run(
+        &[
+            "upload",
+            src.to_str().unwrap(),
+            &up,
+            "--endpoint",
+            &endpoint,
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    outputs.command("sas-url: upload", &out);
+    let down = w.join("down-sas-url");
+    let out = run(
+        &[
+            "download",
+            &up,
+            down.to_str().unwrap(),
+            "--endpoint",
+            &endpoint,
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        std::fs::read(down.join("up.bin")).unwrap(),
+        std::fs::read(src.join("up.bin")).unwrap()
+    );
+    outputs.command("sas-url: download", &out);
 
     // Failures, which print the most: a missing container, a refused credential (a SAS
     // without the list permission), a dead endpoint, a conflicting upload.

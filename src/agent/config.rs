@@ -370,7 +370,7 @@ impl AgentConfig {
             if !names.insert(l.name.as_str()) {
                 bail!("{at}: the name is used twice");
             }
-            LakeUrl::parse(&l.url).map_err(|e| anyhow!("{at}: url: {e}"))?;
+            no_sas(LakeUrl::parse(&l.url)).map_err(|e| anyhow!("{at}: url: {e}"))?;
             check_absolute("mountpoint", &l.mountpoint).with_context(|| at.clone())?;
             if let Some(p) = &l.container_path {
                 check_absolute("container_path", p).with_context(|| at.clone())?;
@@ -418,7 +418,7 @@ impl AgentConfig {
             bail!("container.master_port must be a port number (1-65535)");
         }
         if let Some(u) = &self.output.lake {
-            LakeUrl::parse(u).map_err(|e| anyhow!("output.lake: {e}"))?;
+            no_sas(LakeUrl::parse(u)).map_err(|e| anyhow!("output.lake: {e}"))?;
         }
         if let Some(a) = &self.output.auth {
             check_auth(a).context("output")?;
@@ -523,6 +523,19 @@ impl ContainerConfig {
     }
 }
 
+/// The agent writes lake URLs into unit files and mount configs: a SAS URL would put its
+/// signature there, so the agent takes the SAS from the node's environment instead.
+fn no_sas(url: Result<LakeUrl, String>) -> Result<LakeUrl, String> {
+    match url? {
+        LakeUrl::Azure { sas: Some(_), .. } => Err(
+            "a SAS URL (not shown) is not taken here: give the URL without its query, and the \
+             SAS as AZURE_STORAGE_SAS_TOKEN in the node's environment"
+                .into(),
+        ),
+        url => Ok(url),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -621,6 +634,14 @@ Standard_NC24s_v3 = 12.24
             ("[prices]\nStandard_X = -1.0\n", "not a price"),
             ("[output]\nlake = \"s3://x\"\n", "output.lake"),
             (
+                "[output]\nlake = \"https://acct.blob.core.windows.net/out?sv=1&sig=S3CRET\"\n",
+                "a SAS URL (not shown) is not taken here",
+            ),
+            (
+                "[[lake]]\nname = \"a\"\nurl = \"https://acct.blob.core.windows.net/data?sig=S3CRET\"\nmountpoint = \"/m\"\n",
+                "AZURE_STORAGE_SAS_TOKEN in the node's environment",
+            ),
+            (
                 "[[lake]]\nname = \"a b\"\nurl = \"az://acct/data\"\nmountpoint = \"/m\"\n",
                 "name",
             ),
@@ -640,6 +661,7 @@ Standard_NC24s_v3 = 12.24
             let e = err(text);
             assert!(e.contains(want), "{text:?}: {e}");
             assert!(!e.contains('\n'), "one line: {e}");
+            assert!(!e.contains("S3CRET"), "a signature shown: {e}");
         }
     }
 }

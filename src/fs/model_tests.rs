@@ -140,8 +140,8 @@ impl Model {
             (View::File(_), Some(View::Dir)) => return Err(libc::EISDIR),
             (View::Dir, Some(View::File(_))) => return Err(libc::ENOTDIR),
             (View::Dir, _) if to.starts_with(&format!("{from}/")) => return Err(libc::EINVAL),
-            (View::Dir, _) if !self.hierarchical => return Err(libc::EXDEV),
             (View::Dir, Some(View::Dir)) if self.has_below(to) => return Err(libc::ENOTEMPTY),
+            (View::Dir, _) if !self.hierarchical => return Err(libc::EXDEV),
             (View::Dir, Some(View::Dir)) => {
                 self.keys.remove(to);
             }

@@ -140,6 +140,8 @@ pub struct AzureTarget {
     /// default `https://ACCOUNT.blob.core.windows.net`.
     pub endpoint: Option<String>,
     pub auth: AuthMethod,
+    /// The SAS of a SAS URL: used instead of whatever the environment holds.
+    pub sas: Option<crate::lake_url::Sas>,
     /// How long calls may take; each attempt gets a third (see [`Deadlines::attempt`]).
     pub deadlines: Deadlines,
 }
@@ -253,7 +255,17 @@ impl AzureStore {
             .with_container_name(&target.container)
             .with_endpoint(endpoint.clone())
             .with_allow_http(allow_http);
-        if let Some(t) = target.auth.credential_type() {
+        if let Some(sas) = &target.sas {
+            if !matches!(target.auth, AuthMethod::Auto | AuthMethod::Sas) {
+                return Err(config_err(
+                    "the lake URL carries a SAS, and --auth names another credential: \
+                     drop one of them",
+                ));
+            }
+            b = b
+                .with_config(AzureConfigKey::SasKey, sas.token())
+                .with_credential_type("sas_token");
+        } else if let Some(t) = target.auth.credential_type() {
             b = b.with_credential_type(t);
         }
         let sas_expiry = b
@@ -795,6 +807,7 @@ mod tests {
             prefix: "p/".into(),
             endpoint: Some("http://127.0.0.1:1/acct".into()),
             auth: AuthMethod::ManagedIdentity,
+            sas: None,
         })
         .unwrap();
         assert_eq!(

@@ -304,6 +304,7 @@ pub fn open(
             account,
             container,
             prefix,
+            sas,
         } => {
             let target = azure::AzureTarget {
                 account: account.clone(),
@@ -311,6 +312,7 @@ pub fn open(
                 prefix: prefix.clone(),
                 endpoint,
                 auth,
+                sas: sas.clone(),
                 deadlines,
             };
             Arc::new(azure::AzureStore::new(target)?)

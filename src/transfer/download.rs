@@ -144,7 +144,7 @@ pub fn run(args: &TransferArgs) -> Result<()> {
         let Some((parent, name)) = lake.split_last() else {
             bail!("nothing to download below {shown}");
         };
-        let (_, parent_store, _) = super::open_lake(&parent.to_string(), args)?;
+        let (_, parent_store, _) = super::open_lake_url(&parent, args)?;
         let Some(o) = rt
             .block_on(parent_store.head(&name))?
             .filter(|o| !o.is_dir_marker)

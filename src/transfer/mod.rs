@@ -129,12 +129,20 @@ pub fn open_lake(
     args: &TransferArgs,
 ) -> Result<(tokio::runtime::Runtime, DynStore, String)> {
     let lake = crate::lake_url::LakeUrl::parse(url).map_err(|e| anyhow!(e))?;
+    open_lake_url(&lake, args)
+}
+
+/// [`open_lake`] of a parsed URL (one that may carry a SAS).
+pub fn open_lake_url(
+    lake: &crate::lake_url::LakeUrl,
+    args: &TransferArgs,
+) -> Result<(tokio::runtime::Runtime, DynStore, String)> {
     let shown = lake.to_string();
     let rt = crate::mount::runtime()?;
     let store = {
         let _g = rt.enter();
         store::open(
-            &lake,
+            lake,
             args.endpoint.clone(),
             args.auth.unwrap_or_default(),
             Default::default(),

@@ -14,7 +14,7 @@ pub fn daemon_pid(mp: &Path) -> Option<u32> {
         let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         let is_daemon = args.first()?.ends_with(b"lakemount")
-            && args.get(1) == Some(&&b"mount"[..])
+            && args.contains(&&b"mount"[..])
             && args.contains(&want.as_bytes())
             && args.contains(&&b"--foreground"[..]);
         (is_daemon && !is_gone(pid)).then_some(pid)
