@@ -486,3 +486,34 @@ fn metrics_served_beyond_loopback_are_warned_about() {
         m.log_text()
     );
 }
+
+#[test]
+fn the_daemon_log_can_be_truncated_in_place_as_logrotate_copytruncate_does() {
+    use std::os::unix::ffi::OsStrExt;
+    let lake = tempfile::tempdir().unwrap();
+    // A name the lake cannot show: every listing of it logs a warning.
+    let bad = std::ffi::OsStr::from_bytes(b"bad-\xff");
+    std::fs::write(lake.path().join(bad), "x").unwrap();
+    let m = Mount::start(&lake_url(lake.path()), &["--metadata-ttl", "0"], &[])
+        .unwrap_or_else(|o| panic!("{o:?}"));
+    let mp = m.path();
+    let warned = || m.log_text().contains("not UTF-8");
+    std::fs::read_dir(&mp).unwrap().for_each(drop);
+    assert!(wait_for(Duration::from_secs(10), warned));
+    let before = std::fs::metadata(m.log_path()).unwrap().len();
+    // What logrotate's copytruncate does after copying the file away.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.log_path())
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    std::fs::read_dir(&mp).unwrap().for_each(drop);
+    assert!(wait_for(Duration::from_secs(10), warned));
+    let after = std::fs::read(m.log_path()).unwrap();
+    assert!(
+        !after.contains(&0),
+        "the daemon wrote at its old offset ({before} bytes): the file has a hole"
+    );
+    assert!(after.len() as u64 <= before, "{} bytes after", after.len());
+}

@@ -103,6 +103,10 @@ impl Mount {
         self.dir.path().join("mnt")
     }
 
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
