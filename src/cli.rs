@@ -110,6 +110,9 @@ pub struct TransferArgs {
     /// Which credential to use.
     #[arg(long, value_parser = auth_parser())]
     pub auth: Option<AuthMethod>,
+
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
 }
 
 #[derive(Debug, Args, Default)]
@@ -164,16 +167,8 @@ pub struct MountArgs {
     #[arg(long, value_name = "SECONDS")]
     pub metadata_ttl: Option<u64>,
 
-    /// Most one metadata call to the lake (a listing page, a lookup, a delete) may take, its
-    /// retries included; past it the operation fails with ETIMEDOUT. Bounds how long a process
-    /// can hang on an unresponsive lake [default: 30; 1 to 3600].
-    #[arg(long, value_name = "SECONDS")]
-    pub metadata_timeout: Option<u64>,
-
-    /// Most one block read or upload may take, its retries included (ETIMEDOUT after it). Raise
-    /// it for large --block-size on slow links [default: 120; 1 to 3600].
-    #[arg(long, value_name = "SECONDS")]
-    pub data_timeout: Option<u64>,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
 
     /// Blob service endpoint, for Azurite or sovereign clouds, e.g.
     /// http://127.0.0.1:10000/devstoreaccount1 [default: https://ACCOUNT.blob.core.windows.net,
@@ -256,6 +251,24 @@ pub struct WarmArgs {
     /// Which credential to use.
     #[arg(long, value_parser = auth_parser())]
     pub auth: Option<AuthMethod>,
+
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+}
+
+/// How long one call to the lake may take: the bound on any wait for an unresponsive lake.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TimeoutArgs {
+    /// Most one metadata call to the lake (a listing page, a lookup, a delete) may take, its
+    /// retries included; past it the operation fails (ETIMEDOUT through a mount). Bounds how
+    /// long a process can hang on an unresponsive lake [default: 30; 1 to 3600].
+    #[arg(long, value_name = "SECONDS")]
+    pub metadata_timeout: Option<u64>,
+
+    /// Most one block read or upload may take, its retries included. Raise it for large
+    /// --block-size on slow links [default: 120; 1 to 3600].
+    #[arg(long, value_name = "SECONDS")]
+    pub data_timeout: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 
 use crate::cache::disk::{parse_bytes, CacheSize};
-use crate::cli::MountArgs;
+use crate::cli::{MountArgs, TimeoutArgs};
 use crate::lake_url::LakeUrl;
 use crate::store::azure::AuthMethod;
 use crate::store::deadline::Deadlines;
@@ -119,6 +119,15 @@ fn timeout(flag: &str, v: Option<u64>, default: Duration) -> Result<Duration> {
     }
 }
 
+/// The deadlines `--metadata-timeout` and `--data-timeout` ask for (the defaults when unset).
+pub fn deadlines(t: &TimeoutArgs) -> Result<Deadlines> {
+    let d = Deadlines::default();
+    Ok(Deadlines {
+        metadata: timeout("metadata-timeout", t.metadata_timeout, d.metadata)?,
+        data: timeout("data-timeout", t.data_timeout, d.data)?,
+    })
+}
+
 pub fn block_size(v: Option<&str>) -> Result<u64> {
     let bs = size("block-size", v, DEFAULT_BLOCK_SIZE)?;
     if !(64 << 10..=256 << 20).contains(&bs) {
@@ -220,18 +229,10 @@ impl MountSettings {
             file_mode: mode(file_mode, d.file_mode)?,
             dir_mode: mode(dir_mode, d.dir_mode)?,
             metadata_ttl: metadata_ttl(args.metadata_ttl.or(file.metadata_ttl), d.metadata_ttl)?,
-            deadlines: Deadlines {
-                metadata: timeout(
-                    "metadata-timeout",
-                    args.metadata_timeout.or(file.metadata_timeout),
-                    d.deadlines.metadata,
-                )?,
-                data: timeout(
-                    "data-timeout",
-                    args.data_timeout.or(file.data_timeout),
-                    d.deadlines.data,
-                )?,
-            },
+            deadlines: deadlines(&TimeoutArgs {
+                metadata_timeout: args.timeouts.metadata_timeout.or(file.metadata_timeout),
+                data_timeout: args.timeouts.data_timeout.or(file.data_timeout),
+            })?,
             endpoint: args.endpoint.clone().or(file.endpoint),
             auth: args.auth.or(file.auth).unwrap_or(d.auth),
             log_file: args.log_file.clone().or(file.log_file),

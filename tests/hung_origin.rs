@@ -197,3 +197,69 @@ fn a_write_on_a_hung_lake_fails_by_the_data_deadline_and_lands_once_it_answers()
         assert_eq!(sha256(&landed), sha256(&data), "w{i}.bin in the lake");
     }
 }
+
+#[test]
+fn transfers_on_a_hung_lake_fail_by_their_deadline_with_one_line() {
+    let r = rig(|az| az.put_blob(CONTAINER, "t/a.bin", &pseudo_random(1 << 20, 3)));
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("up.bin"), pseudo_random(1 << 20, 4)).unwrap();
+    let w = |name: &str| work.path().join(name).to_str().unwrap().to_string();
+    let lake = format!("az://{ACCOUNT}/{CONTAINER}/t");
+    let cs = r.az.connection_string();
+    let (meta, data, endpoint) = (
+        METADATA_TIMEOUT.to_string(),
+        DATA_TIMEOUT.to_string(),
+        r.proxy.endpoint(),
+    );
+    let timeouts = [
+        "--endpoint",
+        &endpoint,
+        "--metadata-timeout",
+        &meta,
+        "--data-timeout",
+        &data,
+    ];
+    for how in HANGS {
+        for mut args in [
+            vec!["download".to_string(), lake.clone(), w("down")],
+            vec!["upload".into(), src.to_str().unwrap().into(), lake.clone()],
+            vec![
+                "warm".into(),
+                lake.clone(),
+                "--cache-dir".into(),
+                w("cache"),
+            ],
+        ] {
+            args.extend(timeouts.iter().map(|s| s.to_string()));
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            r.proxy.hang(how);
+            let mut child = common::mount::lakemount(
+                &argv,
+                &[("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+            // Its first call is the probe, a metadata call; what follows never starts.
+            let t0 = Instant::now();
+            let bound = Duration::from_secs(METADATA_TIMEOUT) + MARGIN;
+            let done = wait_for(bound, || child.try_wait().unwrap().is_some());
+            let took = t0.elapsed();
+            r.proxy.hang(Hang::Off);
+            if !done {
+                let _ = child.kill();
+            }
+            let out = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            eprintln!("{argv:?} with the lake {how:?}: ended after {took:?}: {err}");
+            assert!(done, "{argv:?}: still running {took:?} after the lake hung");
+            assert_eq!(out.status.code(), Some(1), "{argv:?}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{argv:?}: {err}");
+            // Out of time (a silent lake), or a body that broke off (half an answer).
+            assert!(err.contains(&lake), "names the lake: {err}");
+        }
+    }
+}

@@ -145,7 +145,7 @@ pub fn open_lake_url(
             lake,
             args.endpoint.clone(),
             args.auth.unwrap_or_default(),
-            Default::default(),
+            crate::config::deadlines(&args.timeouts)?,
         )
         .map_err(|e| crate::mount::explain_for("reach", &shown, e))?
     };

@@ -128,7 +128,7 @@ pub fn run(args: &WarmArgs) -> Result<()> {
             &lake,
             args.endpoint.clone(),
             args.auth.unwrap_or_default(),
-            Default::default(),
+            crate::config::deadlines(&args.timeouts)?,
         )
         .map_err(|e| crate::mount::explain_for("warm", &shown, e))?
     };
