@@ -197,16 +197,7 @@ impl MountSettings {
             args.lake.clone().or(file.lake).ok_or_else(|| {
                 anyhow!("no lake URL given (argument LAKE or `lake` in --config)")
             })?;
-        let mut lake = LakeUrl::parse(&lake).map_err(|e| anyhow!(e))?;
-        if let LakeUrl::Azure {
-            sas: sas @ None, ..
-        } = &mut lake
-        {
-            // The daemon of a SAS URL: its parent passed the SAS this way (see mount.rs).
-            if let Ok(token) = std::env::var(crate::mount::LAKE_SAS_ENV) {
-                *sas = Some(crate::lake_url::Sas::from_token(token));
-            }
-        }
+        let lake = LakeUrl::parse(&lake).map_err(|e| anyhow!(e))?;
         let mountpoint = args.mountpoint.clone().or(file.mountpoint).ok_or_else(|| {
             anyhow!("no mount point given (argument MOUNTPOINT or `mountpoint` in --config)")
         })?;

@@ -29,11 +29,6 @@ pub enum LakeUrl {
 pub struct Sas(String);
 
 impl Sas {
-    /// A SAS handed over without its URL (to the mount daemon, see `mount.rs`).
-    pub fn from_token(token: String) -> Sas {
-        Sas(token)
-    }
-
     /// The token itself, for the credential; nothing else may print it.
     pub fn token(&self) -> &str {
         &self.0
@@ -204,6 +199,17 @@ impl LakeUrl {
         }
     }
 
+    /// Gives an Azure lake without a SAS the one handed over apart from its URL (the mount
+    /// daemon's, see `mount.rs`).
+    pub fn adopt_sas(&mut self, token: String) {
+        if let LakeUrl::Azure {
+            sas: sas @ None, ..
+        } = self
+        {
+            *sas = Some(Sas(token));
+        }
+    }
+
     fn azure(account: &str, container: &str, prefix: &str) -> Result<LakeUrl, String> {
         check_account(account)?;
         check_container(container)?;
@@ -265,6 +271,7 @@ pub fn hide_queries(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn queries_are_hidden_wherever_they_appear_and_plain_question_marks_stay() {
@@ -286,7 +293,6 @@ mod tests {
             assert!(!hide_queries(text).contains("S3CRET"));
         }
     }
-    use super::*;
 
     fn az(a: &str, c: &str, p: &str) -> LakeUrl {
         LakeUrl::Azure {

@@ -37,7 +37,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn run(args: &MountArgs) -> Result<()> {
-    let settings = MountSettings::resolve(args)?;
+    let mut settings = MountSettings::resolve(args)?;
+    if let Some(token) = handed_over_sas() {
+        settings.lake.adopt_sas(token);
+    }
     if !settings.foreground {
         return spawn_daemon(&settings);
     }
@@ -129,7 +132,16 @@ fn default_log_file(mountpoint: &Path) -> PathBuf {
 /// Starts `lakemount mount ... --foreground` detached, and returns once it reports that the
 /// mount answers (exit 0) or why it could not mount (error).
 /// Where the daemon finds the SAS of a SAS URL given to `lakemount mount`.
-pub const LAKE_SAS_ENV: &str = "LAKEMOUNT_LAKE_SAS";
+const LAKE_SAS_ENV: &str = "LAKEMOUNT_LAKE_SAS";
+
+/// The SAS `spawn_daemon` handed to this process, if it is such a daemon; taken out of the
+/// environment once read.
+fn handed_over_sas() -> Option<String> {
+    std::env::var_os(READY_FD_ENV)?;
+    let token = std::env::var(LAKE_SAS_ENV).ok()?;
+    std::env::remove_var(LAKE_SAS_ENV);
+    Some(token)
+}
 
 fn spawn_daemon(s: &MountSettings) -> Result<()> {
     let log_path = s

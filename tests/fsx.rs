@@ -43,17 +43,7 @@ const JOBS: &[Job] = &[
 const FLEN: u32 = 5 << 19;
 
 fn fsx_bin() -> PathBuf {
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
-        .unwrap_or_default();
-    let bin = home.join("bin/fsx");
-    assert!(
-        bin.is_file(),
-        "{} is missing: ./scripts/install-deps installs fsx",
-        bin.display()
-    );
-    bin
+    common::tools::cargo_installed("fsx")
 }
 
 fn soak() -> u32 {

@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::azurite::{Azurite, ACCOUNT};
@@ -89,13 +89,7 @@ fn against_hung_lake(rig: &Rig, how: Hang, mut cmd: Command, deadline: Duration,
     // A process that waits for its error may see two requests time out: the kernel retries
     // a failed readahead with a read of its own. A killed one waits for one at most.
     let bound = if kill { deadline } else { 2 * deadline } + MARGIN;
-    let done = wait_for(bound, || child.try_wait().unwrap().is_some());
-    let took = t0.elapsed();
-    rig.proxy.hang(Hang::Off);
-    if !done {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().unwrap();
+    let (done, took, out) = end_of(rig, child, t0, bound);
     eprintln!("{what}: ended {took:?} after its request hung (deadline {deadline:?})");
     assert!(done, "{what}: still running {took:?} after the lake hung");
     if !kill {
@@ -107,6 +101,18 @@ fn against_hung_lake(rig: &Rig, how: Hang, mut cmd: Command, deadline: Duration,
         assert!(named, "{what}: {err}");
     }
     assert!(is_mounted(&rig.m.path()), "{what}: the mount went away");
+}
+
+/// Waits up to `bound` (from `t0`) for `child` to end, then lifts the hang and collects it
+/// (killed if it had not ended): whether it ended in time, when, and its output.
+fn end_of(rig: &Rig, mut child: Child, t0: Instant, bound: Duration) -> (bool, Duration, Output) {
+    let done = wait_for(bound, || child.try_wait().unwrap().is_some());
+    let took = t0.elapsed();
+    rig.proxy.hang(Hang::Off);
+    if !done {
+        let _ = child.kill();
+    }
+    (done, took, child.wait_with_output().unwrap())
 }
 
 fn cmd(program: &str, args: &[&Path]) -> Command {
@@ -235,7 +241,7 @@ fn transfers_on_a_hung_lake_fail_by_their_deadline_with_one_line() {
             args.extend(timeouts.iter().map(|s| s.to_string()));
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
             r.proxy.hang(how);
-            let mut child = common::mount::lakemount(
+            let child = common::mount::lakemount(
                 &argv,
                 &[("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())],
             )
@@ -246,13 +252,7 @@ fn transfers_on_a_hung_lake_fail_by_their_deadline_with_one_line() {
             // Its first call is the probe, a metadata call; what follows never starts.
             let t0 = Instant::now();
             let bound = Duration::from_secs(METADATA_TIMEOUT) + MARGIN;
-            let done = wait_for(bound, || child.try_wait().unwrap().is_some());
-            let took = t0.elapsed();
-            r.proxy.hang(Hang::Off);
-            if !done {
-                let _ = child.kill();
-            }
-            let out = child.wait_with_output().unwrap();
+            let (done, took, out) = end_of(&r, child, t0, bound);
             let err = String::from_utf8_lossy(&out.stderr);
             eprintln!("{argv:?} with the lake {how:?}: ended after {took:?}: {err}");
             assert!(done, "{argv:?}: still running {took:?} after the lake hung");

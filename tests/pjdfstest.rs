@@ -20,17 +20,7 @@ const CONFIG: &str = "[settings]\nnaptime = 0.01\nallow_remount = false\n\n\
                       [dummy_auth]\nentries = [[\"nobody\", \"nogroup\"], [\"daemon\", \"daemon\"]]\n";
 
 fn pjdfstest_bin() -> PathBuf {
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
-        .unwrap_or_default();
-    let bin = home.join("bin/pjdfstest");
-    assert!(
-        bin.is_file(),
-        "{} is missing: ./scripts/install-deps installs pjdfstest",
-        bin.display()
-    );
-    bin
+    common::tools::cargo_installed("pjdfstest")
 }
 
 #[derive(Debug)]

@@ -1,5 +1,5 @@
 //! The block layer under open files: fixed-size blocks of an object version, held in a memory
-//! tier (LRU, bounded in bytes), backed by the disk tier and fetched from the store with one
+//! tier (LRU, bounded by the budget its blocks hold), backed by the disk tier and fetched from the store with one
 //! ranged GET per block. Concurrent requests for a block share one fetch. Every block's bytes
 //! hold a share of one memory budget (`budget.rs`) from before they are fetched until the last
 //! user lets go, so block memory never exceeds `--max-memory` at any number of open handles.
@@ -393,15 +393,18 @@ impl BlockCache {
             // The wait for memory counts against the block's deadline too: behind fetches
             // stuck on a hung lake, a reader fails at the deadline, not at twice it.
             let total = me.cfg.retry.total;
+            let waited_for_memory = AtomicBool::new(permit.is_none());
             let fetched = tokio::time::timeout(total, async {
                 let permit = match permit {
                     Some(p) => p,
                     None => {
                         let range = me.block_range(obj.size, index);
                         let budget = me.budget.clone();
-                        budget
+                        let p = budget
                             .take(range.end - range.start, || me.evict_one(true))
-                            .await
+                            .await;
+                        waited_for_memory.store(false, Ordering::Relaxed);
+                        p
                     }
                 };
                 let result = me.load(&obj, index, &key, prefetched, permit).await;
@@ -412,8 +415,14 @@ impl BlockCache {
             })
             .await;
             let result = fetched.unwrap_or_else(|_| {
+                // Out of time before the GET even started: say so, it is not the lake's fault.
+                let why = if waited_for_memory.load(Ordering::Relaxed) {
+                    "no memory free (--max-memory is all in use by other reads)"
+                } else {
+                    "no answer"
+                };
                 Err(StoreError::TimedOut(format!(
-                    "{}: block {index}: no answer within {}",
+                    "{}: block {index}: {why} within {}",
                     obj.key,
                     crate::store::deadline::shown(total)
                 )))

@@ -391,3 +391,35 @@ async fn a_short_response_is_retried_then_an_error_never_short_or_wrong_data() {
         assert_eq!(err.errno(), libc::EIO, "{err:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_finds_no_memory_in_time_fails_saying_so_and_works_once_memory_is_let_go() {
+    let mem = Arc::new(MemoryStore::new());
+    let data: Vec<u8> = (0..4 * MIB).map(|i| (i % 251) as u8).collect();
+    mem.put("f", data.clone());
+    let etag = mem.head("f").await.unwrap().unwrap().etag;
+    let store = Arc::new(ThrottledStore::new(mem, Duration::from_millis(1), None));
+    let cfg = BlockConfig {
+        block_size: MIB,
+        max_memory: 2 * MIB,
+        retry: ReadRetry {
+            total: Duration::from_millis(300),
+            ..fast_retry()
+        },
+    };
+    let r = Rig::assemble(store, data, etag, cfg, MIB);
+    // Both blocks of the budget in use (replies being sent): nothing can be evicted.
+    let a = r.cache.get(&r.obj, 0, 1).await.unwrap();
+    let b = r.cache.get(&r.obj, 1, 1).await.unwrap();
+    let err = match r.cache.get(&r.obj, 2, 1).await {
+        Err(e) => e,
+        Ok(_) => panic!("a third block fitted in a budget of two"),
+    };
+    assert_eq!(err.errno(), libc::ETIMEDOUT, "{err:?}");
+    assert!(err.to_string().contains("no memory free"), "{err}");
+    drop(a);
+    let c = r.cache.get(&r.obj, 2, 1).await.unwrap();
+    assert_eq!(c.data()[0], r.data[2 * MIB as usize]);
+    assert!(r.cache.budget_in_use() <= 2 * MIB);
+    drop((b, c));
+}

@@ -6,4 +6,5 @@ pub mod metrics;
 pub mod mount;
 pub mod proc;
 pub mod tmpfs;
+pub mod tools;
 pub mod tree;
