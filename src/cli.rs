@@ -167,6 +167,13 @@ pub struct MountArgs {
     #[arg(long, value_name = "SECONDS")]
     pub metadata_ttl: Option<u64>,
 
+    /// On a flat (Blob) account, a directory is renamed by copying every object below it
+    /// server-side, then deleting the originals; past this many objects rename(2) answers EXDEV
+    /// (`mv` then copies by itself). 0: always EXDEV. Hierarchical accounts rename atomically
+    /// whatever the size [default: 10000].
+    #[arg(long, value_name = "OBJECTS")]
+    pub rename_dir_limit: Option<u64>,
+
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
 
@@ -181,7 +188,7 @@ pub struct MountArgs {
     pub auth: Option<AuthMethod>,
 
     /// A TOML file whose keys mirror these flags (lake, mountpoint, read_only, allow_other, uid,
-    /// gid, file_mode, dir_mode, metadata_ttl, metadata_timeout, data_timeout, endpoint, auth,
+    /// gid, file_mode, dir_mode, metadata_ttl, rename_dir_limit, metadata_timeout, data_timeout, endpoint, auth,
     /// log_file, block_size,
     /// max_readahead, max_memory, cache_dir, cache_size, staging_dir, metrics_addr). Flags win.
     #[arg(long, value_name = "FILE")]

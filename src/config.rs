@@ -26,6 +26,7 @@ pub struct MountFile {
     pub file_mode: Option<String>,
     pub dir_mode: Option<String>,
     pub metadata_ttl: Option<u64>,
+    pub rename_dir_limit: Option<u64>,
     pub metadata_timeout: Option<u64>,
     pub data_timeout: Option<u64>,
     pub endpoint: Option<String>,
@@ -71,6 +72,7 @@ pub struct MountSettings {
     pub file_mode: u16,
     pub dir_mode: u16,
     pub metadata_ttl: Duration,
+    pub rename_dir_limit: u64,
     /// How long one call to the lake may take (see `store::deadline`).
     pub deadlines: Deadlines,
     pub endpoint: Option<String>,
@@ -220,6 +222,10 @@ impl MountSettings {
             file_mode: mode(file_mode, d.file_mode)?,
             dir_mode: mode(dir_mode, d.dir_mode)?,
             metadata_ttl: metadata_ttl(args.metadata_ttl.or(file.metadata_ttl), d.metadata_ttl)?,
+            rename_dir_limit: args
+                .rename_dir_limit
+                .or(file.rename_dir_limit)
+                .unwrap_or(d.rename_dir_limit),
             deadlines: deadlines(&TimeoutArgs {
                 metadata_timeout: args.timeouts.metadata_timeout.or(file.metadata_timeout),
                 data_timeout: args.timeouts.data_timeout.or(file.data_timeout),
@@ -279,6 +285,7 @@ impl MountSettings {
             file_mode: 0o644,
             dir_mode: 0o755,
             metadata_ttl: Duration::from_secs(60),
+            rename_dir_limit: crate::fs::DEFAULT_RENAME_DIR_LIMIT,
             deadlines: Deadlines::default(),
             endpoint: None,
             auth: AuthMethod::default(),

@@ -444,6 +444,7 @@ pub fn build_fs_with(
             block_size: s.block_size,
         },
         upload_slots,
+        rename_dir_limit: s.rename_dir_limit,
         ..FsConfig::default()
     };
     let read_path = PrefetchReadPath::new(blocks, s.max_readahead);

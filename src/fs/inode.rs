@@ -164,6 +164,21 @@ impl InodeTable {
         }
     }
 
+    /// Makes every node below `key/` ask the store again at its next use (its object was
+    /// replaced by a copy with another ETag).
+    pub fn expire_below(&mut self, key: &str) {
+        let sub = format!("{key}/");
+        // Longer ago than the longest metadata TTL (a year); Linux's monotonic clock takes
+        // instants before its start.
+        let Some(long_ago) = Instant::now().checked_sub(std::time::Duration::from_secs(2 << 25))
+        else {
+            return;
+        };
+        for n in self.nodes.values_mut().filter(|n| n.key.starts_with(&sub)) {
+            n.checked = long_ago;
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.nodes.len()
     }

@@ -104,6 +104,7 @@ mod tests {
             etag: "\"e\"".into(),
             is_dir_marker: marker,
             content_md5: None,
+            metadata: Default::default(),
         }
     }
 

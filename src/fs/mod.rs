@@ -7,6 +7,7 @@ pub mod listing;
 pub mod names;
 mod namespace;
 pub mod process;
+mod rename_tree;
 pub mod write;
 
 use std::collections::{HashMap, HashSet};
@@ -45,6 +46,9 @@ impl From<Arc<StoreError>> for FsError {
 
 pub type FsResult<T> = Result<T, FsError>;
 
+/// A checkpoint directory of a few thousand shards moves in seconds (32 copies at once).
+pub const DEFAULT_RENAME_DIR_LIMIT: u64 = 10_000;
+
 #[derive(Clone, Debug)]
 pub struct FsConfig {
     pub uid: u32,
@@ -61,6 +65,8 @@ pub struct FsConfig {
     pub write: WriteConfig,
     /// Blocks being uploaded at once, across all files.
     pub upload_slots: usize,
+    /// Most objects a directory rename on a flat account copies; EXDEV beyond (0: always).
+    pub rename_dir_limit: u64,
 }
 
 impl Default for FsConfig {
@@ -78,6 +84,7 @@ impl Default for FsConfig {
                 block_size: 8 << 20,
             },
             upload_slots: 8,
+            rename_dir_limit: DEFAULT_RENAME_DIR_LIMIT,
         }
     }
 }

@@ -141,22 +141,31 @@ impl Model {
             (View::Dir, Some(View::File(_))) => return Err(libc::ENOTDIR),
             (View::Dir, _) if to.starts_with(&format!("{from}/")) => return Err(libc::EINVAL),
             (View::Dir, Some(View::Dir)) if self.has_below(to) => return Err(libc::ENOTEMPTY),
-            (View::Dir, _) if !self.hierarchical => return Err(libc::EXDEV),
             (View::Dir, Some(View::Dir)) => {
                 self.keys.remove(to);
             }
             _ => {}
         }
         let sub = format!("{from}/");
+        // On a flat account a file the directory hid is not part of it: it stays, and shows.
+        let hidden_file = |k: &str| {
+            matches!(src, View::Dir)
+                && !self.hierarchical
+                && matches!(self.keys.get(k), Some(Obj::File(_)))
+        };
         let moving: Vec<String> = self
             .keys
             .keys()
-            .filter(|k| *k == from || k.starts_with(&sub))
+            .filter(|k| (*k == from && !hidden_file(k)) || k.starts_with(&sub))
             .cloned()
             .collect();
         for k in moving {
             let obj = self.keys.remove(&k).expect("listed");
             self.keys.insert(format!("{to}{}", &k[from.len()..]), obj);
+        }
+        if matches!(src, View::Dir) && !self.hierarchical {
+            // The copy leaves a marker: the moved directory stays one when it empties.
+            self.keys.insert(to.to_string(), Obj::Marker);
         }
         self.keep_dir(parent(from));
         Ok(())

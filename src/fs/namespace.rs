@@ -1,6 +1,6 @@
 //! Changes to the tree itself: mkdir, rmdir, unlink and rename, with what flat accounts need
 //! to look like POSIX (directory markers that keep emptied directories, copy + delete for a
-//! file rename, EXDEV for a directory rename).
+//! file rename; a directory rename is `rename_tree`'s).
 
 use std::time::SystemTime;
 
@@ -16,7 +16,7 @@ impl LakeFs {
         if self.existing(parent, &dir, name).await?.is_some() {
             return Err(FsError(libc::EEXIST));
         }
-        self.store.make_dir(&key).await?;
+        self.store.make_dir(&key, &Default::default()).await?;
         let kind = EntryKind::Dir {
             mtime: Some(SystemTime::now()),
         };
@@ -99,7 +99,7 @@ impl LakeFs {
                 // A file of the same name was hidden by the directory: it shows again.
                 return Ok(());
             }
-            self.store.make_dir(key).await?;
+            self.store.make_dir(key, &Default::default()).await?;
             self.changed(
                 key,
                 Some(EntryKind::Dir {
@@ -112,7 +112,7 @@ impl LakeFs {
     }
 
     /// rename(2). Hierarchical stores rename files and directories atomically; flat ones
-    /// rename a file by copy + delete and refuse directories with EXDEV (so `mv` copies).
+    /// rename a file by copy + delete and a directory as `rename_tree` says.
     pub async fn rename(
         &self,
         parent: u64,
@@ -146,17 +146,27 @@ impl LakeFs {
             (EntryKind::Dir { .. }, _) if to.starts_with(&format!("{from}/")) => {
                 return Err(FsError(libc::EINVAL))
             }
-            // Before EXDEV: `mv` answers EXDEV by copying, which would merge into a full one.
             (EntryKind::Dir { .. }, Some(EntryKind::Dir { .. }))
-                if !self.is_empty_dir(&to).await? =>
+                if self.writing_below(&to) || hierarchical && !self.is_empty_dir(&to).await? =>
             {
                 return Err(FsError(libc::ENOTEMPTY))
             }
-            (EntryKind::Dir { .. }, _) if !hierarchical => return Err(FsError(libc::EXDEV)),
-            (EntryKind::Dir { .. }, Some(EntryKind::Dir { .. })) => {
+            (EntryKind::Dir { .. }, Some(EntryKind::Dir { .. })) if hierarchical => {
                 self.store.remove_dir(&to).await?;
             }
             _ => {}
+        }
+        if src.is_dir() {
+            return self
+                .rename_dir(
+                    parent,
+                    name,
+                    newparent,
+                    newname,
+                    (&dir, &from, &to),
+                    hierarchical,
+                )
+                .await;
         }
         // A file being written goes up under its old name first, then moves like any other.
         let writer = self
@@ -182,10 +192,7 @@ impl LakeFs {
             .lock()
             .unwrap()
             .rename(parent, name, newparent, newname, &to);
-        if src.is_dir() {
-            // Every cached name below moved.
-            self.meta.invalidate_all();
-        } else {
+        {
             let moved = if in_lake {
                 self.store.head(&to).await?
             } else {
@@ -206,6 +213,62 @@ impl LakeFs {
             self.changed(&to, kind).await;
         }
         self.changed(&from, None).await;
+        self.keep_dir(&dir.key).await
+    }
+
+    /// Whether a file below directory `key` is open for writing on this mount.
+    fn writing_below(&self, key: &str) -> bool {
+        !self.writers_below(key).is_empty()
+    }
+
+    /// The files below directory `key` being written on this mount, with their keys.
+    fn writers_below(&self, key: &str) -> Vec<(u64, std::sync::Arc<super::WriteHandle>, String)> {
+        let sub = format!("{key}/");
+        let inodes = self.inodes.lock().unwrap();
+        let writers = self.writers.lock().unwrap();
+        writers
+            .iter()
+            .filter_map(|(ino, w)| {
+                let k = &inodes.get(*ino)?.key;
+                k.starts_with(&sub).then(|| (*ino, w.w.clone(), k.clone()))
+            })
+            .collect()
+    }
+
+    /// The directory half of rename(2): files being written below go up first (so the move
+    /// takes them along) and write on under their new names.
+    async fn rename_dir(
+        &self,
+        parent: u64,
+        name: &str,
+        newparent: u64,
+        newname: &str,
+        (dir, from, to): (&super::inode::Node, &str, &str),
+        hierarchical: bool,
+    ) -> FsResult<()> {
+        let writers = self.writers_below(from);
+        for (ino, w, _) in &writers {
+            self.commit(*ino, w).await?;
+        }
+        if hierarchical {
+            self.store.rename(from, to).await?;
+        } else {
+            self.rename_dir_flat(from, to).await?;
+        }
+        for (_, w, key) in &writers {
+            w.retarget(&format!("{to}{}", &key[from.len()..]));
+        }
+        {
+            let mut t = self.inodes.lock().unwrap();
+            t.rename(parent, name, newparent, newname, to);
+            if !hierarchical {
+                // Copies have ETags of their own.
+                t.expire_below(to);
+            }
+        }
+        // Every cached name below moved.
+        self.meta.invalidate_all();
+        self.changed(from, None).await;
         self.keep_dir(&dir.key).await
     }
 }

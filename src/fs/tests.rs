@@ -456,7 +456,7 @@ mod writes {
     }
 
     #[tokio::test]
-    async fn flat_rename_copies_files_and_refuses_directories_with_exdev() {
+    async fn flat_rename_copies_files_and_directories() {
         let s = Arc::new(MemoryStore::new());
         s.put("a.txt", "A");
         s.put("b.txt", "B");
@@ -483,16 +483,23 @@ mod writes {
             .await
             .unwrap();
         assert_eq!(&s.data("dir/b.txt").unwrap()[..], b"A");
-        assert_eq!(
-            fs.rename(ROOT_INO, "dir", ROOT_INO, "dir2", false).await,
-            Err(FsError(libc::EXDEV))
-        );
         s.put("full/f", "f");
         assert_eq!(
             fs.rename(ROOT_INO, "dir", ROOT_INO, "full", false).await,
             Err(FsError(libc::ENOTEMPTY)),
-            "onto a full directory: not EXDEV, which mv would answer by merging"
+            "onto a full directory"
         );
+        fs.rename(ROOT_INO, "dir", ROOT_INO, "dir2", false)
+            .await
+            .unwrap();
+        assert_eq!(&s.data("dir2/b.txt").unwrap()[..], b"A");
+        assert_eq!(&s.data("dir2/x").unwrap()[..], b"x");
+        assert!(
+            s.keys().iter().all(|k| !k.starts_with("dir/")),
+            "{:?}",
+            s.keys()
+        );
+        assert_eq!(fs.lookup(ROOT_INO, "dir").await, Err(FsError(libc::ENOENT)));
         assert_eq!(
             fs.rename(ROOT_INO, "missing", ROOT_INO, "m2", false).await,
             Err(FsError(libc::ENOENT))

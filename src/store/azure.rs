@@ -25,6 +25,7 @@ use object_store::{
 use url::Url;
 
 use super::deadline::Deadlines;
+use super::Metadata;
 use super::{
     azure_list, md5_base64, retry, Committed, ListPage, ObjectInfo, PutOptions, Store, StoreError,
     StoreResult,
@@ -35,7 +36,7 @@ use super::{
 struct Call {
     method: Method,
     url: Url,
-    headers: Vec<(&'static str, String)>,
+    headers: Vec<(std::borrow::Cow<'static, str>, String)>,
     body: Bytes,
     /// A header naming a source object (`x-ms-copy-source`, `x-ms-rename-source`): a SAS the
     /// credential adds to this request's URL must be added to the source as well.
@@ -54,7 +55,14 @@ impl Call {
     }
 
     fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
-        self.headers.push((name, value.into()));
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// A user metadata header, `x-ms-meta-NAME`.
+    fn meta(mut self, name: &str, value: &str) -> Self {
+        self.headers
+            .push((format!("x-ms-meta-{name}").into(), value.to_string()));
         self
     }
 
@@ -405,7 +413,9 @@ impl AzureStore {
         }
         for (name, value) in &call.headers {
             let value = HeaderValue::from_str(value).map_err(|e| bad(format!("{name}: {e}")))?;
-            headers.insert(HeaderName::from_static(name), value);
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| bad(format!("header {name}: {e}")))?;
+            headers.insert(name, value);
         }
         AzureAuthorizer::new(&cred, &self.account)
             .try_authorize(&mut req)
@@ -570,6 +580,9 @@ impl Store for AzureStore {
             etag: azure_list::quoted_etag(get("etag").unwrap_or_default()),
             is_dir_marker,
             content_md5: get("content-md5").map(str::to_string),
+            metadata: crate::store::user_metadata(h.iter().filter_map(|(k, v)| {
+                Some((k.as_str().strip_prefix("x-ms-meta-")?, v.to_str().ok()?))
+            })),
         }))
     }
 
@@ -646,10 +659,13 @@ impl Store for AzureStore {
         committed(self.call(call).await?)
     }
 
-    async fn make_dir(&self, key: &str) -> StoreResult<()> {
-        let call = Call::new(Method::PUT, self.blob_url(key))
+    async fn make_dir(&self, key: &str, meta: &Metadata) -> StoreResult<()> {
+        let mut call = Call::new(Method::PUT, self.blob_url(key))
             .header("x-ms-blob-type", "BlockBlob")
             .header("x-ms-meta-hdi_isfolder", "true");
+        for (k, v) in meta {
+            call = call.meta(k, v);
+        }
         self.call(call).await.map(|_| ())
     }
 

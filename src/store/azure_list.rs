@@ -162,6 +162,12 @@ pub fn parse(xml: &str, root: &str) -> Result<ListPage, String> {
                     etag: quoted_etag(&b.properties.etag),
                     is_dir_marker: is_folder,
                     content_md5: b.properties.content_md5.filter(|m| !m.is_empty()),
+                    metadata: crate::store::user_metadata(
+                        b.metadata
+                            .iter()
+                            .flatten()
+                            .map(|(k, v)| (k.as_str(), v.as_str())),
+                    ),
                 });
             }
             Item::BlobPrefix(p) => {

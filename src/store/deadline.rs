@@ -18,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use super::Metadata;
 use super::{
     Committed, DynStore, ListPage, ObjectInfo, PutOptions, Store, StoreError, StoreResult,
 };
@@ -150,8 +151,9 @@ impl Store for DeadlineStore {
             .await
     }
 
-    async fn make_dir(&self, key: &str) -> StoreResult<()> {
-        self.meta("mkdir", key, self.inner.make_dir(key)).await
+    async fn make_dir(&self, key: &str, meta: &Metadata) -> StoreResult<()> {
+        self.meta("mkdir", key, self.inner.make_dir(key, meta))
+            .await
     }
 
     async fn remove_dir(&self, key: &str) -> StoreResult<()> {

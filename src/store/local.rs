@@ -98,6 +98,7 @@ fn info(key: String, meta: &Metadata) -> ObjectInfo {
         etag: etag(meta),
         is_dir_marker: false,
         content_md5: None,
+        metadata: Default::default(),
     }
 }
 
@@ -245,7 +246,7 @@ impl Store for LocalStore {
         blocking(move || replace_with(&root, &key, |f| std::io::Write::write_all(f, &data))).await
     }
 
-    async fn make_dir(&self, key: &str) -> StoreResult<()> {
+    async fn make_dir(&self, key: &str, _meta: &super::Metadata) -> StoreResult<()> {
         let (path, key) = (self.path(key), key.to_string());
         blocking(move || std::fs::create_dir(&path).map_err(|e| io_err(&key, e))).await
     }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    md5_base64, Committed, ListPage, ObjectInfo, PutOptions, Store, StoreError, StoreResult,
+    md5_base64, Committed, ListPage, Metadata, ObjectInfo, PutOptions, Store, StoreError,
+    StoreResult,
 };
 
 #[derive(Clone, Debug)]
@@ -22,6 +23,7 @@ struct Object {
     mtime: SystemTime,
     is_dir_marker: bool,
     content_md5: Option<String>,
+    metadata: Metadata,
 }
 
 /// Request counters, so tests can prove what reached the store.
@@ -44,6 +46,9 @@ pub struct MemoryStore {
     hierarchical: bool,
     /// While set, every write fails as if the network were down (fault injection).
     pub fail_writes: AtomicBool,
+    /// Writes (puts, copies, deletes, markers) left before every write fails as if the
+    /// network went down; negative: no limit (fault injection: a crash after N writes).
+    pub writes_left: AtomicI64,
     /// Listing faults (injection): 1, every page names the same continuation marker; 2, every
     /// page is empty and names a new marker.
     pub broken_listing: AtomicU64,
@@ -70,6 +75,7 @@ impl MemoryStore {
             staged: Mutex::new(HashMap::new()),
             hierarchical: false,
             fail_writes: AtomicBool::new(false),
+            writes_left: AtomicI64::new(-1),
             broken_listing: AtomicU64::new(0),
             counters: Counters::default(),
         }
@@ -89,6 +95,7 @@ impl MemoryStore {
         data: Bytes,
         is_dir_marker: bool,
         md5: Option<String>,
+        metadata: Metadata,
     ) -> Committed {
         let etag = format!("\"0x{:X}\"", self.next_etag.fetch_add(1, Ordering::Relaxed));
         let mtime = SystemTime::now();
@@ -98,13 +105,14 @@ impl MemoryStore {
             mtime,
             is_dir_marker,
             content_md5: md5,
+            metadata,
         };
         self.objects.lock().unwrap().insert(key.to_string(), obj);
         Committed { etag, mtime }
     }
 
     fn insert(&self, key: &str, data: Bytes, is_dir_marker: bool) {
-        self.insert_with(key, data, is_dir_marker, None);
+        self.insert_with(key, data, is_dir_marker, None, Metadata::new());
     }
 
     /// The content of `key`, if it exists.
@@ -114,6 +122,15 @@ impl MemoryStore {
             .unwrap()
             .get(key)
             .map(|o| o.data.clone())
+    }
+
+    /// What a head of `key` would answer, without counting a request.
+    pub fn head_now(&self, key: &str) -> Option<ObjectInfo> {
+        self.objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|o| Self::info(key, o))
     }
 
     /// Every key, in order.
@@ -127,7 +144,12 @@ impl MemoryStore {
     }
 
     fn check_writes(&self, key: &str) -> StoreResult<()> {
-        if self.fail_writes.load(Ordering::Relaxed) {
+        let left = self
+            .writes_left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n > 0).then(|| n - 1)
+            });
+        if self.fail_writes.load(Ordering::Relaxed) || left == Err(0) {
             return Err(StoreError::Unreachable(format!(
                 "{key}: injected write failure"
             )));
@@ -155,6 +177,7 @@ impl MemoryStore {
             etag: obj.etag.clone(),
             is_dir_marker: obj.is_dir_marker,
             content_md5: obj.content_md5.clone(),
+            metadata: obj.metadata.clone(),
         }
     }
 }
@@ -300,19 +323,19 @@ impl Store for MemoryStore {
         staged.retain(|(k, _), _| k != key);
         drop(staged);
         let md5 = opts.content_md5.as_ref().map(md5_base64);
-        Ok(self.insert_with(key, Bytes::from(data), false, md5))
+        Ok(self.insert_with(key, Bytes::from(data), false, md5, Metadata::new()))
     }
 
     async fn put(&self, key: &str, data: Bytes, opts: &PutOptions) -> StoreResult<Committed> {
         self.check_writes(key)?;
         self.counters.puts.fetch_add(1, Ordering::Relaxed);
         let md5 = opts.content_md5.as_ref().map(md5_base64);
-        Ok(self.insert_with(key, data, false, md5))
+        Ok(self.insert_with(key, data, false, md5, Metadata::new()))
     }
 
-    async fn make_dir(&self, key: &str) -> StoreResult<()> {
+    async fn make_dir(&self, key: &str, meta: &Metadata) -> StoreResult<()> {
         self.check_writes(key)?;
-        self.put_dir_marker(key);
+        self.insert_with(key, Bytes::new(), true, None, meta.clone());
         Ok(())
     }
 
@@ -334,7 +357,13 @@ impl Store for MemoryStore {
             .get(from)
             .cloned()
             .ok_or_else(|| StoreError::NotFound(from.to_string()))?;
-        self.insert_with(to, obj.data, obj.is_dir_marker, obj.content_md5);
+        self.insert_with(
+            to,
+            obj.data,
+            obj.is_dir_marker,
+            obj.content_md5,
+            obj.metadata,
+        );
         Ok(())
     }
 

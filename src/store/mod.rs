@@ -36,6 +36,24 @@ pub struct ObjectInfo {
     /// Base64 MD5 of the content when the store keeps one (Azure's Content-MD5, which
     /// lakemount's uploads always set): lets transfers skip identical files and check downloads.
     pub content_md5: Option<String>,
+    /// User metadata (`x-ms-meta-NAME`), names in lower case, `hdi_isfolder` left out (it is
+    /// `is_dir_marker`).
+    pub metadata: Metadata,
+}
+
+/// User metadata of an object, by lower-case name.
+pub type Metadata = std::collections::BTreeMap<String, String>;
+
+/// The metadata name of directory markers, which [`ObjectInfo::metadata`] leaves out.
+pub const DIR_MARKER_META: &str = "hdi_isfolder";
+
+/// Metadata as a store hands it back: names in lower case, the directory flag apart.
+pub fn user_metadata<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Metadata {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+        .filter(|(k, _)| k != DIR_MARKER_META)
+        .collect()
 }
 
 /// What a write returns: the new version of the object.
@@ -198,8 +216,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         Err(read_only(key))
     }
 
-    /// Creates directory `key` (without the trailing `/`): a marker blob on flat accounts.
-    async fn make_dir(&self, key: &str) -> StoreResult<()> {
+    /// Creates directory `key` (without the trailing `/`): a marker blob on flat accounts,
+    /// carrying `meta` (replacing the marker and its metadata if one is there).
+    async fn make_dir(&self, key: &str, _meta: &Metadata) -> StoreResult<()> {
         Err(read_only(key))
     }
 

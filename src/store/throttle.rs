@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::Metadata;
 use super::{
     Committed, DynStore, ListPage, ObjectInfo, PutOptions, Store, StoreError, StoreResult,
 };
@@ -214,9 +215,9 @@ impl Store for ThrottledStore {
         self.inner.put(key, data, opts).await
     }
 
-    async fn make_dir(&self, key: &str) -> StoreResult<()> {
+    async fn make_dir(&self, key: &str, meta: &Metadata) -> StoreResult<()> {
         tokio::time::sleep(self.latency).await;
-        self.inner.make_dir(key).await
+        self.inner.make_dir(key, meta).await
     }
 
     async fn remove_dir(&self, key: &str) -> StoreResult<()> {
