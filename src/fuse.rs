@@ -282,12 +282,12 @@ impl Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
         _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -297,8 +297,18 @@ impl Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         let (fs, ttl) = (self.fs.clone(), self.ttl);
+        // Only the modification time is kept: atime and ctime are not stored.
+        let attrs = crate::store::posix::PosixAttrs {
+            mtime: mtime.map(|t| match t {
+                TimeOrNow::SpecificTime(t) => t,
+                TimeOrNow::Now => SystemTime::now(),
+            }),
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+        };
         self.rt.spawn(async move {
-            match fs.setattr(ino.0, size, fh.map(|f| f.0)).await {
+            match fs.setattr(ino.0, size, fh.map(|f| f.0), &attrs).await {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno(e)),
             }
@@ -332,8 +342,8 @@ impl Filesystem for FuseAdapter {
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
@@ -342,11 +352,25 @@ impl Filesystem for FuseAdapter {
             Err(e) => return reply.error(e),
         };
         let (fs, ttl, pid) = (self.fs.clone(), self.ttl, req.pid());
+        let perm = (mode & !umask & 0o7777) as u16;
         self.rt.spawn(async move {
-            match fs
+            let created = match fs
                 .create(parent.0, &name, flags & libc::O_EXCL != 0, pid)
                 .await
             {
+                // A mode other than the mount's default is stored with the first commit.
+                Ok((a, fh)) if a.perm != perm => {
+                    let attrs = crate::store::posix::PosixAttrs {
+                        mode: Some(perm.into()),
+                        ..Default::default()
+                    };
+                    fs.setattr(a.ino, None, Some(fh), &attrs)
+                        .await
+                        .map(|a| (a, fh))
+                }
+                r => r,
+            };
+            match created {
                 Ok((a, fh)) => reply.created(
                     &ttl,
                     &file_attr(&a),

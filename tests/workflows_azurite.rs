@@ -137,3 +137,202 @@ fn past_the_rename_dir_limit_rename_is_exdev_and_mv_still_moves_the_tree() {
     assert!(az.list_files(CONTAINER, "a/").is_empty());
     drop(src);
 }
+
+/// A dataset tree of `n` small files in 10 directories, with old times and assorted modes.
+fn dataset(root: &Path, n: usize) {
+    use std::os::unix::fs::PermissionsExt;
+    for i in 0..n {
+        let dir = root.join(format!("d{}", i % 10));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(format!("{i:05}.jpg"));
+        std::fs::write(&p, pseudo_random(200 + i % 700, i as u64)).unwrap();
+        let mode = if i % 3 == 0 { 0o600 } else { 0o644 };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        let t =
+            std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000 + i as u64, 123_456_789);
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+}
+
+/// `rsync -a --stats SRC DST`: the number of regular files it transferred.
+fn rsync_transferred(src: &Path, dst: &Path) -> usize {
+    let out = Command::new("rsync")
+        .args(["-a", "--stats"])
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", dst.display()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Number of regular files transferred:"))
+        .unwrap_or_else(|| panic!("no count in: {text}"));
+    line.rsplit(' ')
+        .next()
+        .unwrap()
+        .replace(',', "")
+        .parse()
+        .unwrap()
+}
+
+/// (mtime seconds, nanoseconds, mode bits) of every file below `root`.
+fn times_and_modes(root: &Path) -> Vec<(String, i64, i64, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out: Vec<_> = snapshot(root)
+        .into_keys()
+        .filter_map(|rel| {
+            let m = std::fs::metadata(root.join(&rel)).ok()?;
+            m.is_file()
+                .then(|| (rel, m.mtime(), m.mtime_nsec(), m.mode() & 0o7777))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_second_rsync_a_transfers_nothing_also_after_a_remount() {
+    let az = Azurite::start();
+    az.create_container(CONTAINER);
+    let src = tempfile::tempdir().unwrap();
+    dataset(src.path(), 300);
+    {
+        let m = mount_azurite(&az, CONTAINER, &[]);
+        let dst = m.path().join("set");
+        assert_eq!(rsync_transferred(src.path(), &dst), 300);
+        assert_eq!(times_and_modes(&dst), times_and_modes(src.path()));
+        assert_eq!(rsync_transferred(src.path(), &dst), 0, "same mount");
+    }
+    let m = mount_azurite(&az, CONTAINER, &[]);
+    let dst = m.path().join("set");
+    assert_eq!(rsync_transferred(src.path(), &dst), 0, "after a remount");
+    // One file changed: one transferred, and its time is the source's again.
+    let p = src.path().join("d3/00013.jpg");
+    std::fs::write(&p, b"changed").unwrap();
+    assert_eq!(rsync_transferred(src.path(), &dst), 1);
+    assert_eq!(times_and_modes(&dst), times_and_modes(src.path()));
+}
+
+#[test]
+fn upload_stores_times_and_modes_that_the_mount_shows_and_download_restores() {
+    let az = Azurite::start();
+    az.create_container(CONTAINER);
+    let src = tempfile::tempdir().unwrap();
+    dataset(src.path(), 40);
+    let endpoint = az.endpoint();
+    let cs = az.connection_string();
+    let env = [("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())];
+    let lake = format!("az://{}/{CONTAINER}/up", common::azurite::ACCOUNT);
+    let lm = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--endpoint", endpoint.as_str()]);
+        let out = common::mount::lakemount(&all, &env).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    lm(&["upload", src.path().to_str().unwrap(), &lake]);
+    // rclone's metadata names, so either tool reads the other's.
+    let probe = az
+        .request(
+            "HEAD",
+            &format!("{CONTAINER}/up/d0/00000.jpg"),
+            &[],
+            &[],
+            b"",
+        )
+        .unwrap();
+    assert_eq!(probe.header("x-ms-meta-mode"), Some("600"));
+    assert_eq!(
+        probe.header("x-ms-meta-mtime"),
+        Some("2020-09-13T12:26:40.123456789Z")
+    );
+    let m = mount_azurite(&az, CONTAINER, &[]);
+    assert_eq!(
+        times_and_modes(&m.path().join("up")),
+        times_and_modes(src.path())
+    );
+    let dst = tempfile::tempdir().unwrap();
+    let out = dst.path().join("copy");
+    lm(&["download", &lake, out.to_str().unwrap()]);
+    assert_eq!(times_and_modes(&out), times_and_modes(src.path()));
+}
+
+/// An evaluator streams a checkpoint while the trainer (another process) replaces it with
+/// `os.replace` and checkpoint rotation deletes another: both reads finish the version they
+/// opened, as on a local disk.
+const EVALUATE: &str = r#"
+import hashlib, os, subprocess, sys
+root = sys.argv[1]
+def trainer(code):
+    subprocess.run([sys.executable, "-c", code, root], check=True)
+out = []
+with open(os.path.join(root, "ckpt.pt"), "rb") as f, open(os.path.join(root, "old.pt"), "rb") as g:
+    h, k = hashlib.sha256(f.read(1 << 20)), hashlib.sha256(g.read(1 << 20))
+    trainer("import os, sys; r = sys.argv[1]\n"
+            "open(os.path.join(r, 'ckpt.pt.tmp'), 'wb').write(b'new' * 100000)\n"
+            "os.replace(os.path.join(r, 'ckpt.pt.tmp'), os.path.join(r, 'ckpt.pt'))\n"
+            "os.remove(os.path.join(r, 'old.pt'))")
+    while chunk := f.read(1 << 20):
+        h.update(chunk)
+    while chunk := g.read(1 << 20):
+        k.update(chunk)
+print(h.hexdigest(), k.hexdigest())
+"#;
+
+#[test]
+fn an_evaluator_finishes_the_checkpoint_it_opened_while_the_trainer_replaces_and_deletes() {
+    let az = Azurite::start();
+    az.create_container(CONTAINER);
+    let ckpt = pseudo_random(12 << 20, 1);
+    let old = pseudo_random(9 << 20, 2);
+    az.put_blob_large(CONTAINER, "run/ckpt.pt", &ckpt);
+    az.put_blob_large(CONTAINER, "run/old.pt", &old);
+    // Small blocks and read-ahead, so most of the file is read from the lake after the change.
+    let m = mount_azurite(
+        &az,
+        CONTAINER,
+        &["--block-size", "1M", "--max-readahead", "1M"],
+    );
+    let mp = m.path();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(EVALUATE)
+        .arg(mp.join("run"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.trim(), format!("{} {}", sha256(&ckpt), sha256(&old)));
+    assert_eq!(az.get_blob(CONTAINER, "run/ckpt.pt"), b"new".repeat(100000));
+    assert!(az.try_get_blob(CONTAINER, "run/old.pt").is_none());
+    // The kept copies go with the last close.
+    assert!(
+        common::mount::wait_for(std::time::Duration::from_secs(10), || az
+            .list_blobs(CONTAINER, ".lakemount-retained/")
+            .is_empty()),
+        "{:?}",
+        az.list_blobs(CONTAINER, "")
+    );
+    let listed: Vec<String> = std::fs::read_dir(mp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(listed, ["run"]);
+}

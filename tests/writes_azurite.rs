@@ -189,9 +189,25 @@ fn o_trunc_replaces_and_appends_rewrite_the_blob() {
     // truncate(1) without an open file.
     run(Command::new("truncate").args(["-s", "0"]).arg(&p));
     assert_eq!(az.get_blob(CONTAINER, "log.txt"), b"");
-    // chmod and touch are accepted (not stored: the mount shows its configured modes).
+    // chmod and touch are stored in the blob's metadata; the content stays.
+    std::fs::write(&p, b"kept").unwrap();
     run(Command::new("chmod").arg("600").arg(&p));
-    run(Command::new("touch").arg(&p));
+    run(Command::new("touch")
+        .args(["-d", "2020-02-03 04:05:06"])
+        .arg(&p));
+    let st = std::fs::metadata(&p).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(st.mode() & 0o7777, 0o600);
+    let want = Command::new("date")
+        .args(["-d", "2020-02-03 04:05:06", "+%s"])
+        .output()
+        .unwrap();
+    let want: i64 = String::from_utf8_lossy(&want.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(st.mtime(), want);
+    assert_eq!(az.get_blob(CONTAINER, "log.txt"), b"kept");
 }
 
 #[test]

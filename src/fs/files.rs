@@ -90,7 +90,10 @@ impl LakeFs {
             n.opened_etag = Some(etag.clone());
             (n.clone(), keep)
         };
-        let EntryKind::File { size, etag, .. } = node.kind else {
+        let EntryKind::File {
+            size, etag, posix, ..
+        } = node.kind
+        else {
             return Err(FsError(libc::EISDIR));
         };
         let version = ObjectVersion {
@@ -105,6 +108,7 @@ impl LakeFs {
                 .lock()
                 .unwrap()
                 .insert(fh, OpenFile::Read(reader));
+            self.reading(fh, version);
             return Ok((fh, keep_cache));
         }
         let start = if mode.truncate || size == 0 {
@@ -113,6 +117,9 @@ impl LakeFs {
             Start::Existing(version)
         };
         let fresh = self.new_writer(&node.key, start)?;
+        if let Some(p) = &posix {
+            fresh.inherit_posix(p);
+        }
         let (fh, w) = self.start_writer(ino, fresh.clone(), Some(reader), mode);
         if mode.truncate && !Arc::ptr_eq(&w, &fresh) {
             self.truncate_on_open(&w).await?;
@@ -345,13 +352,18 @@ impl LakeFs {
     }
 
     pub(super) async fn commit(&self, ino: u64, w: &Arc<WriteHandle>) -> FsResult<()> {
+        if w.awaits_commit() {
+            self.retain_readers(&w.key()).await;
+        }
         match w.commit().await {
             Ok(None) => Ok(()),
             Ok(Some((done, size))) => {
+                let posix = w.posix();
                 let kind = EntryKind::File {
                     size,
-                    mtime: done.mtime,
+                    mtime: posix.mtime.unwrap_or(done.mtime),
                     etag: done.etag.clone(),
+                    posix: posix.boxed(),
                 };
                 let key = w.key();
                 if let Some(n) = self.inodes.lock().unwrap().get_mut(ino) {
@@ -385,6 +397,7 @@ impl LakeFs {
             ino, w, writable, ..
         } = file
         else {
+            self.done_reading(fh);
             return;
         };
         // The writer stays registered while this commits, so an open meanwhile joins it
@@ -441,6 +454,7 @@ impl LakeFs {
             size: 0,
             mtime: SystemTime::now(),
             etag: String::new(),
+            posix: None,
         };
         let ino = self
             .inodes
@@ -465,10 +479,24 @@ impl LakeFs {
 
     /// Sets the size (truncate(2), ftruncate(2), O_TRUNC); other attributes (mode, owner,
     /// times) are accepted and not stored: the mount shows its configured ones.
-    pub async fn setattr(&self, ino: u64, size: Option<u64>, fh: Option<u64>) -> FsResult<Attr> {
-        let Some(size) = size else {
-            return self.getattr(ino).await;
-        };
+    /// truncate, chmod, chown, utimens: the size first, then what goes into metadata.
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        size: Option<u64>,
+        fh: Option<u64>,
+        attrs: &crate::store::posix::PosixAttrs,
+    ) -> FsResult<Attr> {
+        if let Some(size) = size {
+            self.set_size(ino, size, fh).await?;
+        }
+        if *attrs != Default::default() {
+            self.store_attrs(ino, attrs).await?;
+        }
+        self.getattr(ino).await
+    }
+
+    async fn set_size(&self, ino: u64, size: u64, fh: Option<u64>) -> FsResult<Attr> {
         self.writable()?;
         let node = self.node(ino)?;
         if node.kind.is_dir() {

@@ -137,11 +137,16 @@ async fn run(
             }
             Op::Truncate { h, size } => {
                 let Some(fh) = pick(&open, h) else { continue };
-                fs.setattr(ino, Some(size as u64), Some(fh)).await.unwrap();
+                fs.setattr(ino, Some(size as u64), Some(fh), &Default::default())
+                    .await
+                    .unwrap();
                 model.resize(size as usize, 0);
             }
             Op::TruncatePath { size } => {
-                let a = fs.setattr(ino, Some(size as u64), None).await.unwrap();
+                let a = fs
+                    .setattr(ino, Some(size as u64), None, &Default::default())
+                    .await
+                    .unwrap();
                 model.resize(size as usize, 0);
                 prop_assert_eq!(a.size, size as u64, "truncate answers the new size");
                 prop_assert_eq!(fs.getattr(ino).await.unwrap().size, size as u64);

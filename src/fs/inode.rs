@@ -198,6 +198,7 @@ mod tests {
             size: 1,
             mtime: SystemTime::UNIX_EPOCH,
             etag: "e".into(),
+            posix: None,
         }
     }
 

@@ -3,15 +3,19 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use crate::store::ListPage;
+use crate::store::posix::PosixAttrs;
+use crate::store::{ListPage, ObjectInfo};
 
 /// What a name in a directory is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryKind {
     File {
         size: u64,
+        /// The stored `mtime` when the object has one, else its Last-Modified.
         mtime: SystemTime,
         etag: String,
+        /// Modes and owners stored with the object (`None` for most: one word).
+        posix: Option<Box<PosixAttrs>>,
     },
     Dir {
         /// Only real directories (hierarchical-namespace markers) have one.
@@ -20,6 +24,17 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    /// A file as the store describes it, with the attributes its metadata stores.
+    pub fn file(o: &ObjectInfo) -> EntryKind {
+        let posix = PosixAttrs::from_metadata(&o.metadata);
+        EntryKind::File {
+            size: o.size,
+            mtime: posix.mtime.unwrap_or(o.mtime),
+            etag: o.etag.clone(),
+            posix: posix.boxed(),
+        }
+    }
+
     pub fn is_dir(&self) -> bool {
         matches!(self, EntryKind::Dir { .. })
     }
@@ -46,10 +61,15 @@ pub fn build(prefix: &str, page: ListPage) -> (DirListing, Vec<Skipped>) {
     let mut skipped = Vec::new();
     let name_of = |key: &str| -> Option<String> { key.strip_prefix(prefix).map(str::to_string) };
 
+    // Versions kept for open readers (see `retain`) are not part of the tree.
+    let kept = |key: &str| prefix.is_empty() && key.starts_with(super::retain::RETAINED);
     for p in &page.prefixes {
         let Some(name) = name_of(p.strip_suffix('/').unwrap_or(p)) else {
             continue;
         };
+        if kept(p) {
+            continue;
+        }
         if let Some(reason) = super::names::invalid_reason(&name) {
             skipped.push(Skipped {
                 key: p.clone(),
@@ -63,6 +83,9 @@ pub fn build(prefix: &str, page: ListPage) -> (DirListing, Vec<Skipped>) {
         let Some(name) = name_of(&o.key) else {
             continue;
         };
+        if kept(&o.key) {
+            continue;
+        }
         if let Some(reason) = super::names::invalid_reason(&name) {
             skipped.push(Skipped { key: o.key, reason });
             continue;
@@ -80,11 +103,7 @@ pub fn build(prefix: &str, page: ListPage) -> (DirListing, Vec<Skipped>) {
                 reason: "a directory of the same name hides this file",
             });
         } else {
-            let kind = EntryKind::File {
-                size: o.size,
-                mtime: o.mtime,
-                etag: o.etag,
-            };
+            let kind = EntryKind::file(&o);
             listing.entries.insert(name, kind);
         }
     }

@@ -1,6 +1,7 @@
 //! The filesystem core: POSIX semantics over a [`Store`](crate::store::Store), with no FUSE in
 //! sight. `fuse.rs` translates kernel requests into calls here; unit tests call it directly.
 
+mod attrs;
 mod files;
 pub mod inode;
 pub mod listing;
@@ -8,6 +9,7 @@ pub mod names;
 mod namespace;
 pub mod process;
 mod rename_tree;
+mod retain;
 pub mod write;
 
 use std::collections::{HashMap, HashSet};
@@ -152,6 +154,8 @@ pub struct LakeFs {
     warned: Mutex<HashSet<String>>,
     /// The mount's device number, once mounted: tells its files among a process's descriptors.
     device: std::sync::OnceLock<u64>,
+    /// The version each read handle reads (see `retain`).
+    readers: Mutex<HashMap<u64, crate::reader::ObjectVersion>>,
 }
 
 fn join_key(dir_prefix: &str, name: &str) -> String {
@@ -182,6 +186,7 @@ impl LakeFs {
             mounted_at: now,
             warned: Mutex::new(HashSet::new()),
             device: std::sync::OnceLock::new(),
+            readers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -196,16 +201,23 @@ impl LakeFs {
 
     fn attr(&self, ino: u64, kind: &EntryKind) -> Attr {
         match kind {
-            EntryKind::File { size, mtime, .. } => Attr {
-                ino,
-                kind: Kind::File,
-                size: *size,
-                mtime: *mtime,
-                perm: self.cfg.file_mode,
-                uid: self.cfg.uid,
-                gid: self.cfg.gid,
-                nlink: 1,
-            },
+            EntryKind::File {
+                size, mtime, posix, ..
+            } => {
+                let p = posix.as_deref();
+                Attr {
+                    ino,
+                    kind: Kind::File,
+                    size: *size,
+                    mtime: *mtime,
+                    perm: p
+                        .and_then(|p| p.mode)
+                        .map_or(self.cfg.file_mode, |m| m as u16),
+                    uid: p.and_then(|p| p.uid).unwrap_or(self.cfg.uid),
+                    gid: p.and_then(|p| p.gid).unwrap_or(self.cfg.gid),
+                    nlink: 1,
+                }
+            }
             EntryKind::Dir { mtime } => Attr {
                 ino,
                 kind: Kind::Dir,
@@ -268,11 +280,7 @@ impl LakeFs {
             (false, Some(h)) if h.is_dir_marker => Some(EntryKind::Dir {
                 mtime: Some(h.mtime),
             }),
-            (false, Some(h)) => Some(EntryKind::File {
-                size: h.size,
-                mtime: h.mtime,
-                etag: h.etag,
-            }),
+            (false, Some(h)) => Some(EntryKind::file(&h)),
             (false, None) => None,
         };
         self.meta.put_entry(&key, kind.clone()).await;
@@ -331,8 +339,12 @@ impl LakeFs {
         let node = self.node(ino)?;
         if let Some(w) = self.writer(ino) {
             let mut a = self.attr(ino, &node.kind);
+            let p = w.posix();
             a.size = w.size();
             a.mtime = w.modified();
+            a.perm = p.mode.map_or(a.perm, |m| m as u16);
+            a.uid = p.uid.unwrap_or(a.uid);
+            a.gid = p.gid.unwrap_or(a.gid);
             return Ok(a);
         }
         if ino == ROOT_INO || node.checked.elapsed() < self.cfg.metadata_ttl {
@@ -388,8 +400,9 @@ impl LakeFs {
             if !listing.entries.contains_key(&name) {
                 let kind = EntryKind::File {
                     size: w.size(),
-                    mtime: SystemTime::now(),
+                    mtime: w.modified(),
                     etag: String::new(),
+                    posix: w.posix().boxed(),
                 };
                 entries.push((name, kind));
             }

@@ -39,6 +39,7 @@ impl LakeFs {
                 w.mark_unlinked().await;
             }
         }
+        self.retain_readers(&key).await;
         match self.store.delete(&key).await {
             Err(StoreError::NotFound(_)) if pending.is_some() => {}
             r => r?,
@@ -178,6 +179,8 @@ impl LakeFs {
             in_lake = self.store.head(&from).await?.is_some();
         }
         if in_lake {
+            self.retain_readers(&to).await;
+            self.retain_readers(&from).await;
             if hierarchical {
                 self.store.rename(&from, &to).await?;
             } else {
@@ -198,11 +201,7 @@ impl LakeFs {
             } else {
                 None
             };
-            let kind = moved.map(|h| EntryKind::File {
-                size: h.size,
-                mtime: h.mtime,
-                etag: h.etag,
-            });
+            let kind = moved.map(|h| EntryKind::file(&h));
             if let Some(k) = &kind {
                 let mut t = self.inodes.lock().unwrap();
                 if let Some(n) = t.child(newparent, newname).and_then(|i| t.get_mut(i)) {

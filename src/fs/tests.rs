@@ -426,9 +426,21 @@ mod writes {
         let t = tempfile::tempdir().unwrap();
         let fs = fs_with(s.clone(), t.path());
         let f = fs.lookup(ROOT_INO, "f").await.unwrap();
-        assert_eq!(fs.setattr(f.ino, Some(3), None).await.unwrap().size, 3);
+        assert_eq!(
+            fs.setattr(f.ino, Some(3), None, &Default::default())
+                .await
+                .unwrap()
+                .size,
+            3
+        );
         assert_eq!(&s.data("f").unwrap()[..], b"012");
-        assert_eq!(fs.setattr(f.ino, Some(0), None).await.unwrap().size, 0);
+        assert_eq!(
+            fs.setattr(f.ino, Some(0), None, &Default::default())
+                .await
+                .unwrap()
+                .size,
+            0
+        );
         assert_eq!(s.data("f").unwrap().len(), 0);
     }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crate::store::{DynStore, StoreResult};
 
 /// What an open handle reads: one object, pinned to the ETag it was opened under.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ObjectVersion {
     pub key: String,
     pub etag: String,

@@ -488,6 +488,38 @@ impl AzureStore {
         azure_list::parse(&text, &self.prefix).map_err(StoreError::Other)
     }
 
+    /// Copy Blob of `from` onto `to`; with `etag`, only while `from` is that version.
+    async fn copy_if(&self, from: &str, etag: Option<&str>, to: &str) -> StoreResult<()> {
+        let mut call = Call::new(Method::PUT, self.blob_url(to))
+            .header("x-ms-copy-source", self.blob_url(from).to_string());
+        if let Some(etag) = etag {
+            call = call.header("x-ms-source-if-match", etag.to_string());
+        }
+        call.source_header = Some("x-ms-copy-source");
+        let resp = self.call(call).await?;
+        let status = |r: &HttpResponse| {
+            r.headers()
+                .get("x-ms-copy-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("success")
+                .to_string()
+        };
+        let mut state = status(&resp);
+        // Copies within an account are usually done at once; a pending one is polled, within
+        // the data deadline the whole copy has (see `deadline`).
+        let deadline = std::time::Instant::now() + self.deadlines.data;
+        while state == "pending" && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            state = status(&self.send(Method::HEAD, self.blob_url(to)).await?);
+        }
+        match state.as_str() {
+            "success" => Ok(()),
+            other => Err(StoreError::Other(format!(
+                "copy of {from} to {to} ended {other:?}"
+            ))),
+        }
+    }
+
     fn object_path(&self, key: &str) -> StoreResult<ObjectPath> {
         let full = format!("{}{key}", self.prefix);
         ObjectPath::parse(&full).map_err(|e| StoreError::Invalid(format!("{full:?}: {e}")))
@@ -645,6 +677,9 @@ impl Store for AzureStore {
         if let Some(md5) = &opts.content_md5 {
             call = call.header("x-ms-blob-content-md5", md5_base64(md5));
         }
+        for (k, v) in &opts.metadata {
+            call = call.meta(k, v);
+        }
         committed(self.call(call).await?)
     }
 
@@ -655,6 +690,19 @@ impl Store for AzureStore {
         if let Some(md5) = &opts.content_md5 {
             // Checked against the body by the service, and stored as the blob's Content-MD5.
             call = call.header("content-md5", md5_base64(md5));
+        }
+        for (k, v) in &opts.metadata {
+            call = call.meta(k, v);
+        }
+        committed(self.call(call).await?)
+    }
+
+    async fn set_metadata(&self, key: &str, meta: &Metadata) -> StoreResult<Committed> {
+        let mut url = self.blob_url(key);
+        url.query_pairs_mut().append_pair("comp", "metadata");
+        let mut call = Call::new(Method::PUT, url);
+        for (k, v) in meta {
+            call = call.meta(k, v);
         }
         committed(self.call(call).await?)
     }
@@ -681,31 +729,18 @@ impl Store for AzureStore {
     }
 
     async fn copy(&self, from: &str, to: &str) -> StoreResult<()> {
-        let mut call = Call::new(Method::PUT, self.blob_url(to))
-            .header("x-ms-copy-source", self.blob_url(from).to_string());
-        call.source_header = Some("x-ms-copy-source");
-        let resp = self.call(call).await?;
-        let status = |r: &HttpResponse| {
-            r.headers()
-                .get("x-ms-copy-status")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("success")
-                .to_string()
-        };
-        let mut state = status(&resp);
-        // Copies within an account are usually done at once; a pending one is polled, within
-        // the data deadline the whole copy has (see `deadline`).
-        let deadline = std::time::Instant::now() + self.deadlines.data;
-        while state == "pending" && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            state = status(&self.send(Method::HEAD, self.blob_url(to)).await?);
+        self.copy_if(from, None, to).await
+    }
+
+    async fn copy_version(&self, from: &str, etag: &str, to: &str) -> StoreResult<ObjectInfo> {
+        match self.copy_if(from, Some(etag), to).await {
+            // 412: the source is no longer that version.
+            Err(StoreError::Changed(_)) => return Err(StoreError::Changed(from.to_string())),
+            r => r?,
         }
-        match state.as_str() {
-            "success" => Ok(()),
-            other => Err(StoreError::Other(format!(
-                "copy of {from} to {to} ended {other:?}"
-            ))),
-        }
+        self.head(to)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(to.to_string()))
     }
 
     async fn hierarchical(&self) -> bool {

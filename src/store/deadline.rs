@@ -151,6 +151,11 @@ impl Store for DeadlineStore {
             .await
     }
 
+    async fn set_metadata(&self, key: &str, meta: &Metadata) -> StoreResult<Committed> {
+        self.meta("set metadata", key, self.inner.set_metadata(key, meta))
+            .await
+    }
+
     async fn make_dir(&self, key: &str, meta: &Metadata) -> StoreResult<()> {
         self.meta("mkdir", key, self.inner.make_dir(key, meta))
             .await
@@ -162,6 +167,11 @@ impl Store for DeadlineStore {
 
     async fn copy(&self, from: &str, to: &str) -> StoreResult<()> {
         self.data("copy", from, self.inner.copy(from, to)).await
+    }
+
+    async fn copy_version(&self, from: &str, etag: &str, to: &str) -> StoreResult<ObjectInfo> {
+        let copy = self.inner.copy_version(from, etag, to);
+        self.data("copy", from, copy).await
     }
 
     async fn hierarchical(&self) -> bool {

@@ -55,14 +55,20 @@ fn temp_path(root: &Path) -> PathBuf {
 fn replace_with(
     root: &Path,
     key: &str,
+    opts: &PutOptions,
     fill: impl FnOnce(&mut File) -> std::io::Result<()>,
 ) -> StoreResult<Committed> {
+    let mtime = super::posix::PosixAttrs::from_metadata(&opts.metadata).mtime;
     let dest = root.join(key);
     let tmp = temp_path(root);
     let result = (|| {
         std::fs::create_dir_all(root.join(STAGING))?;
         let mut f = File::create(&tmp)?;
         fill(&mut f)?;
+        if let Some(t) = mtime {
+            // A local lake keeps times as the file's own.
+            f.set_modified(t)?;
+        }
         f.sync_data()?;
         std::fs::rename(&tmp, &dest)?;
         std::fs::metadata(&dest)
@@ -213,9 +219,10 @@ impl Store for LocalStore {
         &self,
         key: &str,
         blocks: &[String],
-        _opts: &PutOptions,
+        opts: &PutOptions,
     ) -> StoreResult<Committed> {
         let (root, dir, key) = (self.root.clone(), self.staging(key), key.to_string());
+        let opts = opts.clone();
         let ids: Vec<String> = blocks.iter().map(|b| hex(b)).collect();
         blocking(move || {
             for id in &ids {
@@ -225,7 +232,7 @@ impl Store for LocalStore {
                     )));
                 }
             }
-            let done = replace_with(&root, &key, |f| {
+            let done = replace_with(&root, &key, &opts, |f| {
                 for id in &ids {
                     std::io::copy(&mut File::open(dir.join(id))?, f)?;
                 }
@@ -241,9 +248,31 @@ impl Store for LocalStore {
         .await
     }
 
-    async fn put(&self, key: &str, data: Bytes, _opts: &PutOptions) -> StoreResult<Committed> {
-        let (root, key) = (self.root.clone(), key.to_string());
-        blocking(move || replace_with(&root, &key, |f| std::io::Write::write_all(f, &data))).await
+    async fn put(&self, key: &str, data: Bytes, opts: &PutOptions) -> StoreResult<Committed> {
+        let (root, key, opts) = (self.root.clone(), key.to_string(), opts.clone());
+        blocking(move || replace_with(&root, &key, &opts, |f| std::io::Write::write_all(f, &data)))
+            .await
+    }
+
+    /// Times are the file's own; modes and owners of a local lake are not changed.
+    async fn set_metadata(&self, key: &str, meta: &super::Metadata) -> StoreResult<Committed> {
+        let (path, key) = (self.path(key), key.to_string());
+        let mtime = super::posix::PosixAttrs::from_metadata(meta).mtime;
+        blocking(move || {
+            let f = File::options()
+                .write(true)
+                .open(&path)
+                .map_err(|e| io_err(&key, e))?;
+            if let Some(t) = mtime {
+                f.set_modified(t).map_err(|e| io_err(&key, e))?;
+            }
+            let m = f.metadata().map_err(|e| io_err(&key, e))?;
+            Ok(Committed {
+                etag: etag(&m),
+                mtime: m.modified().unwrap_or(std::time::UNIX_EPOCH),
+            })
+        })
+        .await
     }
 
     async fn make_dir(&self, key: &str, _meta: &super::Metadata) -> StoreResult<()> {
@@ -265,7 +294,10 @@ impl Store for LocalStore {
         let from = from.to_string();
         blocking(move || {
             let mut input = File::open(&src).map_err(|e| io_err(&from, e))?;
-            replace_with(&root, &to, |f| std::io::copy(&mut input, f).map(|_| ())).map(|_| ())
+            replace_with(&root, &to, &PutOptions::default(), |f| {
+                std::io::copy(&mut input, f).map(|_| ())
+            })
+            .map(|_| ())
         })
         .await
     }

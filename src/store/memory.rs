@@ -323,14 +323,32 @@ impl Store for MemoryStore {
         staged.retain(|(k, _), _| k != key);
         drop(staged);
         let md5 = opts.content_md5.as_ref().map(md5_base64);
-        Ok(self.insert_with(key, Bytes::from(data), false, md5, Metadata::new()))
+        Ok(self.insert_with(key, Bytes::from(data), false, md5, opts.metadata.clone()))
     }
 
     async fn put(&self, key: &str, data: Bytes, opts: &PutOptions) -> StoreResult<Committed> {
         self.check_writes(key)?;
         self.counters.puts.fetch_add(1, Ordering::Relaxed);
         let md5 = opts.content_md5.as_ref().map(md5_base64);
-        Ok(self.insert_with(key, data, false, md5, Metadata::new()))
+        Ok(self.insert_with(key, data, false, md5, opts.metadata.clone()))
+    }
+
+    async fn set_metadata(&self, key: &str, meta: &Metadata) -> StoreResult<Committed> {
+        self.check_writes(key)?;
+        let obj = self
+            .objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(key.to_string()))?;
+        Ok(self.insert_with(
+            key,
+            obj.data,
+            obj.is_dir_marker,
+            obj.content_md5,
+            meta.clone(),
+        ))
     }
 
     async fn make_dir(&self, key: &str, meta: &Metadata) -> StoreResult<()> {

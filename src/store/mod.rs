@@ -10,6 +10,7 @@ pub mod azure_list;
 pub mod deadline;
 pub mod local;
 pub mod memory;
+pub mod posix;
 pub mod retry;
 pub mod throttle;
 
@@ -68,6 +69,8 @@ pub struct Committed {
 pub struct PutOptions {
     /// MD5 of the whole content, stored with the object (Content-MD5).
     pub content_md5: Option<[u8; 16]>,
+    /// User metadata of the new object (a write replaces the old object's).
+    pub metadata: Metadata,
 }
 
 /// Base64 of an MD5 digest, the form Azure stores and returns.
@@ -216,6 +219,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         Err(read_only(key))
     }
 
+    /// Replaces the user metadata of object `key`, leaving its content alone (Set Blob
+    /// Metadata). The object gets a new ETag, as Azure gives it.
+    async fn set_metadata(&self, key: &str, _meta: &Metadata) -> StoreResult<Committed> {
+        Err(read_only(key))
+    }
+
     /// Creates directory `key` (without the trailing `/`): a marker blob on flat accounts,
     /// carrying `meta` (replacing the marker and its metadata if one is there).
     async fn make_dir(&self, key: &str, _meta: &Metadata) -> StoreResult<()> {
@@ -231,6 +240,20 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Server-side copy of object `from` onto `to`, replacing `to`.
     async fn copy(&self, _from: &str, to: &str) -> StoreResult<()> {
         Err(read_only(to))
+    }
+
+    /// Server-side copy of `from` onto `to`, only while `from` is still version `etag`
+    /// ([`StoreError::Changed`] if not); returns the copy as the store holds it.
+    async fn copy_version(&self, from: &str, etag: &str, to: &str) -> StoreResult<ObjectInfo> {
+        match self.head(from).await? {
+            Some(h) if h.etag == etag => {}
+            Some(_) => return Err(StoreError::Changed(from.to_string())),
+            None => return Err(StoreError::NotFound(from.to_string())),
+        }
+        self.copy(from, to).await?;
+        self.head(to)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(to.to_string()))
     }
 
     /// Whether [`Store::rename`] works: a hierarchical namespace, where files and whole

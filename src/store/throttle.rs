@@ -215,6 +215,11 @@ impl Store for ThrottledStore {
         self.inner.put(key, data, opts).await
     }
 
+    async fn set_metadata(&self, key: &str, meta: &Metadata) -> StoreResult<Committed> {
+        tokio::time::sleep(self.latency).await;
+        self.inner.set_metadata(key, meta).await
+    }
+
     async fn make_dir(&self, key: &str, meta: &Metadata) -> StoreResult<()> {
         tokio::time::sleep(self.latency).await;
         self.inner.make_dir(key, meta).await
@@ -228,6 +233,11 @@ impl Store for ThrottledStore {
     async fn copy(&self, from: &str, to: &str) -> StoreResult<()> {
         tokio::time::sleep(self.latency).await;
         self.inner.copy(from, to).await
+    }
+
+    async fn copy_version(&self, from: &str, etag: &str, to: &str) -> StoreResult<ObjectInfo> {
+        tokio::time::sleep(self.latency).await;
+        self.inner.copy_version(from, etag, to).await
     }
 
     async fn hierarchical(&self) -> bool {

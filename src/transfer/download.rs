@@ -120,7 +120,13 @@ async fn download_file(
                 bail!("content MD5 mismatch (lake says {want}, received {got})");
             }
         }
-        let _ = file.set_modified(o.mtime);
+        // The times and modes `upload` (or rclone) stored, else the blob's Last-Modified.
+        let stored = crate::store::posix::PosixAttrs::from_metadata(&o.metadata);
+        let _ = file.set_modified(stored.mtime.unwrap_or(o.mtime));
+        if let Some(mode) = stored.mode {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
+        }
         std::fs::rename(&tmp, &it.path)
             .with_context(|| format!("cannot rename into {}", it.path.display()))?;
         Ok(())

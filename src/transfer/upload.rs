@@ -97,7 +97,10 @@ async fn upload_file(
         std::fs::File::open(&f.path)
             .with_context(|| format!("cannot open {}", f.path.display()))?,
     );
-    let size = file.metadata()?.len();
+    let local = file.metadata()?;
+    let size = local.len();
+    let mut metadata = crate::store::Metadata::new();
+    crate::store::posix::PosixAttrs::of_file(&local).store_into(&mut metadata);
     if size != f.size {
         bail!("{} changed while the upload was prepared", f.path.display());
     }
@@ -113,6 +116,7 @@ async fn upload_file(
         md5.update(&data);
         let opts = PutOptions {
             content_md5: Some(md5.finalize().into()),
+            metadata,
         };
         store.put(&f.rel, Bytes::from(data), &opts).await?;
         progress.add_bytes(size);
@@ -151,6 +155,7 @@ async fn upload_file(
     }
     let opts = PutOptions {
         content_md5: Some(md5.finalize().into()),
+        metadata,
     };
     store.commit_blocks(&f.rel, &ids, &opts).await?;
     Ok(())

@@ -168,7 +168,7 @@ impl WriteHandle {
     async fn commit_now(self: &Arc<Self>) -> StoreResult<(Committed, u64)> {
         self.wait_uploads().await;
         let key = self.key();
-        let (size, generation, md5) = {
+        let (size, generation, md5, metadata) = {
             let mut st = self.st.lock().unwrap();
             // An early upload that failed is uploaded again below, unless it ran out of
             // time: the lake did not answer for a whole deadline, and trying again would
@@ -177,10 +177,13 @@ impl WriteHandle {
                 return Err(e);
             }
             let md5 = self.content_md5(&st)?;
-            (st.size, st.generation, md5)
+            let mut metadata = crate::store::Metadata::new();
+            st.posix.store_into(&mut metadata);
+            (st.size, st.generation, md5, metadata)
         };
         let opts = PutOptions {
             content_md5: Some(md5),
+            metadata,
         };
         let bs = self.block_size;
         let blocks = size.div_ceil(bs);

@@ -34,6 +34,7 @@ use md5::{Digest, Md5};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::reader::ObjectVersion;
+use crate::store::posix::PosixAttrs;
 use crate::store::{DynStore, StoreError, StoreResult};
 use staging::StagedFile;
 pub use staging::{leftovers, Leftover};
@@ -92,6 +93,9 @@ struct State {
     last_error: Option<StoreError>,
     /// When the content last changed: the file's mtime while it is being written.
     modified: SystemTime,
+    /// Modes, owners and a time set (chmod, chown, utimens) to go up with the next commit;
+    /// a change of the content drops the time (it is `modified` again).
+    posix: PosixAttrs,
 }
 
 pub struct WriteHandle {
@@ -163,6 +167,7 @@ impl WriteHandle {
             generation: 0,
             last_error: None,
             modified: SystemTime::now(),
+            posix: PosixAttrs::default(),
         };
         Ok(Arc::new(WriteHandle {
             store,
@@ -196,9 +201,34 @@ impl WriteHandle {
         }
     }
 
-    /// When the content last changed (the mtime to show while the file is written).
+    /// The mtime to show while the file is written: a time set since the last change, or
+    /// when the content last changed.
     pub fn modified(&self) -> SystemTime {
-        self.st.lock().unwrap().modified
+        let st = self.st.lock().unwrap();
+        st.posix.mtime.unwrap_or(st.modified)
+    }
+
+    /// The attributes the next commit stores.
+    pub fn posix(&self) -> PosixAttrs {
+        self.st.lock().unwrap().posix.clone()
+    }
+
+    /// The modes and owners of the object being rewritten, kept by the rewrite (its time
+    /// is the rewrite's own).
+    pub fn inherit_posix(&self, a: &PosixAttrs) {
+        let mut st = self.st.lock().unwrap();
+        st.posix = PosixAttrs {
+            mtime: None,
+            ..a.clone()
+        };
+    }
+
+    /// Sets attributes for the next commit; says whether one is due (the content changed
+    /// since the last), else the caller stores them on the object in the lake itself.
+    pub fn set_posix(&self, a: &PosixAttrs) -> bool {
+        let mut st = self.st.lock().unwrap();
+        st.posix.merge(a);
+        st.dirty
     }
 
     /// Whether reads must come from the staging file (false: the untouched original object).
@@ -256,6 +286,7 @@ impl WriteHandle {
         let mut st = self.st.lock().unwrap();
         st.dirty = true;
         st.modified = SystemTime::now();
+        st.posix.mtime = None;
         Ok(())
     }
 
