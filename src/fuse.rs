@@ -72,9 +72,10 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_congestion_threshold(96);
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
-        // O_TRUNC arrives with open instead of as a separate truncate: a truncating open
-        // then replaces the file at close in one step.
-        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // No FUSE_ATOMIC_O_TRUNC: with it, the O_TRUNC of an open reaches us before the
+        // kernel's own checks (ETXTBSY for a file being executed), and a running program's
+        // file would be emptied under it. Without it the kernel checks, then sends a truncate
+        // on the new handle, which the file's writer stages like any other change.
         // Writes of up to 1 MiB per request (cp, dd bs=1M) instead of 128 KiB.
         let _ = config.set_max_write(1 << 20);
         Ok(())

@@ -13,7 +13,8 @@ use common::tree::{pseudo_random, sha256, snapshot};
 
 const CONTAINER: &str = "lake";
 
-fn python(script: &str, args: &[&Path]) {
+/// Runs `python3 -c script args...`, which must succeed; returns what it printed.
+fn python(script: &str, args: &[&std::ffi::OsStr]) -> String {
     let out = Command::new("python3")
         .arg("-c")
         .arg(script)
@@ -25,6 +26,7 @@ fn python(script: &str, args: &[&Path]) {
         "python: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A checkpoint saver of the "write a temporary directory, then rename it" kind (Orbax,
@@ -51,18 +53,7 @@ fn a_checkpoint_directory_saved_then_renamed_with_os_replace_lands_whole_on_a_fl
     let mp = m.path();
     std::fs::create_dir(mp.join("run")).unwrap();
     for step in ["100", "200"] {
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(SAVE)
-            .arg(mp.join("run"))
-            .arg(step)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        python(SAVE, &[mp.join("run").as_os_str(), step.as_ref()]);
     }
     for step in ["100", "200"] {
         let names = az.list_files(CONTAINER, &format!("run/ckpt-{step}/"));
@@ -87,7 +78,10 @@ fn a_checkpoint_directory_saved_then_renamed_with_os_replace_lands_whole_on_a_fl
     // A directory renamed again, by an evaluator that keeps the best one.
     python(
         "import os, sys; os.replace(sys.argv[1], sys.argv[2])",
-        &[&mp.join("run/ckpt-200"), &mp.join("run/best")],
+        &[
+            mp.join("run/ckpt-200").as_os_str(),
+            mp.join("run/best").as_os_str(),
+        ],
     );
     assert_eq!(
         std::fs::read_to_string(mp.join("run/best/meta/index.json")).unwrap(),
@@ -307,19 +301,8 @@ fn an_evaluator_finishes_the_checkpoint_it_opened_while_the_trainer_replaces_and
         &["--block-size", "1M", "--max-readahead", "1M"],
     );
     let mp = m.path();
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(EVALUATE)
-        .arg(mp.join("run"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(text.trim(), format!("{} {}", sha256(&ckpt), sha256(&old)));
+    let text = python(EVALUATE, &[mp.join("run").as_os_str()]);
+    assert_eq!(text, format!("{} {}", sha256(&ckpt), sha256(&old)));
     assert_eq!(az.get_blob(CONTAINER, "run/ckpt.pt"), b"new".repeat(100000));
     assert!(az.try_get_blob(CONTAINER, "run/old.pt").is_none());
     // The kept copies go with the last close.
@@ -335,4 +318,79 @@ fn an_evaluator_finishes_the_checkpoint_it_opened_while_the_trainer_replaces_and
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(listed, ["run"]);
+}
+
+/// How a zarr (v2, `/` separator) reader touches a store: metadata files, then every chunk
+/// opened by its path, never listed.
+const ZARR_EPOCH: &str = r#"
+import os, sys
+root = sys.argv[1]
+n = 0
+for meta in (".zgroup", "arr/.zarray", "arr/.zattrs"):
+    n += len(open(os.path.join(root, meta), "rb").read())
+for i in range(8):
+    for j in range(10):
+        with open(os.path.join(root, "arr", str(i), str(j)), "rb") as f:
+            n += len(f.read())
+    # A chunk that was never written (a fill-value chunk) is a lookup that fails.
+    assert not os.path.exists(os.path.join(root, "arr", str(i), "99"))
+print(n)
+"#;
+
+#[test]
+fn a_zarr_epoch_costs_one_listing_per_directory_not_two_requests_per_chunk() {
+    let az = Azurite::start();
+    az.create_container(CONTAINER);
+    let mut total = 0;
+    for (name, len) in [(".zgroup", 24), ("arr/.zarray", 300), ("arr/.zattrs", 2)] {
+        az.put_blob(CONTAINER, &format!("z/{name}"), &pseudo_random(len, 9));
+        total += len;
+    }
+    for i in 0..8 {
+        for j in 0..10 {
+            let data = pseudo_random(4000 + i * 10 + j, (i * 10 + j) as u64);
+            total += data.len();
+            az.put_blob(CONTAINER, &format!("z/arr/{i}/{j}"), &data);
+        }
+    }
+    // Directories an epoch touches: the root, z, z/arr and its 8 chunk rows.
+    let dirs = 11;
+    let proxy = common::faultproxy::FaultProxy::faithful(az.port());
+    let cache = tempfile::tempdir().unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let cs = az.connection_string();
+    let env = [("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())];
+    let endpoint = proxy.endpoint();
+    let args = [
+        "--endpoint",
+        endpoint.as_str(),
+        "--cache-dir",
+        cache.path().to_str().unwrap(),
+        "--staging-dir",
+        staging.path().to_str().unwrap(),
+    ];
+    let lake = format!("az://{}/{CONTAINER}", common::azurite::ACCOUNT);
+    let epoch = |m: &common::mount::Mount| {
+        let before = proxy.requests.load(std::sync::atomic::Ordering::Relaxed);
+        let printed = python(ZARR_EPOCH, &[m.path().join("z").as_os_str()]);
+        assert_eq!(printed, total.to_string());
+        proxy.requests.load(std::sync::atomic::Ordering::Relaxed) - before
+    };
+    let files = 83;
+    {
+        let m = common::mount::Mount::start(&lake, &args, &env).unwrap();
+        let cold = epoch(&m);
+        assert!(
+            cold <= dirs + files,
+            "cold epoch: {cold} requests for {dirs} directories and {files} files"
+        );
+    }
+    // After a remount the data comes from the disk cache: what is left is one listing per
+    // directory (before: a HEAD and a listing per name, 2 x 99).
+    let m = common::mount::Mount::start(&lake, &args, &env).unwrap();
+    let warm = epoch(&m);
+    assert!(
+        warm <= dirs,
+        "warm epoch: {warm} requests for {dirs} directories"
+    );
 }

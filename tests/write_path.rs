@@ -202,10 +202,14 @@ fn a_second_handle_reads_the_original_bytes_while_a_writer_holds_the_file() {
     both(|lake| {
         let m = lake.mount(&["--block-size", "1M"]);
         let mut writers = Vec::new();
+        // In the lake before the mount looks: a name another client adds later may be
+        // answered from a listing for up to the metadata TTL.
+        for i in 0..6u64 {
+            lake.put(&format!("orig{i}"), &pseudo_random(3 << 20, i));
+        }
         for i in 0..6u64 {
             let name = format!("orig{i}");
             let data = pseudo_random(3 << 20, i);
-            lake.put(&name, &data);
             let path = m.path().join(&name);
             let writer = rw(&path);
             if i % 2 == 1 {
@@ -540,4 +544,71 @@ fn a_lake_path_past_path_max_is_enametoolong() {
         errno(std::fs::create_dir(m.path().join(&long))),
         Some(libc::ENAMETOOLONG)
     );
+}
+
+/// A program started from the mount keeps its file: every way of opening it to write or
+/// truncate it is ETXTBSY from the kernel, and none of them empties it under the running
+/// program first (a truncating open that reached the daemon before the kernel's check did,
+/// and the program died of SIGSEGV). Loops over the orders the opens can come in.
+#[test]
+fn a_running_program_is_etxtbsy_to_writers_and_keeps_running_with_its_bytes() {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let sleep = std::fs::read("/bin/sleep").unwrap();
+    let opens: [(&str, libc::c_int); 4] = [
+        ("O_WRONLY", libc::O_WRONLY),
+        ("O_RDWR", libc::O_RDWR),
+        ("O_RDONLY|O_TRUNC", libc::O_RDONLY | libc::O_TRUNC),
+        ("O_WRONLY|O_TRUNC", libc::O_WRONLY | libc::O_TRUNC),
+    ];
+    both(|lake| {
+        let m = lake.mount(&[]);
+        for first in 0..opens.len() {
+            let name = format!("prog{first}");
+            let path = m.path().join(&name);
+            std::fs::write(&path, &sleep).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            // Another test thread forking while this file's write descriptor was open hands
+            // its child a copy until that child execs: exec is ETXTBSY until then.
+            let mut spawned = None;
+            wait_for(Duration::from_secs(10), || {
+                match Command::new(&path).arg("30").spawn() {
+                    Ok(c) => spawned = Some(c),
+                    Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ETXTBSY), "{e}"),
+                }
+                spawned.is_some()
+            });
+            let mut child = spawned.expect("the program starts within 10 s");
+            let order = opens.iter().cycle().skip(first).take(opens.len());
+            for (what, flags) in order {
+                let r = std::fs::OpenOptions::new()
+                    .read(flags & libc::O_ACCMODE != libc::O_WRONLY)
+                    .write(flags & libc::O_ACCMODE != libc::O_RDONLY)
+                    .custom_flags(flags & libc::O_TRUNC)
+                    .open(&path);
+                assert_eq!(errno(r), Some(libc::ETXTBSY), "{}: {what}", lake.name());
+            }
+            let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+            // SAFETY: truncate(2) of a NUL-terminated path.
+            let r = unsafe { libc::truncate(c.as_ptr(), 0) };
+            assert_eq!(
+                (r, std::io::Error::last_os_error().raw_os_error()),
+                (-1, Some(libc::ETXTBSY)),
+                "{}: truncate(2)",
+                lake.name()
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{}: the program died under the opens",
+                lake.name()
+            );
+            child.kill().unwrap();
+            child.wait().unwrap();
+            assert_eq!(
+                lake.get(&name).as_deref(),
+                Some(&sleep[..]),
+                "{}",
+                lake.name()
+            );
+        }
+    });
 }

@@ -331,3 +331,29 @@ fn a_full_staging_disk_fails_the_write_with_enospc_and_leaves_the_lake_alone() {
     );
     drop(m);
 }
+
+#[test]
+fn a_mount_with_a_sas_unlinks_renames_and_removes_directories() {
+    let az = Azurite::start();
+    az.create_container(CONTAINER);
+    az.put_blob(CONTAINER, "x", b"x");
+    az.put_blob(CONTAINER, "d/y", b"y");
+    let endpoint = az.endpoint();
+    let token = az.account_sas("racwdl");
+    let m = common::mount::Mount::start(
+        &format!("az://{}/{CONTAINER}", common::azurite::ACCOUNT),
+        &["--endpoint", &endpoint],
+        &[("AZURE_STORAGE_SAS_TOKEN", token.as_str())],
+    )
+    .unwrap();
+    let mp = m.path();
+    std::fs::remove_file(mp.join("x")).unwrap();
+    std::fs::rename(mp.join("d"), mp.join("e")).unwrap();
+    std::fs::remove_file(mp.join("e/y")).unwrap();
+    std::fs::remove_dir(mp.join("e")).unwrap();
+    assert!(
+        az.list_blobs(CONTAINER, "").is_empty(),
+        "{:?}",
+        az.list_blobs(CONTAINER, "")
+    );
+}

@@ -16,6 +16,9 @@ pub struct MetaCache {
     ttl: Duration,
     dirs: Cache<String, Arc<DirListing>>,
     entries: Cache<String, Option<EntryKind>>,
+    /// First pages listed to answer lookups (see `first_page`): `None` for a directory with
+    /// more pages, whose names are then looked up one by one.
+    first_pages: Cache<String, Option<Arc<DirListing>>>,
 }
 
 impl MetaCache {
@@ -31,6 +34,13 @@ impl MetaCache {
                 .build(),
             entries: Cache::builder()
                 .time_to_live(ttl_or_min)
+                .max_capacity(max_entries)
+                .build(),
+            first_pages: Cache::builder()
+                .time_to_live(ttl_or_min)
+                .weigher(|_k: &String, v: &Option<Arc<DirListing>>| {
+                    v.as_ref().map_or(1, |l| l.entries.len().max(1) as u32)
+                })
                 .max_capacity(max_entries)
                 .build(),
         }
@@ -71,15 +81,42 @@ impl MetaCache {
         self.entries.get(key).await
     }
 
+    /// The first page of `prefix` as `load` lists it, at most once per TTL however many
+    /// lookups ask at once; a complete one also becomes the directory's listing.
+    pub async fn first_page<F>(
+        &self,
+        prefix: &str,
+        load: F,
+    ) -> Result<Option<Arc<DirListing>>, Arc<StoreError>>
+    where
+        F: Future<Output = Result<Option<Arc<DirListing>>, StoreError>>,
+    {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let entry = self
+            .first_pages
+            .entry_by_ref(prefix)
+            .or_try_insert_with(load)
+            .await?;
+        // Only a page just listed: a listing is never trusted past the TTL of its request.
+        if let (true, Some(listing)) = (entry.is_fresh(), entry.value()) {
+            self.dirs.insert(prefix.to_string(), listing.clone()).await;
+        }
+        Ok(entry.into_value())
+    }
+
     /// Forgets the listing of `prefix` (this mount changed it).
     pub async fn invalidate_dir(&self, prefix: &str) {
         self.dirs.invalidate(prefix).await;
+        self.first_pages.invalidate(prefix).await;
     }
 
     /// Forgets everything (a directory was renamed: every name below it moved).
     pub fn invalidate_all(&self) {
         self.dirs.invalidate_all();
         self.entries.invalidate_all();
+        self.first_pages.invalidate_all();
     }
 
     pub async fn put_entry(&self, key: &str, kind: Option<EntryKind>) {

@@ -241,16 +241,39 @@ impl LakeFs {
     async fn listing(&self, prefix: &str) -> FsResult<Arc<DirListing>> {
         let load = async {
             let page = list_all(self.store.as_ref(), prefix).await?;
-            let (listing, skipped) = listing::build(prefix, page);
-            let mut warned = self.warned.lock().unwrap();
-            for s in skipped {
-                if warned.insert(s.key.clone()) {
-                    tracing::warn!("skipping blob name {:?}: {}", s.key, s.reason);
-                }
-            }
-            Ok(Arc::new(listing))
+            Ok(self.built(prefix, page))
         };
         Ok(self.meta.dir(prefix, load).await?)
+    }
+
+    /// The directory a listing of `prefix` shows; odd names are skipped, one warning each.
+    fn built(&self, prefix: &str, page: crate::store::ListPage) -> Arc<DirListing> {
+        let (listing, skipped) = listing::build(prefix, page);
+        let mut warned = self.warned.lock().unwrap();
+        for s in skipped {
+            if warned.insert(s.key.clone()) {
+                tracing::warn!("skipping blob name {:?}: {}", s.key, s.reason);
+            }
+        }
+        Arc::new(listing)
+    }
+
+    /// A lookup in a directory not listed yet lists it (one request: its first page)
+    /// rather than asking for the one name (two requests): zarr, HF datasets and loaders
+    /// that open paths directly look up name after name of the same directories. A
+    /// complete first page answers every lookup in the directory, negative ones too, for
+    /// the TTL; a directory with more pages is remembered as such for the TTL, and its
+    /// names are asked for one by one.
+    async fn listed_for_lookup(&self, prefix: &str) -> FsResult<Option<Arc<DirListing>>> {
+        if !self.store.lookups_list() {
+            return Ok(None);
+        }
+        let load = async {
+            let page = self.store.list_page(prefix, None).await?;
+            let complete = page.next.as_deref().is_none_or(str::is_empty);
+            Ok(complete.then(|| self.built(prefix, page)))
+        };
+        Ok(self.meta.first_page(prefix, load).await?)
     }
 
     /// What `name` in directory `dir_prefix` is now (within the metadata TTL).
@@ -267,6 +290,9 @@ impl LakeFs {
         let key = join_key(dir_prefix, name);
         if let Some(known) = self.meta.cached_entry(&key).await {
             return Ok(known);
+        }
+        if let Some(listing) = self.listed_for_lookup(dir_prefix).await? {
+            return Ok(listing.entries.get(name).cloned());
         }
         // A name may be a file, a directory marker, a virtual directory (some key under it),
         // or both a file and a directory: ask both questions at once; the directory wins.

@@ -260,10 +260,9 @@ impl LakeFs {
         {
             let mut t = self.inodes.lock().unwrap();
             t.rename(parent, name, newparent, newname, to);
-            if !hierarchical {
-                // Copies have ETags of their own.
-                t.expire_below(to);
-            }
+            // A flat account's copies have ETags of their own, and a hierarchical one need
+            // not keep them: what is below is asked for again at its next use.
+            t.expire_below(to);
         }
         // Every cached name below moved.
         self.meta.invalidate_all();

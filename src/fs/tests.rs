@@ -338,6 +338,49 @@ async fn the_page_cache_is_kept_only_while_the_etag_is_unchanged() {
     }
 }
 
+/// Loaders that open paths without listing (zarr, HF datasets): a small directory costs one
+/// listing for all its lookups, misses included; a big one one first page, then one lookup
+/// per name, and its first page is not listed again within the TTL.
+#[tokio::test]
+async fn lookups_in_an_unlisted_directory_list_it_once() {
+    let s = Arc::new(MemoryStore::with_page_size(10));
+    for i in 0..5 {
+        s.put(&format!("small/{i}"), "x");
+    }
+    for i in 0..30 {
+        s.put(&format!("big/{i:02}"), "y");
+    }
+    let fs = fs_over(s.clone(), Duration::from_secs(60));
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let small = fs.lookup(ROOT_INO, "small").await.unwrap();
+    let big = fs.lookup(ROOT_INO, "big").await.unwrap();
+    let (lists, heads) = (count(&s.counters.lists), count(&s.counters.heads));
+    for round in 0..2 {
+        for i in 0..5 {
+            assert!(fs.lookup(small.ino, &i.to_string()).await.is_ok());
+        }
+        for missing in ["5", "zz", "0.0"] {
+            assert_eq!(
+                fs.lookup(small.ino, missing).await,
+                Err(FsError(libc::ENOENT))
+            );
+        }
+        assert_eq!(
+            count(&s.counters.lists) - lists,
+            1,
+            "round {round}: one listing"
+        );
+        assert_eq!(count(&s.counters.heads) - heads, 0, "round {round}");
+    }
+    let (lists, heads) = (count(&s.counters.lists), count(&s.counters.heads));
+    for i in 0..30 {
+        assert!(fs.lookup(big.ino, &format!("{i:02}")).await.is_ok());
+    }
+    // The first page, then a HEAD and a one-page probe per name.
+    assert_eq!(count(&s.counters.lists) - lists, 1 + 30);
+    assert_eq!(count(&s.counters.heads) - heads, 30);
+}
+
 mod writes {
     use super::*;
     use crate::store::Store;

@@ -169,6 +169,19 @@ impl Store for DeadlineStore {
         self.data("copy", from, self.inner.copy(from, to)).await
     }
 
+    fn lookups_list(&self) -> bool {
+        self.inner.lookups_list()
+    }
+
+    fn keeps_committed_blocks(&self) -> bool {
+        self.inner.keeps_committed_blocks()
+    }
+
+    async fn committed_blocks(&self, key: &str) -> StoreResult<Option<super::BlockList>> {
+        self.meta("block list", key, self.inner.committed_blocks(key))
+            .await
+    }
+
     async fn copy_version(&self, from: &str, etag: &str, to: &str) -> StoreResult<ObjectInfo> {
         let copy = self.inner.copy_version(from, etag, to);
         self.data("copy", from, copy).await

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Committed, ListPage, ObjectInfo, PutOptions, Store, StoreError, StoreResult};
+use super::{posix, Committed, ListPage, ObjectInfo, PutOptions, Store, StoreError, StoreResult};
 
 /// Staged blocks of uploads in progress live here, under the lake root (so a commit is a
 /// rename within one file system); listings of the root hide it.
@@ -59,6 +59,7 @@ fn replace_with(
     fill: impl FnOnce(&mut File) -> std::io::Result<()>,
 ) -> StoreResult<Committed> {
     let mtime = super::posix::PosixAttrs::from_metadata(&opts.metadata).mtime;
+    let owners = opts.metadata.clone();
     let dest = root.join(key);
     let tmp = temp_path(root);
     let result = (|| {
@@ -69,6 +70,7 @@ fn replace_with(
             // A local lake keeps times as the file's own.
             f.set_modified(t)?;
         }
+        store_owners(&tmp, &owners);
         f.sync_data()?;
         std::fs::rename(&tmp, &dest)?;
         std::fs::metadata(&dest)
@@ -96,7 +98,7 @@ fn etag(meta: &Metadata) -> String {
     )
 }
 
-fn info(key: String, meta: &Metadata) -> ObjectInfo {
+fn info(key: String, path: &Path, meta: &Metadata) -> ObjectInfo {
     ObjectInfo {
         key,
         size: meta.len(),
@@ -104,8 +106,40 @@ fn info(key: String, meta: &Metadata) -> ObjectInfo {
         etag: etag(meta),
         is_dir_marker: false,
         content_md5: None,
-        metadata: Default::default(),
+        metadata: owners_of(path),
     }
+}
+
+/// Where a local lake keeps the mode, owner and group set through a mount, `upload` or a
+/// copy: extended attributes of the file (`user.lakemount.mode`, ...), so the file's own
+/// permissions and owner, which the daemon may not be allowed to change, stay as they are.
+const OWNER_XATTR: &str = "user.lakemount.";
+const OWNER_NAMES: [&str; 3] = [posix::MODE, posix::UID, posix::GID];
+
+/// Stores what `meta` sets of mode, uid and gid on `path`. A file system without user
+/// extended attributes keeps none (the mount then shows its defaults), as before.
+fn store_owners(path: &Path, meta: &super::Metadata) {
+    for name in OWNER_NAMES {
+        if let Some(v) = meta.get(name) {
+            if let Err(e) = xattr::set(path, format!("{OWNER_XATTR}{name}"), v.as_bytes()) {
+                tracing::debug!("{}: cannot keep {name}: {e}", path.display());
+                return;
+            }
+        }
+    }
+}
+
+/// The mode, uid and gid stored on `path` by [`store_owners`], as metadata.
+fn owners_of(path: &Path) -> super::Metadata {
+    let mut meta = super::Metadata::new();
+    for name in OWNER_NAMES {
+        if let Ok(Some(v)) = xattr::get(path, format!("{OWNER_XATTR}{name}")) {
+            if let Ok(v) = String::from_utf8(v) {
+                meta.insert(name.to_string(), v);
+            }
+        }
+    }
+    meta
 }
 
 fn io_err(key: &str, e: std::io::Error) -> StoreError {
@@ -149,7 +183,8 @@ fn list_dir(root: &Path, prefix: &str) -> StoreResult<ListPage> {
         if meta.is_dir() {
             page.prefixes.push(format!("{prefix}{name}/"));
         } else if meta.is_file() {
-            page.objects.push(info(format!("{prefix}{name}"), &meta));
+            page.objects
+                .push(info(format!("{prefix}{name}"), &entry.path(), &meta));
         }
     }
     page.objects.sort_by(|a, b| a.key.cmp(&b.key));
@@ -163,6 +198,10 @@ impl Store for LocalStore {
         format!("file://{}", self.root.display())
     }
 
+    fn lookups_list(&self) -> bool {
+        false
+    }
+
     async fn list_page(&self, prefix: &str, _marker: Option<String>) -> StoreResult<ListPage> {
         let (root, prefix) = (self.root.clone(), prefix.to_string());
         blocking(move || list_dir(&root, &prefix)).await
@@ -171,7 +210,7 @@ impl Store for LocalStore {
     async fn head(&self, key: &str) -> StoreResult<Option<ObjectInfo>> {
         let (path, key) = (self.path(key), key.to_string());
         blocking(move || match std::fs::metadata(&path) {
-            Ok(m) if m.is_file() => Ok(Some(info(key, &m))),
+            Ok(m) if m.is_file() => Ok(Some(info(key, &path, &m))),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&key, e)),
@@ -254,11 +293,13 @@ impl Store for LocalStore {
             .await
     }
 
-    /// Times are the file's own; modes and owners of a local lake are not changed.
+    /// Times are the file's own; modes and owners are kept beside it ([`store_owners`]).
     async fn set_metadata(&self, key: &str, meta: &super::Metadata) -> StoreResult<Committed> {
         let (path, key) = (self.path(key), key.to_string());
         let mtime = super::posix::PosixAttrs::from_metadata(meta).mtime;
+        let meta = meta.clone();
         blocking(move || {
+            store_owners(&path, &meta);
             let f = File::options()
                 .write(true)
                 .open(&path)
@@ -294,7 +335,12 @@ impl Store for LocalStore {
         let from = from.to_string();
         blocking(move || {
             let mut input = File::open(&src).map_err(|e| io_err(&from, e))?;
-            replace_with(&root, &to, &PutOptions::default(), |f| {
+            // A copy keeps the metadata, as Copy Blob does.
+            let opts = PutOptions {
+                metadata: owners_of(&src),
+                ..PutOptions::default()
+            };
+            replace_with(&root, &to, &opts, |f| {
                 std::io::copy(&mut input, f).map(|_| ())
             })
             .map(|_| ())
@@ -330,5 +376,60 @@ impl Store for LocalStore {
             ))),
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(pairs: &[(&str, &str)]) -> super::super::Metadata {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// chmod and chown through a mount of a local lake, `upload` and copies: the mode and
+    /// owners come back from every way of reading the lake, and the file's own stay.
+    #[tokio::test]
+    async fn modes_and_owners_set_are_kept_beside_the_file_and_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::new(dir.path());
+        let set = meta(&[("mode", "755"), ("uid", "1234"), ("gid", "99")]);
+        let opts = PutOptions {
+            metadata: set.clone(),
+            ..PutOptions::default()
+        };
+        s.put("a", Bytes::from_static(b"x"), &opts).await.unwrap();
+        s.put("plain", Bytes::from_static(b"y"), &PutOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(s.head("a").await.unwrap().unwrap().metadata, set);
+        assert!(s.head("plain").await.unwrap().unwrap().metadata.is_empty());
+        s.set_metadata("plain", &meta(&[("mode", "751")]))
+            .await
+            .unwrap();
+        s.copy("a", "b").await.unwrap();
+        let page = s.list_page("", None).await.unwrap();
+        let got: Vec<_> = page
+            .objects
+            .iter()
+            .map(|o| (o.key.as_str(), o.metadata.get("mode").map(String::as_str)))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", Some("755")),
+                ("b", Some("755")),
+                ("plain", Some("751"))
+            ]
+        );
+        let own = std::fs::metadata(dir.path().join("plain")).unwrap();
+        assert_ne!(
+            own.mode() & 0o777,
+            0o751,
+            "the file's own mode is left alone"
+        );
     }
 }

@@ -34,7 +34,12 @@ pub struct Counters {
     pub gets: AtomicU64,
     /// Blocks staged plus whole objects written.
     pub puts: AtomicU64,
+    /// Bytes those carried.
+    pub put_bytes: AtomicU64,
 }
+
+/// Block ids and their bytes, in order.
+type Blocks = Vec<(String, Bytes)>;
 
 #[derive(Debug)]
 pub struct MemoryStore {
@@ -43,6 +48,9 @@ pub struct MemoryStore {
     next_etag: AtomicU64,
     /// Staged, uncommitted blocks per (key, block id): invisible, like Azure's.
     staged: Mutex<HashMap<(String, String), Bytes>>,
+    /// The committed block list of each object a block commit made, with the ETag it made:
+    /// valid while the object still has that ETag (a metadata change keeps it, as on Azure).
+    committed: Mutex<HashMap<String, (String, Blocks)>>,
     hierarchical: bool,
     /// While set, every write fails as if the network were down (fault injection).
     pub fail_writes: AtomicBool,
@@ -73,6 +81,7 @@ impl MemoryStore {
             page_size: page_size.max(1),
             next_etag: AtomicU64::new(1),
             staged: Mutex::new(HashMap::new()),
+            committed: Mutex::new(HashMap::new()),
             hierarchical: false,
             fail_writes: AtomicBool::new(false),
             writes_left: AtomicI64::new(-1),
@@ -139,6 +148,20 @@ impl MemoryStore {
     }
 
     /// Staged blocks not yet committed (or abandoned).
+    /// The committed blocks of `key` if the object there is still the one they made.
+    fn committed_now(&self, key: &str) -> Vec<(String, Bytes)> {
+        let etag = self
+            .objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|o| o.etag.clone());
+        match (self.committed.lock().unwrap().get(key), etag) {
+            (Some((made, blocks)), Some(etag)) if *made == etag => blocks.clone(),
+            _ => Vec::new(),
+        }
+    }
+
     pub fn staged_blocks(&self) -> usize {
         self.staged.lock().unwrap().len()
     }
@@ -297,6 +320,8 @@ impl Store for MemoryStore {
     async fn put_block(&self, key: &str, block_id: &str, data: Bytes) -> StoreResult<()> {
         self.check_writes(key)?;
         self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        let n = data.len() as u64;
+        self.counters.put_bytes.fetch_add(n, Ordering::Relaxed);
         self.staged
             .lock()
             .unwrap()
@@ -312,23 +337,37 @@ impl Store for MemoryStore {
     ) -> StoreResult<Committed> {
         self.check_writes(key)?;
         let mut staged = self.staged.lock().unwrap();
+        let now = self.committed_now(key);
         let mut data = Vec::new();
+        let mut list = Vec::new();
         for id in blocks {
-            let block = staged.get(&(key.to_string(), id.clone())).ok_or_else(|| {
-                StoreError::BlocksMissing(format!("{key}: block {id} was not staged"))
-            })?;
+            // `<Latest>`: a staged block, else one of the object's committed blocks.
+            let block = staged
+                .get(&(key.to_string(), id.clone()))
+                .or_else(|| now.iter().find(|(c, _)| c == id).map(|(_, b)| b))
+                .ok_or_else(|| {
+                    StoreError::BlocksMissing(format!("{key}: block {id} was not staged"))
+                })?;
             data.extend_from_slice(block);
+            list.push((id.clone(), block.clone()));
         }
         // Committing drops every staged block of the key, as Azure does.
         staged.retain(|(k, _), _| k != key);
         drop(staged);
         let md5 = opts.content_md5.as_ref().map(md5_base64);
-        Ok(self.insert_with(key, Bytes::from(data), false, md5, opts.metadata.clone()))
+        let done = self.insert_with(key, Bytes::from(data), false, md5, opts.metadata.clone());
+        self.committed
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), (done.etag.clone(), list));
+        Ok(done)
     }
 
     async fn put(&self, key: &str, data: Bytes, opts: &PutOptions) -> StoreResult<Committed> {
         self.check_writes(key)?;
         self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        let n = data.len() as u64;
+        self.counters.put_bytes.fetch_add(n, Ordering::Relaxed);
         let md5 = opts.content_md5.as_ref().map(md5_base64);
         Ok(self.insert_with(key, data, false, md5, opts.metadata.clone()))
     }
@@ -342,13 +381,45 @@ impl Store for MemoryStore {
             .get(key)
             .cloned()
             .ok_or_else(|| StoreError::NotFound(key.to_string()))?;
-        Ok(self.insert_with(
+        let blocks = self.committed_now(key);
+        let done = self.insert_with(
             key,
             obj.data,
             obj.is_dir_marker,
             obj.content_md5,
             meta.clone(),
-        ))
+        );
+        if !blocks.is_empty() {
+            self.committed
+                .lock()
+                .unwrap()
+                .insert(key.to_string(), (done.etag.clone(), blocks));
+        }
+        Ok(done)
+    }
+
+    fn keeps_committed_blocks(&self) -> bool {
+        true
+    }
+
+    async fn committed_blocks(&self, key: &str) -> StoreResult<Option<super::BlockList>> {
+        let Some(etag) = self
+            .objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .map(|o| o.etag.clone())
+        else {
+            return Ok(None);
+        };
+        let blocks = self.committed_now(key);
+        Ok((!blocks.is_empty()).then(|| super::BlockList {
+            etag,
+            blocks: blocks
+                .into_iter()
+                .map(|(id, b)| (id, b.len() as u64))
+                .collect(),
+        }))
     }
 
     async fn make_dir(&self, key: &str, meta: &Metadata) -> StoreResult<()> {

@@ -6,6 +6,7 @@
 //! filesystem core's job, so a backend returns whatever names the service holds.
 
 pub mod azure;
+pub mod azure_auth;
 pub mod azure_list;
 pub mod deadline;
 pub mod local;
@@ -44,6 +45,15 @@ pub struct ObjectInfo {
 
 /// User metadata of an object, by lower-case name.
 pub type Metadata = std::collections::BTreeMap<String, String>;
+
+/// A block blob's committed blocks (Get Block List).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockList {
+    /// The ETag of the object these blocks make.
+    pub etag: String,
+    /// Block id (base64, as sent) and size, in order.
+    pub blocks: Vec<(String, u64)>,
+}
 
 /// The metadata name of directory markers, which [`ObjectInfo::metadata`] leaves out.
 pub const DIR_MARKER_META: &str = "hdi_isfolder";
@@ -214,6 +224,19 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         Err(read_only(key))
     }
 
+    /// Whether [`Store::commit_blocks`] may also name blocks of the object's committed block
+    /// list (Azure's `<Latest>`), not only staged ones: a file committed again (a live file,
+    /// an append) then sends only the blocks that changed.
+    fn keeps_committed_blocks(&self) -> bool {
+        false
+    }
+
+    /// The committed block list of `key` as it is now: its ETag, then each block's id and
+    /// size in order. `Ok(None)` when it has none (no such object, or one Put Blob made it).
+    async fn committed_blocks(&self, _key: &str) -> StoreResult<Option<BlockList>> {
+        Ok(None)
+    }
+
     /// Writes `key` in one request (small objects), replacing any object there.
     async fn put(&self, key: &str, _data: Bytes, _opts: &PutOptions) -> StoreResult<Committed> {
         Err(read_only(key))
@@ -267,6 +290,14 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         Err(StoreError::Unsupported(format!(
             "rename of {from}: the store has no hierarchical namespace"
         )))
+    }
+
+    /// Whether a lookup of a name in a directory not listed yet had better list the
+    /// directory (one request answering every name in it) than ask for the name (two).
+    /// A local directory answers a name as cheaply as a listing, and more exactly
+    /// (`ENAMETOOLONG` for a path past `PATH_MAX`).
+    fn lookups_list(&self) -> bool {
+        true
     }
 
     /// Whether any key starts with `prefix` (which ends in `/`): a directory exists there.

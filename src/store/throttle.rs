@@ -235,6 +235,19 @@ impl Store for ThrottledStore {
         self.inner.copy(from, to).await
     }
 
+    fn lookups_list(&self) -> bool {
+        self.inner.lookups_list()
+    }
+
+    fn keeps_committed_blocks(&self) -> bool {
+        self.inner.keeps_committed_blocks()
+    }
+
+    async fn committed_blocks(&self, key: &str) -> StoreResult<Option<super::BlockList>> {
+        tokio::time::sleep(self.latency).await;
+        self.inner.committed_blocks(key).await
+    }
+
     async fn copy_version(&self, from: &str, etag: &str, to: &str) -> StoreResult<ObjectInfo> {
         tokio::time::sleep(self.latency).await;
         self.inner.copy_version(from, etag, to).await

@@ -276,6 +276,14 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client of the same account at another port (a server in front of Azurite).
+    pub fn at_port(&self, port: u16) -> Client {
+        Client {
+            port,
+            timeout: self.timeout,
+        }
+    }
+
     pub fn create_container(&self, name: &str) {
         self.expect("PUT", name, &[("restype", "container")], &[], b"", 201);
     }
@@ -486,7 +494,7 @@ fn encode_path(path: &str) -> String {
 /// <https://learn.microsoft.com/rest/api/storageservices/authorize-with-shared-key>.
 /// `path` is the encoded path as sent (the service signs what it receives); query values are
 /// signed decoded. `headers` are lowercase.
-fn sign(
+pub fn sign(
     method: &str,
     path: &str,
     query: &[(&str, &str)],

@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 pub mod azurite;
+pub mod dfs;
 pub mod faultproxy;
 pub mod lake;
 pub mod metrics;

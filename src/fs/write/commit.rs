@@ -47,7 +47,7 @@ impl WriteHandle {
             st.in_flight.remove(&b);
             match result {
                 Ok(()) if st.generation == generation => {
-                    st.uploaded.insert(b, version);
+                    st.uploaded.insert(b, (version, generation));
                 }
                 Ok(()) => {}
                 Err(e) => {
@@ -168,7 +168,7 @@ impl WriteHandle {
     async fn commit_now(self: &Arc<Self>) -> StoreResult<(Committed, u64)> {
         self.wait_uploads().await;
         let key = self.key();
-        let (size, generation, md5, metadata) = {
+        let (size, md5, metadata) = {
             let mut st = self.st.lock().unwrap();
             // An early upload that failed is uploaded again below, unless it ran out of
             // time: the lake did not answer for a whole deadline, and trying again would
@@ -179,7 +179,7 @@ impl WriteHandle {
             let md5 = self.content_md5(&st)?;
             let mut metadata = crate::store::Metadata::new();
             st.posix.store_into(&mut metadata);
-            (st.size, st.generation, md5, metadata)
+            (st.size, md5, metadata)
         };
         let opts = PutOptions {
             content_md5: Some(md5),
@@ -204,8 +204,7 @@ impl WriteHandle {
                 }
             }
             self.wait_uploads().await;
-            let ids: Vec<String> = (0..blocks).map(|b| self.block_id(generation, b)).collect();
-            {
+            let ids: Vec<String> = {
                 let st = self.st.lock().unwrap();
                 if let Some(e) = &st.last_error {
                     return Err(e.clone());
@@ -215,16 +214,27 @@ impl WriteHandle {
                         "{key}: changed while being committed"
                     )));
                 }
-            }
+                // Each block under the id its copy in the lake has: staged now, or committed
+                // by an earlier commit of this handle.
+                (0..blocks)
+                    .map(|b| self.block_id(st.uploaded[&b].1, b))
+                    .collect()
+            };
             self.store.commit_blocks(&key, &ids, &opts).await?
         };
-        // Committed blocks are gone from the staging area: a later commit uploads afresh.
-        self.forget_staged_blocks();
+        if self.store.keeps_committed_blocks() {
+            // The committed blocks stay the object's: the next commit names those it keeps
+            // and sends the rest under a new generation's ids.
+            self.st.lock().unwrap().generation += 1;
+        } else {
+            // Committed blocks are gone from the staging area: a later commit uploads afresh.
+            self.forget_staged_blocks();
+        }
         Ok((done, size))
     }
 }
 
 /// Whether the lake's staged copy of block `b` is missing or older than the staging file's.
 fn needs_upload(st: &State, b: u64) -> bool {
-    st.uploaded.get(&b) != Some(&st.version.get(&b).copied().unwrap_or(0))
+    st.uploaded.get(&b).map(|u| u.0) != Some(st.version.get(&b).copied().unwrap_or(0))
 }

@@ -69,8 +69,9 @@ struct State {
     extents: BTreeMap<u64, u64>,
     /// Per block: bumped by every change to it.
     version: HashMap<u64, u64>,
-    /// Per block: the version its staged copy in the lake has.
-    uploaded: HashMap<u64, u64>,
+    /// Per block: the version its copy in the lake has (staged, or committed when the store
+    /// keeps committed blocks), and the generation of the id it has there.
+    uploaded: HashMap<u64, (u64, u64)>,
     in_flight: HashSet<u64>,
     /// Next block to consider for an early upload.
     next_early: u64,
@@ -325,6 +326,9 @@ impl WriteHandle {
             .write_all_at(data, offset)
             .map_err(|e| io(&self.staging_path(), e))?;
         let mut st = self.st.lock().unwrap();
+        // Every block whose bytes or length change gets a new version: those written, and
+        // those a write past the end grows (the old last block, and holes of zeros).
+        let changed_from = offset.min(st.size);
         st.size = st.size.max(end);
         if st.hashed == Some(offset) {
             // The common case, a sequential writer: hash as we go, so commit need not reread.
@@ -337,7 +341,7 @@ impl WriteHandle {
         }
         if !data.is_empty() {
             let bs = self.block_size;
-            for b in offset / bs..=(end - 1) / bs {
+            for b in changed_from / bs..=(end - 1) / bs {
                 *st.version.entry(b).or_default() += 1;
             }
         }

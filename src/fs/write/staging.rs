@@ -40,12 +40,25 @@ impl StagedFile {
         // Staged data is the user's file content: private, like the block cache.
         std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let path = dir.join(format!("{id}.data"));
-        let file = std::fs::OpenOptions::new()
+        // The sidecar first: a daemon killed in between leaves no data file that names no
+        // target (the next mount would report it as lost data).
+        write_private(
+            &sidecar_of(&path),
+            target_text(lake, key, uploaded).as_bytes(),
+        )?;
+        let file = match std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)?;
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(sidecar_of(&path));
+                return Err(e);
+            }
+        };
         // Held while the handle lives and dropped by the kernel when the process dies however
         // it dies. Only the leftover report needs it: a file system without locks must not
         // stop writes.
@@ -54,19 +67,13 @@ impl StagedFile {
             let e = std::io::Error::last_os_error();
             tracing::debug!("cannot lock {}: {e}", path.display());
         }
-        let staged = StagedFile {
+        Ok(StagedFile {
             file,
             dir: dir.to_path_buf(),
             id: id.to_string(),
-            path: Mutex::new(path.clone()),
+            path: Mutex::new(path),
             target: Mutex::new(Some((lake.to_string(), key.to_string()))),
-        };
-        if let Err(e) = staged.mark(uploaded) {
-            let _ = std::fs::remove_file(&path);
-            let _ = std::fs::remove_file(sidecar_of(&path));
-            return Err(e);
-        }
-        Ok(staged)
+        })
     }
 
     pub fn file(&self) -> &File {
@@ -88,12 +95,7 @@ impl StagedFile {
         let Some((lake, key)) = target.as_ref() else {
             return Ok(());
         };
-        let mut text = format!("{lake}\n{key}\n");
-        if uploaded {
-            text.push_str(UPLOADED);
-            text.push('\n');
-        }
-        write_private(&self.sidecar(), text.as_bytes())
+        write_private(&self.sidecar(), target_text(lake, key, uploaded).as_bytes())
     }
 
     /// The file was renamed while open: the sidecar names the new key.
@@ -130,6 +132,13 @@ impl StagedFile {
             input.seek(std::io::SeekFrom::Start(0))?;
             std::io::copy(&mut input, &mut out)?;
             out.sync_all()?;
+            // The kept copy's sidecar before the copy itself, so it never lacks one.
+            if let Some((lake, key)) = self.target.lock().unwrap().as_ref() {
+                write_private(
+                    &sidecar_of(&fresh),
+                    target_text(lake, key, false).as_bytes(),
+                )?;
+            }
             std::fs::rename(&tmp, &fresh)
         })();
         if let Err(e) = copied {
@@ -137,7 +146,6 @@ impl StagedFile {
             return Err(e);
         }
         *self.path.lock().unwrap() = fresh.clone();
-        self.mark(false)?;
         Ok(fresh)
     }
 
@@ -146,8 +154,10 @@ impl StagedFile {
         let mut target = self.target.lock().unwrap();
         *target = None;
         let path = self.path();
-        let _ = std::fs::remove_file(sidecar_of(&path));
+        // The data first: a daemon killed in between leaves a sidecar alone, which names no
+        // data and is never reported, not data without its target.
         let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(sidecar_of(&path));
     }
 }
 
@@ -205,14 +215,36 @@ pub fn leftovers(dir: &Path) -> Vec<Leftover> {
     out
 }
 
+/// What a sidecar says: the lake, the key, and `uploaded` while the lake holds these bytes.
+fn target_text(lake: &str, key: &str, uploaded: bool) -> String {
+    let mut text = format!("{lake}\n{key}\n");
+    if uploaded {
+        text.push_str(UPLOADED);
+        text.push('\n');
+    }
+    text
+}
+
+/// Writes a sidecar whole or not at all (a temporary name, then rename): a daemon killed
+/// while it writes leaves the old sidecar, never an empty or partial one.
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(data)
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("target-{n}"));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]
