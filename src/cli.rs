@@ -174,6 +174,13 @@ pub struct MountArgs {
     #[arg(long, value_name = "OBJECTS")]
     pub rename_dir_limit: Option<u64>,
 
+    /// A file open for writing longer than this is committed while it stays open (a training
+    /// log, a TensorBoard event file shows in the lake as it grows; a preempted node loses at
+    /// most this much of it), sending only what changed; each commit is whole. 0: only at
+    /// close and fsync [default: 30; at most 86400].
+    #[arg(long, value_name = "SECONDS")]
+    pub commit_interval: Option<u64>,
+
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
 
@@ -188,7 +195,7 @@ pub struct MountArgs {
     pub auth: Option<AuthMethod>,
 
     /// A TOML file whose keys mirror these flags (lake, mountpoint, read_only, allow_other, uid,
-    /// gid, file_mode, dir_mode, metadata_ttl, rename_dir_limit, metadata_timeout, data_timeout, endpoint, auth,
+    /// gid, file_mode, dir_mode, metadata_ttl, rename_dir_limit, commit_interval, metadata_timeout, data_timeout, endpoint, auth,
     /// log_file, block_size,
     /// max_readahead, max_memory, cache_dir, cache_size, staging_dir, metrics_addr). Flags win.
     #[arg(long, value_name = "FILE")]

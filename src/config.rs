@@ -27,6 +27,7 @@ pub struct MountFile {
     pub dir_mode: Option<String>,
     pub metadata_ttl: Option<u64>,
     pub rename_dir_limit: Option<u64>,
+    pub commit_interval: Option<u64>,
     pub metadata_timeout: Option<u64>,
     pub data_timeout: Option<u64>,
     pub endpoint: Option<String>,
@@ -73,6 +74,8 @@ pub struct MountSettings {
     pub dir_mode: u16,
     pub metadata_ttl: Duration,
     pub rename_dir_limit: u64,
+    /// Files open for writing are committed this often (zero: only at close and fsync).
+    pub commit_interval: Duration,
     /// How long one call to the lake may take (see `store::deadline`).
     pub deadlines: Deadlines,
     pub endpoint: Option<String>,
@@ -105,6 +108,19 @@ fn metadata_ttl(v: Option<u64>, default: Duration) -> Result<Duration> {
         None => Ok(default),
         Some(s) if s > MAX_METADATA_TTL => {
             bail!("--metadata-ttl: at most {MAX_METADATA_TTL} seconds (365 days), not {s}")
+        }
+        Some(s) => Ok(Duration::from_secs(s)),
+    }
+}
+
+/// Longest live-commit interval taken: a day.
+const MAX_COMMIT_INTERVAL: u64 = 24 * 3600;
+
+fn commit_interval(v: Option<u64>, default: Duration) -> Result<Duration> {
+    match v {
+        None => Ok(default),
+        Some(s) if s > MAX_COMMIT_INTERVAL => {
+            bail!("--commit-interval: at most {MAX_COMMIT_INTERVAL} seconds (a day), not {s}")
         }
         Some(s) => Ok(Duration::from_secs(s)),
     }
@@ -226,6 +242,10 @@ impl MountSettings {
                 .rename_dir_limit
                 .or(file.rename_dir_limit)
                 .unwrap_or(d.rename_dir_limit),
+            commit_interval: commit_interval(
+                args.commit_interval.or(file.commit_interval),
+                d.commit_interval,
+            )?,
             deadlines: deadlines(&TimeoutArgs {
                 metadata_timeout: args.timeouts.metadata_timeout.or(file.metadata_timeout),
                 data_timeout: args.timeouts.data_timeout.or(file.data_timeout),
@@ -286,6 +306,7 @@ impl MountSettings {
             dir_mode: 0o755,
             metadata_ttl: Duration::from_secs(60),
             rename_dir_limit: crate::fs::DEFAULT_RENAME_DIR_LIMIT,
+            commit_interval: Duration::from_secs(30),
             deadlines: Deadlines::default(),
             endpoint: None,
             auth: AuthMethod::default(),
@@ -354,6 +375,21 @@ mod tests {
         };
         let err = format!("{:#}", MountSettings::resolve(&args).unwrap_err());
         assert!(err.contains("line 3") && !err.contains('\n'), "{err}");
+        let f =
+            write("lake = \"az://acct/data\"\nmountpoint = \"/mnt\"\ncommit_interval = 90000\n");
+        let args = MountArgs {
+            config: Some(f.path().into()),
+            ..Default::default()
+        };
+        let err = format!("{:#}", MountSettings::resolve(&args).unwrap_err());
+        assert!(err.contains("--commit-interval: at most 86400"), "{err}");
+        let args = MountArgs {
+            config: Some(f.path().into()),
+            commit_interval: Some(0),
+            ..Default::default()
+        };
+        let s = MountSettings::resolve(&args).unwrap();
+        assert_eq!(s.commit_interval, Duration::ZERO, "the flag wins; 0 is off");
         assert!(parse_mode("0999").is_err());
         assert!(parse_mode("rw-r--r--").is_err());
         assert_eq!(parse_mode("755").unwrap(), 0o755);

@@ -598,12 +598,19 @@ fn staged_leftovers(dir: &Path, each: bool) -> Option<String> {
     let left = crate::fs::write::leftovers(dir);
     if each {
         for l in &left {
-            tracing::warn!(
-                "not uploaded: {} ({} bytes) was meant for {}",
-                l.data.display(),
-                l.size,
-                l.target
-            );
+            match &l.partial {
+                None => tracing::warn!(
+                    "not uploaded: {} ({} bytes) was meant for {}",
+                    l.data.display(),
+                    l.size,
+                    l.target
+                ),
+                Some(etag) => tracing::warn!(
+                    "not uploaded: {} holds only the blocks changed in {} over its version {etag} (holes elsewhere): not a whole file, do not upload it as it is",
+                    l.data.display(),
+                    l.target
+                ),
+            }
         }
     }
     (!left.is_empty()).then(|| {
@@ -647,6 +654,10 @@ fn serve(s: &MountSettings, ready: &mut Readiness) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
     let disk = open_disk_cache(s, &metrics)?;
     let fs = build_fs_with(store, s, metrics.clone(), disk.clone());
+    let _live_commits = {
+        let _guard = rt.enter();
+        crate::fs::live::start(&fs, s.commit_interval)
+    };
     if let Some(addr) = s.metrics_addr {
         let bound = rt
             .block_on(crate::metrics::serve(addr, metrics))

@@ -70,6 +70,8 @@ fn judge(program: &str, what: &str, out: Option<Output>) -> Result<(), TestCaseE
 
 const FLAGS: &[&str] = &[
     "--metadata-ttl",
+    "--commit-interval",
+    "--rename-dir-limit",
     "--metadata-timeout",
     "--data-timeout",
     "--max-memory",
@@ -194,6 +196,8 @@ const MOUNT_KEYS: &[&str] = &[
     "file_mode",
     "dir_mode",
     "metadata_ttl",
+    "commit_interval",
+    "rename_dir_limit",
     "metadata_timeout",
     "data_timeout",
     "endpoint",

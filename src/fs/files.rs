@@ -352,10 +352,26 @@ impl LakeFs {
     }
 
     pub(super) async fn commit(&self, ino: u64, w: &Arc<WriteHandle>) -> FsResult<()> {
+        self.commit_as(ino, w, false).await
+    }
+
+    /// A commit; `live`: a periodic one of a file still open (see `live`), whose failure
+    /// is logged and left to the next.
+    pub(super) async fn commit_as(
+        &self,
+        ino: u64,
+        w: &Arc<WriteHandle>,
+        live: bool,
+    ) -> FsResult<()> {
         if w.awaits_commit() {
             self.retain_readers(&w.key()).await;
         }
-        match w.commit().await {
+        let done = if live {
+            w.commit_live().await
+        } else {
+            w.commit().await
+        };
+        match done {
             Ok(None) => Ok(()),
             Ok(Some((done, size))) => {
                 let posix = w.posix();
@@ -374,6 +390,10 @@ impl LakeFs {
                 }
                 self.changed(&key, Some(kind)).await;
                 Ok(())
+            }
+            Err(e) if live => {
+                tracing::warn!("live commit of {} failed: {e}; trying again later", w.key());
+                Err(FsError(e.errno()))
             }
             Err(e) => {
                 let kept = match w.keep_staged() {
@@ -430,7 +450,7 @@ impl LakeFs {
             }
         };
         if last {
-            w.finish();
+            w.finish().await;
         }
     }
 

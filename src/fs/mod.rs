@@ -5,6 +5,7 @@ mod attrs;
 mod files;
 pub mod inode;
 pub mod listing;
+pub mod live;
 pub mod names;
 mod namespace;
 pub mod process;

@@ -175,6 +175,9 @@ impl LakeFs {
             .and_then(|ino| self.writer(ino).map(|w| (ino, w)));
         let mut in_lake = true;
         if let Some((ino, w)) = &writer {
+            // Its blocks still only in the lake are read in: the object under the new name
+            // may not keep them.
+            w.read_in_all().await.map_err(|e| FsError(e.errno()))?;
             self.commit(*ino, w).await?;
             in_lake = self.store.head(&from).await?.is_some();
         }
@@ -247,6 +250,7 @@ impl LakeFs {
     ) -> FsResult<()> {
         let writers = self.writers_below(from);
         for (ino, w, _) in &writers {
+            w.read_in_all().await.map_err(|e| FsError(e.errno()))?;
             self.commit(*ino, w).await?;
         }
         if hierarchical {

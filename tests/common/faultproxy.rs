@@ -21,6 +21,8 @@ pub struct FaultProxy {
     pub requests: Arc<AtomicU64>,
     /// Requests held without a (whole) answer so far.
     pub hung: Arc<AtomicU64>,
+    /// Bytes of request bodies received so far (what the client uploaded).
+    pub body_bytes: Arc<AtomicU64>,
     hang: Arc<AtomicU8>,
     accept: Option<JoinHandle<()>>,
 }
@@ -42,6 +44,7 @@ struct Shared {
     stop: Arc<AtomicBool>,
     hang: Arc<AtomicU8>,
     hung: Arc<AtomicU64>,
+    body_bytes: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -105,10 +108,12 @@ impl FaultProxy {
         let (s, i, r) = (stop.clone(), injected.clone(), requests.clone());
         let hang = Arc::new(AtomicU8::new(Hang::Off as u8));
         let hung = Arc::new(AtomicU64::new(0));
+        let body_bytes = Arc::new(AtomicU64::new(0));
         let shared = Shared {
             stop: stop.clone(),
             hang: hang.clone(),
             hung: hung.clone(),
+            body_bytes: body_bytes.clone(),
         };
         let accept = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
@@ -138,6 +143,7 @@ impl FaultProxy {
             injected,
             requests,
             hung,
+            body_bytes,
             hang,
             accept: Some(accept),
         }
@@ -275,6 +281,13 @@ fn serve(
 ) -> io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(60)))?;
     let request = read_request(&mut conn, mode == Mode::DropIfMatch)?;
+    let head_len = request
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(request.len(), |i| i + 4);
+    shared
+        .body_bytes
+        .fetch_add((request.len() - head_len) as u64, Ordering::Relaxed);
     let hang = shared.hang();
     if hang == Hang::Silent {
         shared.hold();

@@ -15,11 +15,15 @@ use crate::store::{Committed, PutOptions, StoreError, StoreResult};
 const COMMIT_TRIES: usize = 4;
 
 impl WriteHandle {
-    fn block_id(&self, generation: u64, index: u64) -> String {
+    pub(super) fn block_id(&self, generation: u64, index: u64) -> String {
         use base64::Engine;
-        // Every id of one object must have the same length.
-        let raw = format!("{}-{generation:06}-{index:08}", self.upload_id);
-        base64::engine::general_purpose::STANDARD.encode(raw)
+        use sha2::Digest;
+        // Every id of one object must have the same length: "16 hex digits-8 digits", as
+        // `lakemount upload` names blocks too, so a writer can keep either's blocks (`base`).
+        // The 16 digits are this writer's and this generation's.
+        let h = sha2::Sha256::digest(format!("{}-{generation}", self.upload_id));
+        let tag: String = h[..8].iter().map(|b| format!("{b:02x}")).collect();
+        base64::engine::general_purpose::STANDARD.encode(format!("{tag}-{index:08}"))
     }
 
     /// Uploads the full blocks below `filled` that are not uploaded yet.
@@ -47,7 +51,7 @@ impl WriteHandle {
             st.in_flight.remove(&b);
             match result {
                 Ok(()) if st.generation == generation => {
-                    st.uploaded.insert(b, (version, generation));
+                    st.uploaded.insert(b, (version, me.block_id(generation, b)));
                 }
                 Ok(()) => {}
                 Err(e) => {
@@ -113,6 +117,17 @@ impl WriteHandle {
     /// Makes the lake object what this handle holds. `Ok(None)`: nothing to commit. No
     /// change lands while it runs (they wait their turn), so clean means uploaded.
     pub async fn commit(self: &Arc<Self>) -> StoreResult<Option<(Committed, u64)>> {
+        self.commit_as(false).await
+    }
+
+    /// A commit of a file still open for writing, every `--commit-interval`: like
+    /// [`WriteHandle::commit`], but a failure is not the writer's (nobody is told EIO): the
+    /// next live commit or the last close tries again.
+    pub async fn commit_live(self: &Arc<Self>) -> StoreResult<Option<(Committed, u64)>> {
+        self.commit_as(true).await
+    }
+
+    async fn commit_as(self: &Arc<Self>, live: bool) -> StoreResult<Option<(Committed, u64)>> {
         let _turn = self.turn.lock().await;
         {
             let mut st = self.st.lock().unwrap();
@@ -138,6 +153,15 @@ impl WriteHandle {
             let Err(StoreError::BlocksMissing(why)) = &result else {
                 break;
             };
+            if !self.staged_whole() {
+                // Blocks of the object this writer started from are gone with it: another
+                // writer replaced it. They cannot be sent again (see `base`).
+                result = Err(StoreError::Changed(format!(
+                    "{}: replaced in the lake by another writer while being changed here ({why})",
+                    self.key()
+                )));
+                break;
+            }
             tracing::info!("{}: {why}; uploading its blocks again", self.key());
             self.forget_staged_blocks();
             result = self.commit_now().await;
@@ -147,11 +171,13 @@ impl WriteHandle {
             Ok(_) => {
                 st.failed = false;
                 st.dirty = false;
+                st.dirty_since = None;
                 drop(st);
                 if let Err(e) = self.staged.mark(true) {
                     tracing::debug!("{}: {e}", self.staged.sidecar().display());
                 }
             }
+            Err(_) if live => {}
             Err(_) => st.failed = true,
         }
         result.map(Some)
@@ -161,7 +187,11 @@ impl WriteHandle {
     pub(super) fn forget_staged_blocks(&self) {
         let mut st = self.st.lock().unwrap();
         st.generation += 1;
-        st.uploaded.clear();
+        // Blocks only in the lake keep their ids: nothing else holds their bytes.
+        let State {
+            uploaded, absent, ..
+        } = &mut *st;
+        uploaded.retain(|b, _| absent.contains(b));
         st.next_early = 0;
     }
 
@@ -176,13 +206,18 @@ impl WriteHandle {
             if let Some(e @ StoreError::TimedOut(_)) = st.last_error.take() {
                 return Err(e);
             }
-            let md5 = self.content_md5(&st)?;
+            // Not while blocks are only in the lake: the staging file does not hold them.
+            let md5 = if st.absent.is_empty() {
+                Some(self.content_md5(&st)?)
+            } else {
+                None
+            };
             let mut metadata = crate::store::Metadata::new();
             st.posix.store_into(&mut metadata);
             (st.size, md5, metadata)
         };
         let opts = PutOptions {
-            content_md5: Some(md5),
+            content_md5: md5,
             metadata,
         };
         let bs = self.block_size;
@@ -216,16 +251,16 @@ impl WriteHandle {
                 }
                 // Each block under the id its copy in the lake has: staged now, or committed
                 // by an earlier commit of this handle.
-                (0..blocks)
-                    .map(|b| self.block_id(st.uploaded[&b].1, b))
-                    .collect()
+                (0..blocks).map(|b| st.uploaded[&b].1.clone()).collect()
             };
             self.store.commit_blocks(&key, &ids, &opts).await?
         };
         if self.store.keeps_committed_blocks() {
             // The committed blocks stay the object's: the next commit names those it keeps
             // and sends the rest under a new generation's ids.
-            self.st.lock().unwrap().generation += 1;
+            let mut st = self.st.lock().unwrap();
+            st.generation += 1;
+            st.lake_etag = done.etag.clone();
         } else {
             // Committed blocks are gone from the staging area: a later commit uploads afresh.
             self.forget_staged_blocks();

@@ -19,15 +19,16 @@
 //! - The sidecar says `uploaded` only while the lake holds exactly the staged bytes; it says
 //!   otherwise before a change is acknowledged.
 
+mod base;
 mod commit;
 pub mod staging;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use md5::{Digest, Md5};
@@ -70,8 +71,12 @@ struct State {
     /// Per block: bumped by every change to it.
     version: HashMap<u64, u64>,
     /// Per block: the version its copy in the lake has (staged, or committed when the store
-    /// keeps committed blocks), and the generation of the id it has there.
-    uploaded: HashMap<u64, (u64, u64)>,
+    /// keeps committed blocks), and the id it has there.
+    uploaded: HashMap<u64, (u64, String)>,
+    /// Blocks of the original object not read into the staging file (see `base`).
+    absent: BTreeSet<u64>,
+    /// The lake object that holds the `absent` blocks: the original, then each commit's.
+    lake_etag: String,
     in_flight: HashSet<u64>,
     /// Next block to consider for an early upload.
     next_early: u64,
@@ -80,6 +85,8 @@ struct State {
     hashed: Option<u64>,
     /// Changed since the last commit (or never committed).
     dirty: bool,
+    /// When it last went from clean to dirty: a live commit is due `--commit-interval` later.
+    dirty_since: Option<Instant>,
     /// The content is in the staging file (false only while an existing object is untouched).
     loaded: bool,
     /// The name was unlinked while open: nothing is committed any more.
@@ -156,11 +163,14 @@ impl WriteHandle {
             extents: BTreeMap::new(),
             version: HashMap::new(),
             uploaded: HashMap::new(),
+            absent: BTreeSet::new(),
+            lake_etag: String::new(),
             in_flight: HashSet::new(),
             next_early: 0,
             md5: Some(Md5::new()),
             hashed: Some(0),
             dirty: loaded,
+            dirty_since: loaded.then(Instant::now),
             loaded,
             unlinked: false,
             failed: false,
@@ -243,7 +253,7 @@ impl WriteHandle {
         let Some(base) = &self.base else {
             return Ok(());
         };
-        if self.st.lock().unwrap().loaded {
+        if self.st.lock().unwrap().loaded || self.adopt_base().await? {
             return Ok(());
         }
         let bs = self.block_size;
@@ -285,6 +295,9 @@ impl WriteHandle {
                 .map_err(|e| io(&self.staged.sidecar(), e))?;
         }
         let mut st = self.st.lock().unwrap();
+        if !st.dirty {
+            st.dirty_since = Some(Instant::now());
+        }
         st.dirty = true;
         st.modified = SystemTime::now();
         st.posix.mtime = None;
@@ -320,6 +333,20 @@ impl WriteHandle {
     async fn write_staged(self: &Arc<Self>, offset: u64, data: &[u8]) -> StoreResult<u32> {
         let end = offset + data.len() as u64;
         self.load().await?;
+        if !data.is_empty() {
+            // Blocks left in the lake that this write changes but does not cover are read
+            // in first (see `base`).
+            let bs = self.block_size;
+            let size = self.st.lock().unwrap().size;
+            let first = offset.min(size) / bs;
+            let partial = (first..=(end - 1) / bs)
+                .filter(|b| !(b * bs >= offset && ((b + 1) * bs).min(size.max(end)) <= end));
+            self.read_in(partial.collect::<Vec<_>>()).await?;
+            let mut st = self.st.lock().unwrap();
+            for b in first..=(end - 1) / bs {
+                st.absent.remove(&b);
+            }
+        }
         self.begin_change()?;
         self.staged
             .file()
@@ -369,6 +396,20 @@ impl WriteHandle {
         if size > 0 {
             self.load().await?;
         }
+        {
+            // Blocks left in the lake that change length are read in; those past the new
+            // size are gone from the file (see `base`).
+            let bs = self.block_size;
+            let old = self.st.lock().unwrap().size;
+            let (lo, hi) = (old.min(size), old.max(size));
+            if lo < hi {
+                let keep: Vec<u64> = (lo / bs..=(hi - 1) / bs)
+                    .filter(|b| b * bs < size)
+                    .collect();
+                self.read_in(keep).await?;
+                self.st.lock().unwrap().absent.retain(|b| b * bs < size);
+            }
+        }
         self.begin_change()?;
         self.staged
             .file()
@@ -413,7 +454,17 @@ impl WriteHandle {
         if offset >= end {
             return Ok(Bytes::new());
         }
+        if !self.staged_whole() {
+            return self.read_mixed(offset, end).await;
+        }
         let mut buf = vec![0u8; (end - offset) as usize];
+        let got = self.read_staged_at(&mut buf, offset)?;
+        buf.truncate(got);
+        Ok(Bytes::from(buf))
+    }
+
+    /// Fills `buf` from the staging file at `offset`; fewer bytes at its end.
+    fn read_staged_at(&self, buf: &mut [u8], offset: u64) -> StoreResult<usize> {
         let mut got = 0;
         while got < buf.len() {
             match self
@@ -427,8 +478,7 @@ impl WriteHandle {
                 Err(e) => return Err(io(&self.staging_path(), e)),
             }
         }
-        buf.truncate(got);
-        Ok(Bytes::from(buf))
+        Ok(got)
     }
 
     /// The name was removed: nothing more is committed, and the staging file can go. Waits
@@ -455,8 +505,21 @@ impl WriteHandle {
         st.dirty && !st.unlinked && !st.failed && st.broken.is_none()
     }
 
-    /// Makes sure the staged data has a name someone can recover it from; returns it.
+    /// Awaits a commit and has for `interval` or longer: a live commit is due.
+    pub fn live_commit_due(&self, interval: Duration) -> bool {
+        let since = self.st.lock().unwrap().dirty_since;
+        self.awaits_commit() && since.is_some_and(|t| t.elapsed() >= interval)
+    }
+
+    /// Makes sure the staged data has a name someone can recover it from; returns it. Not
+    /// while blocks of it are only in the lake: the file is not whole, and an upload of it
+    /// would write holes.
     pub fn keep_staged(&self) -> std::io::Result<PathBuf> {
+        if !self.staged_whole() {
+            return Err(std::io::Error::other(
+                "only the changed blocks are staged; the rest was the lake object's, which another writer replaced",
+            ));
+        }
         self.staged.keep()
     }
 
@@ -469,7 +532,7 @@ impl WriteHandle {
     /// Called when the last handle goes: the staging file is removed unless its content
     /// never reached the lake. Then it is kept under a name (made anew if someone removed
     /// it), and the log says where, or that it could not be kept.
-    pub fn finish(&self) {
+    pub async fn finish(&self) {
         let keep = {
             let st = self.st.lock().unwrap();
             (st.failed || st.dirty || st.broken.is_some()) && !st.unlinked
@@ -477,6 +540,17 @@ impl WriteHandle {
         if !keep {
             self.staged.remove();
             return;
+        }
+        if !self.staged_whole() {
+            // Blocks left in the lake are read in, so what is kept is the whole file.
+            if let Err(e) = self.read_in_all().await {
+                self.staged.remove();
+                tracing::error!(
+                    "{}: not uploaded, and the change is lost: only the changed blocks were staged, and the rest cannot be read from the lake ({e})",
+                    self.key()
+                );
+                return;
+            }
         }
         match self.staged.keep() {
             Ok(path) => tracing::error!(

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 const UPLOADED: &str = "uploaded";
+const PARTIAL: &str = "partial-over ";
 
 pub struct StagedFile {
     file: File,
@@ -24,6 +25,9 @@ pub struct StagedFile {
     /// Lake and key, as written to the sidecar; `None` once removed, so a late rename of the
     /// handle cannot write a sidecar for data that is gone.
     target: Mutex<Option<(String, String)>>,
+    /// The ETag of the lake object whose unchanged blocks this file lacks (holes), while it
+    /// lacks any: the sidecar says so, and such a file is never offered for upload.
+    partial: Mutex<Option<String>>,
 }
 
 impl StagedFile {
@@ -44,7 +48,7 @@ impl StagedFile {
         // target (the next mount would report it as lost data).
         write_private(
             &sidecar_of(&path),
-            target_text(lake, key, uploaded).as_bytes(),
+            target_text(lake, key, uploaded, None).as_bytes(),
         )?;
         let file = match std::fs::OpenOptions::new()
             .read(true)
@@ -73,6 +77,7 @@ impl StagedFile {
             id: id.to_string(),
             path: Mutex::new(path),
             target: Mutex::new(Some((lake.to_string(), key.to_string()))),
+            partial: Mutex::new(None),
         })
     }
 
@@ -95,7 +100,18 @@ impl StagedFile {
         let Some((lake, key)) = target.as_ref() else {
             return Ok(());
         };
-        write_private(&self.sidecar(), target_text(lake, key, uploaded).as_bytes())
+        let partial = self.partial.lock().unwrap().clone();
+        write_private(
+            &self.sidecar(),
+            target_text(lake, key, uploaded, partial.as_deref()).as_bytes(),
+        )
+    }
+
+    /// Records that the file lacks the unchanged blocks of lake object version `etag`
+    /// (`None`: it holds every byte again); the sidecar says so before the caller goes on.
+    pub fn set_partial(&self, etag: Option<&str>, uploaded: bool) -> std::io::Result<()> {
+        *self.partial.lock().unwrap() = etag.map(str::to_string);
+        self.mark(uploaded)
     }
 
     /// The file was renamed while open: the sidecar names the new key.
@@ -136,7 +152,7 @@ impl StagedFile {
             if let Some((lake, key)) = self.target.lock().unwrap().as_ref() {
                 write_private(
                     &sidecar_of(&fresh),
-                    target_text(lake, key, false).as_bytes(),
+                    target_text(lake, key, false, None).as_bytes(),
                 )?;
             }
             std::fs::rename(&tmp, &fresh)
@@ -174,6 +190,9 @@ pub struct Leftover {
     /// Where it was meant to go: the lake URL and the path below it (from `ID.target`).
     pub target: String,
     pub size: u64,
+    /// Only the blocks changed over this version (ETag) of the target: holes elsewhere, so
+    /// not a file to upload as it is.
+    pub partial: Option<String>,
 }
 
 /// The staging files in `dir` that are not being written and were never uploaded. Files a
@@ -196,7 +215,7 @@ pub fn leftovers(dir: &Path) -> Vec<Leftover> {
         let mut text = String::new();
         let _ = File::open(sidecar_of(&data)).and_then(|mut s| s.read_to_string(&mut text));
         let lines: Vec<&str> = text.lines().collect();
-        if lines.get(2) == Some(&UPLOADED) {
+        if lines.iter().skip(2).any(|l| *l == UPLOADED) {
             let _ = std::fs::remove_file(sidecar_of(&data));
             let _ = std::fs::remove_file(&data);
             continue;
@@ -209,18 +228,32 @@ pub fn leftovers(dir: &Path) -> Vec<Leftover> {
             _ => "an unknown target".to_string(),
         };
         let size = f.metadata().map_or(0, |m| m.len());
-        out.push(Leftover { data, target, size });
+        let partial = lines
+            .iter()
+            .skip(2)
+            .find_map(|l| l.strip_prefix(PARTIAL))
+            .map(str::to_string);
+        out.push(Leftover {
+            data,
+            target,
+            size,
+            partial,
+        });
     }
     out.sort_by(|a, b| a.data.cmp(&b.data));
     out
 }
 
-/// What a sidecar says: the lake, the key, and `uploaded` while the lake holds these bytes.
-fn target_text(lake: &str, key: &str, uploaded: bool) -> String {
+/// What a sidecar says: the lake, the key, `uploaded` while the lake holds these bytes, and
+/// `partial-over ETAG` while the file lacks that version's unchanged blocks.
+fn target_text(lake: &str, key: &str, uploaded: bool, partial: Option<&str>) -> String {
     let mut text = format!("{lake}\n{key}\n");
     if uploaded {
         text.push_str(UPLOADED);
         text.push('\n');
+    }
+    if let Some(etag) = partial {
+        text.push_str(&format!("{PARTIAL}{etag}\n"));
     }
     text
 }

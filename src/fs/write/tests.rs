@@ -54,7 +54,7 @@ async fn sequential_writes_upload_full_blocks_before_the_commit() {
     assert!(store.data("f").is_none(), "invisible before the commit");
     h.commit().await.unwrap().unwrap();
     assert_eq!(&store.data("f").unwrap()[..], b"0123456789");
-    h.finish();
+    h.finish().await;
     assert!(!h.staging_path().exists(), "staging removed after success");
 }
 
@@ -66,7 +66,7 @@ async fn a_failed_commit_keeps_the_staging_file_and_the_old_object() {
     h.write(0, b"new content").await.unwrap();
     store.fail_writes.store(true, Ordering::Relaxed);
     assert!(h.commit().await.is_err());
-    h.finish();
+    h.finish().await;
     assert_eq!(&store.data("f").unwrap()[..], b"old");
     assert_eq!(std::fs::read(h.staging_path()).unwrap(), b"new content");
     let target = std::fs::read_to_string(h.staging_path().with_extension("target")).unwrap();
@@ -92,7 +92,8 @@ async fn only_staging_files_without_a_live_handle_are_leftovers() {
         [Leftover {
             data,
             target: "memory://f".into(),
-            size: 24
+            size: 24,
+            partial: None,
         }]
     );
 }
@@ -188,4 +189,185 @@ async fn a_commit_sends_only_the_blocks_changed_since_the_last() {
     model[0] = b'Z';
     h.commit().await.unwrap().unwrap();
     assert_eq!(&store.data("f").unwrap()[..], &model[..]);
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write { off: u64, len: usize, seed: u8 },
+    Truncate { size: u64 },
+    Read { off: u64, len: u32 },
+    Commit,
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (0u64..140, 1usize..24, any::<u8>()).prop_map(|(off, len, seed)| Op::Write { off, len, seed }),
+        1 => (0u64..140).prop_map(|size| Op::Truncate { size }),
+        3 => (0u64..150, 1u32..40).prop_map(|(off, len)| Op::Read { off, len }),
+        2 => Just(Op::Commit),
+    ]
+}
+
+/// Over an object whose blocks line up with the writer's (left in the lake, see `base`):
+/// random writes, truncates, reads and commits read and land exactly what a model says,
+/// whichever blocks were read in and whichever were still only in the lake.
+async fn over_an_adopted_object(initial: usize, bs: u64, ops: Vec<Op>) -> Result<(), String> {
+    let (store, cfg, _d) = setup(bs);
+    let mut model: Vec<u8> = (0..initial).map(|i| (i * 7 % 251) as u8).collect();
+    let first = handle(&store, &cfg, Start::Empty);
+    first.write(0, &model).await.unwrap();
+    first.commit().await.unwrap();
+    let h = handle(&store, &cfg, Start::Existing(version_of(&store, "f").await));
+    for (i, op) in ops.into_iter().enumerate() {
+        match op {
+            Op::Write { off, len, seed } => {
+                let data: Vec<u8> = (0..len).map(|j| seed.wrapping_add(j as u8)).collect();
+                h.write(off, &data).await.unwrap();
+                let end = off as usize + len;
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[off as usize..end].copy_from_slice(&data);
+            }
+            Op::Truncate { size } => {
+                h.set_size(size).await.unwrap();
+                model.resize(size as usize, 0);
+            }
+            Op::Read { off, len } => {
+                if !h.is_loaded() {
+                    continue;
+                }
+                let got = h.read(off, len).await.unwrap();
+                let s = (off as usize).min(model.len());
+                let e = (off as usize + len as usize).min(model.len());
+                if got[..] != model[s..e] {
+                    return Err(format!("op {i}: read {off}+{len}"));
+                }
+            }
+            Op::Commit => {
+                h.commit().await.unwrap();
+                if store.data("f").as_deref() != Some(&model[..]) {
+                    return Err(format!("op {i}: the lake after a commit"));
+                }
+            }
+        }
+    }
+    h.commit().await.unwrap();
+    if store.data("f").as_deref() != Some(&model[..]) {
+        return Err("the lake at the end".into());
+    }
+    Ok(())
+}
+
+proptest::proptest! {
+    #[test]
+    fn a_writer_over_an_adopted_object_reads_and_lands_what_a_model_says(
+        initial in 9usize..100,
+        bs in proptest::prelude::prop_oneof![proptest::prelude::Just(4u64), proptest::prelude::Just(16)],
+        ops in proptest::collection::vec(op(), 1..30),
+    ) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let r = rt.block_on(over_an_adopted_object(initial, bs, ops));
+        proptest::prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+    }
+}
+
+/// Appending to a large object that a writer committed costs the appended bytes and the
+/// block they start in, not the object; an in-place change costs its block.
+#[tokio::test]
+async fn an_append_to_an_existing_object_sends_what_was_appended_not_the_object() {
+    let (store, cfg, _d) = setup(1024);
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let first = handle(&store, &cfg, Start::Empty);
+    first.write(0, &body).await.unwrap();
+    first.commit().await.unwrap();
+    let (sent, gets) = (
+        || store.counters.put_bytes.load(Ordering::Relaxed),
+        || store.counters.gets.load(Ordering::Relaxed),
+    );
+    let (before, got) = (sent(), gets());
+    let h = handle(&store, &cfg, Start::Existing(version_of(&store, "f").await));
+    h.write(body.len() as u64, b"appended line\n")
+        .await
+        .unwrap();
+    h.commit().await.unwrap();
+    let want = [&body[..], b"appended line\n"].concat();
+    assert_eq!(&store.data("f").unwrap()[..], &want[..]);
+    assert!(sent() - before <= 1024 + 14, "sent {}", sent() - before);
+    assert!(
+        gets() - got <= 1,
+        "read in: the one block the append starts in"
+    );
+    let before = sent();
+    h.write(50_000, b"X").await.unwrap();
+    h.commit().await.unwrap();
+    assert_eq!(sent() - before, 1024, "one block in place");
+    let mut want = want;
+    want[50_000] = b'X';
+    assert_eq!(&store.data("f").unwrap()[..], &want[..]);
+    assert_eq!(
+        &h.read(49_990, 20).await.unwrap()[..],
+        &want[49_990..50_010]
+    );
+}
+
+/// A writer that left blocks in the lake and died before its commit: the staging file it
+/// leaves is reported as holding only the changed blocks over that version, never as a
+/// whole file to upload; once every block is read in, it is a whole file again.
+#[tokio::test]
+async fn a_staging_file_with_blocks_left_in_the_lake_is_never_taken_for_a_whole_file() {
+    let (store, cfg, _d) = setup(4);
+    let first = handle(&store, &cfg, Start::Empty);
+    first.write(0, b"0123456789abcdef").await.unwrap();
+    first.commit().await.unwrap();
+    first.finish().await;
+    let base = version_of(&store, "f").await;
+    let h = handle(&store, &cfg, Start::Existing(base.clone()));
+    h.write(16, b"tail").await.unwrap();
+    let path = h.staging_path();
+    // No upload task may hold the handle: what a killed daemon leaves.
+    h.wait_uploads().await;
+    drop(h);
+    let left = leftovers(&cfg.staging_dir);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].data, path);
+    assert_eq!(left[0].partial.as_deref(), Some(base.etag.as_str()));
+    let h = handle(&store, &cfg, Start::Existing(base));
+    h.write(16, b"tail").await.unwrap();
+    h.read_in_all().await.unwrap();
+    h.wait_uploads().await;
+    drop(h);
+    let left = leftovers(&cfg.staging_dir);
+    let whole: Vec<_> = left.iter().filter(|l| l.partial.is_none()).collect();
+    assert_eq!(whole.len(), 1, "{left:?}");
+    assert_eq!(
+        std::fs::read(&whole[0].data).unwrap(),
+        b"0123456789abcdeftail"
+    );
+}
+
+/// Another writer replaces an object a writer left blocks of in the lake: those blocks are
+/// gone, so the commit fails and the other writer's version stands; nothing with holes is
+/// committed or kept.
+#[tokio::test]
+async fn an_object_replaced_under_a_writer_that_kept_its_blocks_fails_the_commit_and_stands() {
+    let (store, cfg, _d) = setup(4);
+    let first = handle(&store, &cfg, Start::Empty);
+    first.write(0, b"0123456789abcdef").await.unwrap();
+    first.commit().await.unwrap();
+    let h = handle(&store, &cfg, Start::Existing(version_of(&store, "f").await));
+    h.write(16, b"more").await.unwrap();
+    let other = handle(&store, &cfg, Start::Empty);
+    other.write(0, b"the other writer's").await.unwrap();
+    other.commit().await.unwrap();
+    let e = h.commit().await.unwrap_err();
+    assert_eq!(e.errno(), libc::ESTALE, "{e}");
+    assert_eq!(&store.data("f").unwrap()[..], b"the other writer's");
+    h.wait_uploads().await;
+    h.finish().await;
+    assert!(
+        leftovers(&cfg.staging_dir).is_empty(),
+        "no file with holes is kept for upload"
+    );
 }
