@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod fs;
+pub mod fstab;
 pub mod fuse;
 pub mod lake_url;
 pub mod metrics;
@@ -21,8 +22,16 @@ pub mod transfer;
 /// become one line and exit code 1, like every other bad input. Help and version print as
 /// clap prints them.
 pub fn parse_args<C: clap::Parser>(program: &str) -> Result<C, std::process::ExitCode> {
+    parse_args_from(program, std::env::args_os())
+}
+
+/// [`parse_args`] of a given command line.
+pub fn parse_args_from<C: clap::Parser, I: Into<std::ffi::OsString> + Clone>(
+    program: &str,
+    args: impl IntoIterator<Item = I>,
+) -> Result<C, std::process::ExitCode> {
     use clap::error::ErrorKind;
-    C::try_parse().map_err(|e| {
+    C::try_parse_from(args).map_err(|e| {
         if matches!(
             e.kind(),
             ErrorKind::DisplayHelp

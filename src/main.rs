@@ -17,7 +17,26 @@ fn init_logging(verbose: u8) {
 fn main() -> ExitCode {
     lakemount::tune_allocator();
     lakemount::raise_open_file_limit();
-    let cli: Cli = match lakemount::parse_args("lakemount") {
+    let argv: Vec<String> = std::env::args().collect();
+    let parsed = match argv.first() {
+        // Run by mount(8) for an fstab line of type `lakemount` or `fuse.lakemount`.
+        Some(_) if lakemount::fstab::is_helper(&argv) => {
+            match lakemount::fstab::command_line(&argv[1..]) {
+                Ok(lakemount::fstab::Helper::Mount(line)) => {
+                    lakemount::mount::set_command_line(line.clone());
+                    lakemount::parse_args_from("mount.lakemount", line)
+                }
+                Ok(lakemount::fstab::Helper::Fake) => return ExitCode::SUCCESS,
+                Err(e) => {
+                    let e = lakemount::lake_url::hide_queries(&e);
+                    eprintln!("mount.lakemount: error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => lakemount::parse_args("lakemount"),
+    };
+    let cli: Cli = match parsed {
         Ok(cli) => cli,
         Err(code) => return code,
     };

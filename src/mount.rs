@@ -143,6 +143,16 @@ fn handed_over_sas() -> Option<String> {
     Some(token)
 }
 
+/// The command line the daemon is started with, when it is not this process's own (the
+/// mount(8) helper, `fstab`, translates its arguments into one).
+static COMMAND_LINE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Starts daemons with `line` (argv, with the program name first) instead of this process's
+/// own arguments.
+pub fn set_command_line(line: Vec<String>) {
+    let _ = COMMAND_LINE.set(line);
+}
+
 fn spawn_daemon(s: &MountSettings) -> Result<()> {
     let log_path = s
         .log_file
@@ -163,7 +173,11 @@ fn spawn_daemon(s: &MountSettings) -> Result<()> {
         Command::new(std::env::current_exe().context("cannot find the lakemount executable")?);
     // A SAS URL's SAS goes to the daemon in its environment, which only its user can read:
     // its command line, which anyone can, has the URL without it.
-    let args = std::env::args_os().skip(1).map(|a| match a.to_str() {
+    let own: Vec<std::ffi::OsString> = match COMMAND_LINE.get() {
+        Some(line) => line.iter().map(Into::into).collect(),
+        None => std::env::args_os().collect(),
+    };
+    let args = own.into_iter().skip(1).map(|a| match a.to_str() {
         Some(t) if t.contains('?') && crate::lake_url::LakeUrl::parse(t).is_ok() => {
             t.split_once('?').map_or(a.clone(), |(base, _)| base.into())
         }

@@ -56,6 +56,7 @@ command = ["torchrun", "train.py"]
 id = "train-gpu"
 vm_size = "Standard_NC24s_v3"
 max_nodes = 8
+spot_nodes = 6
 nodes_per_task = 2
 agent_url = "https://acct.blob.core.windows.net/bin/lake-agent"
 lakemount_url = "https://acct.blob.core.windows.net/bin/lakemount"
@@ -92,10 +93,21 @@ fn pool_job_and_task_specs_pass_the_azure_batch_models() {
     let p: serde_json::Value = serde_json::from_slice(&pool).unwrap();
     assert_eq!(p["vmSize"], "Standard_NC24s_v3");
     assert_eq!(p["enableAutoScale"], true);
-    assert!(p["autoScaleFormula"]
-        .as_str()
-        .unwrap()
-        .contains("$TargetDedicatedNodes = min(8, $tasks * 2)"));
+    let formula = p["autoScaleFormula"].as_str().unwrap();
+    assert!(formula.contains("$wanted = $tasks * 2;"), "{formula}");
+    assert!(
+        formula.contains("$TargetLowPriorityNodes = min(6, $wanted);"),
+        "Spot nodes take the work first: {formula}"
+    );
+    assert!(
+        formula
+            .contains("$TargetDedicatedNodes = min(8, max(0, $wanted - $TargetLowPriorityNodes));"),
+        "{formula}"
+    );
+    let image = &p["virtualMachineConfiguration"];
+    assert_eq!(image["imageReference"]["offer"], "ubuntu-hpc");
+    assert_eq!(image["imageReference"]["sku"], "2404");
+    assert_eq!(image["nodeAgentSKUId"], "batch.node.ubuntu 24.04");
     assert_eq!(p["startTask"]["waitForSuccess"], true);
     assert_eq!(p["enableInterNodeCommunication"], true);
 
@@ -137,6 +149,17 @@ fn pool_job_and_task_specs_pass_the_azure_batch_models() {
         .collect();
     std::fs::write(&minimal, format!("[pool]\n{urls}")).unwrap();
     validate(&python, "pool", &spec(&minimal, &["pool-spec"]));
+
+    // Ubuntu 22.04 stays selectable: its node agent follows the SKU.
+    let jammy = dir.path().join("jammy.toml");
+    std::fs::write(&jammy, format!("[pool]\nimage_sku = \"2204\"\n{urls}")).unwrap();
+    let pool = spec(&jammy, &["pool-spec"]);
+    validate(&python, "pool", &pool);
+    let p: serde_json::Value = serde_json::from_slice(&pool).unwrap();
+    assert_eq!(
+        p["virtualMachineConfiguration"]["nodeAgentSKUId"],
+        "batch.node.ubuntu 22.04"
+    );
 }
 
 #[test]

@@ -264,11 +264,17 @@ pub struct PoolConfig {
     pub image_offer: String,
     pub image_sku: String,
     pub image_version: String,
-    pub node_agent_sku_id: String,
+    /// The Batch node agent for the image [default: from an `ubuntu-hpc` SKU: `2404` ->
+    /// `batch.node.ubuntu 24.04`, `2204` -> `batch.node.ubuntu 22.04`].
+    pub node_agent_sku_id: Option<String>,
     /// `dockerCompatible` (Batch installs Moby) or `criCompatible`.
     pub container_type: String,
-    /// Most nodes autoscale may create; 0 pending tasks scale the pool to zero.
+    /// Most dedicated nodes autoscale may create; 0 pending tasks scale the pool to zero.
     pub max_nodes: u32,
+    /// Most Spot (low-priority) nodes autoscale may create: they take pending work first,
+    /// dedicated nodes the rest. Spot nodes cost a fraction and may be preempted: Batch then
+    /// requeues their tasks [default: 0].
+    pub spot_nodes: u32,
     /// Nodes per task (multi-instance tasks when above 1).
     pub nodes_per_task: u32,
     /// Where nodes download the binaries and this file (HTTPS URLs, e.g. blobs with SAS or
@@ -291,11 +297,13 @@ impl Default for PoolConfig {
             vm_size: "Standard_NC24s_v3".into(),
             image_publisher: "microsoft-dsvm".into(),
             image_offer: "ubuntu-hpc".into(),
-            image_sku: "2204".into(),
+            // Ubuntu 22.04's node agent is supported until 2027-06-30.
+            image_sku: "2404".into(),
             image_version: "latest".into(),
-            node_agent_sku_id: "batch.node.ubuntu 22.04".into(),
+            node_agent_sku_id: None,
             container_type: "dockerCompatible".into(),
             max_nodes: 4,
+            spot_nodes: 0,
             nodes_per_task: 1,
             agent_url: None,
             lakemount_url: None,
@@ -429,10 +437,10 @@ impl AgentConfig {
         if self.pool.nodes_per_task == 0 {
             bail!("pool.nodes_per_task must be at least 1");
         }
-        if self.pool.max_nodes < self.pool.nodes_per_task {
+        if self.pool.max_nodes + self.pool.spot_nodes < self.pool.nodes_per_task {
             bail!(
-                "pool.max_nodes ({}) is below pool.nodes_per_task ({}): no task could ever run",
-                self.pool.max_nodes,
+                "pool.max_nodes + pool.spot_nodes ({}) is below pool.nodes_per_task ({}): no task could ever run",
+                self.pool.max_nodes + self.pool.spot_nodes,
                 self.pool.nodes_per_task
             );
         }

@@ -29,14 +29,31 @@ fn sh_c(script: &str) -> String {
 
 /// Scales to the nodes pending tasks need, down to zero when none is pending; nodes go only
 /// once their task is done.
-pub fn autoscale_formula(max_nodes: u32, nodes_per_task: u32) -> String {
+pub fn autoscale_formula(max_nodes: u32, spot_nodes: u32, nodes_per_task: u32) -> String {
+    // Spot nodes take the pending work first (up to `spot_nodes`), dedicated ones the rest.
     format!(
         "$samples = $PendingTasks.GetSamplePercent(TimeInterval_Minute * 5);\n\
          $tasks = $samples < 70 ? max(0, $PendingTasks.GetSample(1)) : max($PendingTasks.GetSample(1), avg($PendingTasks.GetSample(TimeInterval_Minute * 5)));\n\
-         $TargetDedicatedNodes = min({max_nodes}, $tasks * {nodes_per_task});\n\
-         $TargetLowPriorityNodes = 0;\n\
+         $wanted = $tasks * {nodes_per_task};\n\
+         $TargetLowPriorityNodes = min({spot_nodes}, $wanted);\n\
+         $TargetDedicatedNodes = min({max_nodes}, max(0, $wanted - $TargetLowPriorityNodes));\n\
          $NodeDeallocationOption = taskcompletion;"
     )
+}
+
+/// The node agent of an image: given, else from an `ubuntu-hpc` SKU (`2404`: Ubuntu 24.04).
+pub fn node_agent_sku(p: &super::config::PoolConfig) -> Result<String> {
+    if let Some(id) = &p.node_agent_sku_id {
+        return Ok(id.clone());
+    }
+    let sku = p.image_sku.as_str();
+    match (sku.len(), sku.chars().all(|c| c.is_ascii_digit())) {
+        (4, true) => Ok(format!("batch.node.ubuntu {}.{}", &sku[..2], &sku[2..])),
+        _ => bail!(
+            "pool.image_sku {sku:?} names no Ubuntu release: set pool.node_agent_sku_id \
+             (e.g. \"batch.node.ubuntu 24.04\")"
+        ),
+    }
 }
 
 /// An ISO 8601 duration as Batch writes it back: `PT2H`, `PT1H30M`, `PT45M`.
@@ -136,11 +153,11 @@ pub fn pool_spec(cfg: &AgentConfig) -> Result<Value> {
                 "sku": p.image_sku,
                 "version": p.image_version,
             },
-            "nodeAgentSKUId": p.node_agent_sku_id,
+            "nodeAgentSKUId": node_agent_sku(p)?,
             "containerConfiguration": container,
         },
         "enableAutoScale": true,
-        "autoScaleFormula": autoscale_formula(p.max_nodes, p.nodes_per_task),
+        "autoScaleFormula": autoscale_formula(p.max_nodes, p.spot_nodes, p.nodes_per_task),
         "autoScaleEvaluationInterval": "PT5M",
         "taskSlotsPerNode": 1,
         "startTask": start_task,
@@ -176,10 +193,10 @@ pub fn task_spec(cfg: &AgentConfig, t: &TaskRequest) -> Result<Value> {
     if nodes == 0 {
         bail!("--nodes must be at least 1");
     }
-    if nodes > cfg.pool.max_nodes {
+    let most = cfg.pool.max_nodes + cfg.pool.spot_nodes;
+    if nodes > most {
         bail!(
-            "--nodes {nodes} is more than the pool may have (pool.max_nodes = {})",
-            cfg.pool.max_nodes
+            "--nodes {nodes} is more than the pool may have (pool.max_nodes + pool.spot_nodes = {most})"
         );
     }
     let mut agent =
@@ -271,7 +288,11 @@ nodes_per_task = 2
         );
         let f = p["autoScaleFormula"].as_str().unwrap();
         assert!(
-            f.contains("$TargetDedicatedNodes = min(4, $tasks * 2)"),
+            f.contains("$wanted = $tasks * 2;")
+                && f.contains("$TargetLowPriorityNodes = min(0, $wanted);")
+                && f.contains(
+                    "$TargetDedicatedNodes = min(4, max(0, $wanted - $TargetLowPriorityNodes));"
+                ),
             "{f}"
         );
         assert_eq!(p["enableInterNodeCommunication"], json!(true));

@@ -312,6 +312,21 @@ async fn an_append_to_an_existing_object_sends_what_was_appended_not_the_object(
     );
 }
 
+/// Drops `h` once upload tasks have let go of it (they hold it until just after they finish),
+/// so its staging file is closed and unlocked.
+async fn last_reference(h: Arc<WriteHandle>) {
+    h.wait_uploads().await;
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Arc::strong_count(&h) > 1 && std::time::Instant::now() < end {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        Arc::strong_count(&h),
+        1,
+        "an upload task still holds the handle"
+    );
+}
+
 /// A writer that left blocks in the lake and died before its commit: the staging file it
 /// leaves is reported as holding only the changed blocks over that version, never as a
 /// whole file to upload; once every block is read in, it is a whole file again.
@@ -326,9 +341,8 @@ async fn a_staging_file_with_blocks_left_in_the_lake_is_never_taken_for_a_whole_
     let h = handle(&store, &cfg, Start::Existing(base.clone()));
     h.write(16, b"tail").await.unwrap();
     let path = h.staging_path();
-    // No upload task may hold the handle: what a killed daemon leaves.
-    h.wait_uploads().await;
-    drop(h);
+    // What a killed daemon leaves: no handle, no upload task holding one.
+    last_reference(h).await;
     let left = leftovers(&cfg.staging_dir);
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].data, path);
@@ -336,8 +350,7 @@ async fn a_staging_file_with_blocks_left_in_the_lake_is_never_taken_for_a_whole_
     let h = handle(&store, &cfg, Start::Existing(base));
     h.write(16, b"tail").await.unwrap();
     h.read_in_all().await.unwrap();
-    h.wait_uploads().await;
-    drop(h);
+    last_reference(h).await;
     let left = leftovers(&cfg.staging_dir);
     let whole: Vec<_> = left.iter().filter(|l| l.partial.is_none()).collect();
     assert_eq!(whole.len(), 1, "{left:?}");
