@@ -446,3 +446,139 @@ fn lake_rw_lets_the_container_write_into_the_lake() {
     // Written through the bind-mounted lake: in the lake once the file is closed.
     assert_eq!(az.get_blob(CONTAINER, "features/list.txt"), b"v2\n");
 }
+
+/// A task on a Spot node that is preempted mid-run (the agent and its command killed, as the
+/// node vanishing kills them) and run again by Batch on a dedicated node: the second attempt
+/// says what happened to the first, the first's output in the lake stays, and `lake-agent
+/// cost` over the lake's runs/ prices Spot, dedicated and preempted time in rows of their own.
+#[test]
+fn a_preempted_spot_attempt_is_named_by_the_next_and_priced_by_cost() {
+    use std::os::unix::process::CommandExt;
+    let az = Azurite::start();
+    az.create_container(CONTAINER);
+    let node = Node::new(
+        Some(&az),
+        &[LakeDef {
+            name: "datasets",
+            container: CONTAINER,
+            extra: String::new(),
+        }],
+        "[output]\nheartbeat_seconds = 1\n\n[prices]\nStandard_NC24ads_A100_v4 = 3600.0\n\n\
+         [prices.spot]\nStandard_NC24ads_A100_v4 = 720.0\n",
+    );
+    node.bootstrap();
+    let task_dir = node.task_dir();
+    let env = |node_id: &'static str, dedicated: &'static str| {
+        let mut e = vec![
+            (
+                "AZ_BATCH_TASK_WORKING_DIR",
+                task_dir.to_str().unwrap().to_string(),
+            ),
+            ("AZ_BATCH_JOB_ID", "job9".to_string()),
+            ("AZ_BATCH_TASK_ID", "t9".to_string()),
+            ("AZ_BATCH_NODE_ID", node_id.to_string()),
+            ("AZ_BATCH_NODE_IS_DEDICATED", dedicated.to_string()),
+            ("LAKE_AGENT_VM_SIZE", "Standard_NC24ads_A100_v4".to_string()),
+        ];
+        e.extend(node.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        e
+    };
+    // Attempt 1, on a Spot node, in a process group of its own so the "preemption" takes
+    // the agent and its command at once.
+    let mut first = agent_common::agent(
+        &[
+            "--config",
+            node.config.to_str().unwrap(),
+            "run",
+            "--host",
+            "--",
+            "sh",
+            "-c",
+            "echo partial > \"$LAKE_AGENT_OUTPUT_DIR/p.txt\"; sleep 60",
+        ],
+        &env("spot-1", "false")
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    let mut first = first
+        .current_dir(node.path())
+        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let attempts = || az.list_blobs(CONTAINER, "runs/job9/t9/.lake-agent/attempts/");
+    let beat = common::mount::wait_for(std::time::Duration::from_secs(30), || {
+        attempts().first().is_some_and(|name| {
+            let r: serde_json::Value =
+                serde_json::from_slice(&az.get_blob(CONTAINER, name)).unwrap_or_default();
+            r["last_seen"] != r["started_at"]
+        })
+    });
+    assert!(
+        beat,
+        "the attempt is in the lake and its heartbeat moves on"
+    );
+    // SAFETY: kill(2) of the process group this test started.
+    unsafe { libc::kill(-(first.id() as i32), libc::SIGKILL) };
+    first.wait().unwrap();
+
+    // Attempt 2, on a dedicated node, runs to the end.
+    let e = env("dedicated-1", "true");
+    let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = node.agent(
+        &[
+            "run",
+            "--host",
+            "--",
+            "sh",
+            "-c",
+            "echo done > \"$LAKE_AGENT_OUTPUT_DIR/result.txt\"",
+        ],
+        &e,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("an earlier attempt of this task on node spot-1 (spot)")
+            && said.contains("preempted or lost"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(attempts().len(), 2, "{:?}", attempts());
+    assert_eq!(az.get_blob(CONTAINER, "runs/job9/t9/result.txt"), b"done\n");
+
+    // The cost of it all, from the records in the lake (read through the mount).
+    // The mount shows the last record once its listing is older than its 1 s TTL.
+    let runs = node.lakes[0].join("runs");
+    let mut table = String::new();
+    common::mount::wait_for(std::time::Duration::from_secs(10), || {
+        let out = node.agent(&["cost", runs.to_str().unwrap()], &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        table = String::from_utf8_lossy(&out.stdout).into_owned();
+        table.contains("dedicated")
+    });
+    let row = |priority: &str| -> Vec<String> {
+        table
+            .lines()
+            .find(|l| l.starts_with("job9") && l.contains(priority))
+            .unwrap_or_else(|| panic!("no {priority} row:\n{table}"))
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    // JOB VM-SIZE PRIORITY NODES TASKS NODE-HOURS PRICE/H COST
+    let dedicated = row("dedicated");
+    assert_eq!(dedicated[2..5], ["dedicated", "1", "1"], "{table}");
+    assert_eq!(dedicated[6], "3600.00", "{table}");
+    let lost = row("spot, preempted");
+    assert_eq!(lost[2..5], ["spot, preempted", "1", "1"], "{table}");
+    assert_eq!(lost[6], "720.00", "the Spot price: {table}");
+    let lost_cost: f64 = lost[7].parse().unwrap();
+    assert!(
+        lost_cost > 0.0,
+        "the heartbeats measured the time lost: {table}"
+    );
+}

@@ -236,11 +236,12 @@ fn cost_adds_up_node_hours_per_job_from_task_records() {
             .collect()
     };
     assert!(table.starts_with("JOB"), "{table}");
-    // JOB VM-SIZE NODES TASKS NODE-HOURS PRICE/H COST; 3600 an hour: a second costs 1.
+    // JOB VM-SIZE PRIORITY NODES TASKS NODE-HOURS PRICE/H COST; 3600 an hour: a second
+    // costs 1. Outside Batch the priority is not known (`-`).
     let r = row("train");
-    assert_eq!(r[1..4], ["Standard_NC24s_v3", "1", "2"], "{table}");
-    assert_eq!(r[6], format!("{train:.2}"), "{table}");
-    assert_eq!(row("eval")[6], format!("{eval:.2}"), "{table}");
+    assert_eq!(r[1..5], ["Standard_NC24s_v3", "-", "1", "2"], "{table}");
+    assert_eq!(r[7], format!("{train:.2}"), "{table}");
+    assert_eq!(row("eval")[7], format!("{eval:.2}"), "{table}");
     assert_eq!(row("TOTAL")[2], format!("{:.2}", train + eval), "{table}");
 
     // The records that travel with each task's output give the same sums.

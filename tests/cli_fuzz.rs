@@ -223,6 +223,7 @@ const AGENT_KEYS: &[&str] = &[
     "[pool]",
     "[job]",
     "[prices]",
+    "[prices.spot]",
     "[nope]",
     "name",
     "url",
@@ -243,6 +244,13 @@ const AGENT_KEYS: &[&str] = &[
     "endpoint",
     "max_memory",
     "metadata_ttl",
+    "devices",
+    "volume_mount",
+    "spot_nodes",
+    "max_nodes",
+    "image_sku",
+    "node_agent_sku_id",
+    "heartbeat_seconds",
 ];
 
 /// TOML values of each type, right and wrong, and lines that are not TOML at all.

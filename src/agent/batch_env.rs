@@ -25,6 +25,8 @@ pub struct BatchEnv {
     /// Multi-instance tasks: the primary's `IP:PORT` (that port is Batch's own).
     pub master_node: Option<String>,
     pub is_master: Option<bool>,
+    /// `dedicated` or `spot` (a low-priority node, which Batch may preempt); None outside Batch.
+    pub priority: Option<String>,
     /// Every `AZ_BATCH_*` variable except credentials, to hand on to the task's command.
     pub vars: BTreeMap<String, String>,
 }
@@ -65,6 +67,8 @@ impl BatchEnv {
             host_list,
             master_node: get("AZ_BATCH_MASTER_NODE"),
             is_master: get("AZ_BATCH_IS_CURRENT_NODE_MASTER").map(|v| v == "true"),
+            priority: get("AZ_BATCH_NODE_IS_DEDICATED")
+                .map(|v| if v == "true" { "dedicated" } else { "spot" }.to_string()),
             vars,
         }
     }

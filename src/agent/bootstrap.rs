@@ -18,6 +18,7 @@ use super::mounts::{Mode, Mounter};
 use super::status::{
     self, BootstrapStatus, CacheStatus, ImageStatus, NodeInfo, WarmStatus, BOOTSTRAP_KIND,
 };
+use super::volume::{self, Volume};
 
 pub fn run(cfg: &AgentConfig) -> Result<()> {
     let env = BatchEnv::from_process();
@@ -82,8 +83,26 @@ fn steps(cfg: &AgentConfig, dir: &Path, st: &mut BootstrapStatus) -> Result<()> 
     });
 
     let t = Instant::now();
+    let volume = if cfg.cache.disabled {
+        None
+    } else {
+        volume::prepare(
+            &cfg.cache.devices,
+            &cfg.cache.volume_mount(),
+            st.node.in_batch,
+        )?
+    };
+    if let Some(v) = &volume {
+        say(&format!(
+            "cache volume: {} over {} disk(s) at {} ({})",
+            v.fstype,
+            v.devices.len(),
+            v.mountpoint.display(),
+            if v.created { "made now" } else { "found" }
+        ));
+    }
     st.disks = disks::scan();
-    st.cache = choose_cache(cfg, &st.disks);
+    st.cache = choose_cache(cfg, &st.disks, volume.as_ref());
     if let Some(cache) = &st.cache.dir {
         std::fs::create_dir_all(cache)
             .with_context(|| format!("cannot create the cache directory {}", cache.display()))?;
@@ -169,8 +188,9 @@ fn steps(cfg: &AgentConfig, dir: &Path, st: &mut BootstrapStatus) -> Result<()> 
     Ok(())
 }
 
-/// The cache directory: configured, else `lakecache` on the largest local non-OS disk.
-pub fn choose_cache(cfg: &AgentConfig, disks: &[Disk]) -> CacheStatus {
+/// The cache directory: configured, else `lakecache` on the cache volume (local NVMe disks),
+/// else on the largest local non-OS disk.
+pub fn choose_cache(cfg: &AgentConfig, disks: &[Disk], volume: Option<&Volume>) -> CacheStatus {
     if cfg.cache.disabled {
         return CacheStatus {
             source: "disabled".into(),
@@ -181,6 +201,19 @@ pub fn choose_cache(cfg: &AgentConfig, disks: &[Disk]) -> CacheStatus {
         return CacheStatus {
             dir: Some(d.clone()),
             source: "configured".into(),
+            free_bytes: None,
+        };
+    }
+    if let Some(v) = volume {
+        let devices: Vec<String> = v.devices.iter().map(|d| d.display().to_string()).collect();
+        return CacheStatus {
+            dir: Some(v.mountpoint.join("lakecache")),
+            source: format!(
+                "cache volume, {} over {} at {}",
+                v.fstype,
+                devices.join(", "),
+                v.mountpoint.display()
+            ),
             free_bytes: None,
         };
     }
@@ -242,13 +275,30 @@ mod tests {
             },
         ];
         let mut cfg = AgentConfig::default();
-        let c = choose_cache(&cfg, &disks);
+        let c = choose_cache(&cfg, &disks, None);
         assert_eq!(c.dir.as_deref(), Some(Path::new("/mnt/lakecache")));
         assert!(c.source.contains("/dev/sdb1"));
         cfg.cache.dir = Some("/data/cache".into());
-        assert_eq!(choose_cache(&cfg, &disks).source, "configured");
+        assert_eq!(choose_cache(&cfg, &disks, None).source, "configured");
         cfg.cache.disabled = true;
-        assert_eq!(choose_cache(&cfg, &disks).dir, None);
-        assert_eq!(choose_cache(&AgentConfig::default(), &disks[..1]).dir, None);
+        assert_eq!(choose_cache(&cfg, &disks, None).dir, None);
+        assert_eq!(
+            choose_cache(&AgentConfig::default(), &disks[..1], None).dir,
+            None
+        );
+        // A cache volume of local NVMe disks wins over the temp disk.
+        let nvme = Volume {
+            mountpoint: "/mnt/nvme".into(),
+            devices: vec!["/dev/nvme0n1".into(), "/dev/nvme1n1".into()],
+            fstype: "btrfs".into(),
+            created: true,
+        };
+        let c = choose_cache(&AgentConfig::default(), &disks, Some(&nvme));
+        assert_eq!(c.dir.as_deref(), Some(Path::new("/mnt/nvme/lakecache")));
+        assert!(
+            c.source.contains("btrfs over /dev/nvme0n1, /dev/nvme1n1"),
+            "{}",
+            c.source
+        );
     }
 }

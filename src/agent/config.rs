@@ -29,9 +29,43 @@ pub struct AgentConfig {
     pub pool: PoolConfig,
     #[serde(default)]
     pub job: JobConfig,
-    /// Price of one node-hour per VM size, e.g. `Standard_NC24s_v3 = 12.24`.
+    /// Price of one node-hour per VM size, e.g. `Standard_NC24s_v3 = 12.24`; Spot prices
+    /// under `[prices.spot]`.
     #[serde(default)]
-    pub prices: BTreeMap<String, f64>,
+    pub prices: Prices,
+}
+
+/// Node-hour prices per VM size: `[prices]` for dedicated nodes, `[prices.spot]` for Spot.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Prices {
+    pub dedicated: BTreeMap<String, f64>,
+    pub spot: BTreeMap<String, f64>,
+}
+
+impl<'de> Deserialize<'de> for Prices {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Entry {
+            Price(f64),
+            Table(BTreeMap<String, f64>),
+        }
+        let mut prices = Prices::default();
+        for (key, entry) in BTreeMap::<String, Entry>::deserialize(d)? {
+            match (key.as_str(), entry) {
+                ("spot", Entry::Table(t)) => prices.spot = t,
+                (_, Entry::Price(p)) => {
+                    prices.dedicated.insert(key, p);
+                }
+                (_, Entry::Table(_)) => {
+                    return Err(serde::de::Error::custom(format!(
+                        "prices.{key}: a price (a number), or [prices.spot] for Spot prices"
+                    )))
+                }
+            }
+        }
+        Ok(prices)
+    }
 }
 
 /// How a lake mount is started and kept running.
@@ -143,6 +177,19 @@ pub struct CacheConfig {
     pub size: Option<String>,
     /// No disk cache at all.
     pub disabled: bool,
+    /// Local disks made into the cache volume: "auto" (a Batch node's unused local NVMe
+    /// disks), "none", or a list of block devices [default: auto].
+    pub devices: super::volume::Devices,
+    /// Where the cache volume is mounted [default: /mnt/nvme].
+    pub volume_mount: Option<PathBuf>,
+}
+
+impl CacheConfig {
+    pub fn volume_mount(&self) -> PathBuf {
+        self.volume_mount
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/mnt/nvme"))
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -246,12 +293,19 @@ pub struct OutputConfig {
     pub dir: Option<PathBuf>,
     /// Upload the output after the command (on by default).
     pub upload: Option<bool>,
+    /// How often a running task's attempt record in the lake is refreshed, so the time a
+    /// preemption cost is known to within this [default: 300].
+    pub heartbeat_seconds: Option<u64>,
     pub threads: Option<u32>,
 }
 
 impl OutputConfig {
     pub fn upload(&self) -> bool {
         self.upload.unwrap_or(true)
+    }
+
+    pub fn heartbeat_seconds(&self) -> u64 {
+        self.heartbeat_seconds.unwrap_or(300).max(1)
     }
 }
 
@@ -409,6 +463,14 @@ impl AgentConfig {
         if let Some(d) = &self.cache.dir {
             check_absolute("cache.dir", d)?;
         }
+        if let Some(d) = &self.cache.volume_mount {
+            check_absolute("cache.volume_mount", d)?;
+        }
+        if let super::volume::Devices::List(devices) = &self.cache.devices {
+            for d in devices {
+                check_absolute("cache.devices", d)?;
+            }
+        }
         if self.agent.mount_timeout == 0 {
             bail!("agent.mount_timeout must be at least 1 (seconds)");
         }
@@ -444,7 +506,13 @@ impl AgentConfig {
                 self.pool.nodes_per_task
             );
         }
-        for (size, price) in &self.prices {
+        let spot = self
+            .prices
+            .spot
+            .iter()
+            .map(|(s, p)| (format!("spot.{s}"), p));
+        let dedicated = self.prices.dedicated.iter().map(|(s, p)| (s.clone(), p));
+        for (size, price) in dedicated.chain(spot) {
             if !price.is_finite() || *price < 0.0 {
                 bail!("prices.{size}: {price} is not a price (a number >= 0)");
             }
@@ -580,6 +648,9 @@ nodes_per_task = 2
 
 [prices]
 Standard_NC24s_v3 = 12.24
+
+[prices.spot]
+Standard_NC24s_v3 = 2.45
 "#;
 
     #[test]
@@ -590,7 +661,9 @@ Standard_NC24s_v3 = 12.24
         assert_eq!(c.container.runtime, Runtime::Podman);
         assert_eq!(c.agent.gpus, GpuPolicy::Require);
         assert_eq!(c.mount_timeout(), Duration::from_secs(30));
-        assert_eq!(c.prices["Standard_NC24s_v3"], 12.24);
+        assert_eq!(c.prices.dedicated["Standard_NC24s_v3"], 12.24);
+        assert_eq!(c.prices.spot["Standard_NC24s_v3"], 2.45);
+        assert_eq!(c.prices.dedicated.len(), 1, "spot is no VM size");
     }
 
     #[test]
@@ -640,6 +713,8 @@ Standard_NC24s_v3 = 12.24
                 "no task could ever run",
             ),
             ("[prices]\nStandard_X = -1.0\n", "not a price"),
+            ("[prices.spot]\nStandard_X = -1.0\n", "prices.spot.Standard_X"),
+            ("[prices.other]\nStandard_X = 1.0\n", "[prices.spot] for Spot prices"),
             ("[output]\nlake = \"s3://x\"\n", "output.lake"),
             (
                 "[output]\nlake = \"https://acct.blob.core.windows.net/out?sv=1&sig=S3CRET\"\n",

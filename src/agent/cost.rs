@@ -1,6 +1,7 @@
 //! `lake-agent cost`: node-hours from task records (and bootstrap status files) times the
-//! price of the VM size, per job. Records come from status directories or from the lake
-//! (`runs/` holds each task's record next to its output).
+//! price of the VM size on dedicated or Spot nodes, per job; time lost to preemption (task
+//! attempts that never finished) in rows of its own. Records come from status directories or
+//! from the lake (`runs/` holds each task's records next to its output).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -8,7 +9,10 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use serde::Deserialize;
 
-use super::status::{BootstrapStatus, TaskStatus, BOOTSTRAP_KIND, TASK_KIND};
+use super::config::Prices;
+use super::status::{
+    AttemptRecord, BootstrapStatus, NodeInfo, TaskStatus, ATTEMPT_KIND, BOOTSTRAP_KIND, TASK_KIND,
+};
 
 /// The start tasks' time, billed like any other.
 pub const BOOTSTRAP_ROW: &str = "(node bootstrap)";
@@ -17,6 +21,9 @@ pub const BOOTSTRAP_ROW: &str = "(node bootstrap)";
 pub struct Row {
     pub job: String,
     pub vm_size: String,
+    /// `dedicated`, `spot` or `-` (not known: outside Batch, older records); with
+    /// `, preempted` for attempts that a preemption (or a lost node) cut short.
+    pub priority: String,
     pub nodes: BTreeSet<String>,
     pub tasks: BTreeSet<String>,
     pub node_hours: f64,
@@ -30,7 +37,7 @@ struct Kind {
 /// Every record under `dirs` (recursively), as rows per (job, VM size). Files that are not
 /// ours (a task's own JSON output) are skipped; files of ours that do not parse are reported.
 pub fn collect(dirs: &[&Path]) -> Result<(Vec<Row>, Vec<String>)> {
-    let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
+    let mut rows = Rows::new();
     let mut warnings = Vec::new();
     let mut files = Vec::new();
     for d in dirs {
@@ -48,32 +55,31 @@ pub fn collect(dirs: &[&Path]) -> Result<(Vec<Row>, Vec<String>)> {
             .ok()
             .and_then(|k| k.kind)
             .unwrap_or_default();
-        let unknown = |n: &Option<String>| n.clone().unwrap_or_else(|| "unknown".into());
+        let rows = &mut rows;
         match kind.as_str() {
             TASK_KIND => match serde_json::from_str::<TaskStatus>(&text) {
                 Ok(t) => {
-                    let key = (t.job_id.clone(), unknown(&t.node.vm_size));
-                    let row = rows.entry(key.clone()).or_insert_with(|| Row {
-                        job: key.0,
-                        vm_size: key.1,
-                        ..Row::default()
-                    });
-                    row.nodes.insert(t.node.node_id.clone());
-                    row.tasks.insert(t.task_id.clone());
-                    row.node_hours += t.seconds / 3600.0;
+                    let r = row(rows, &t.job_id, &t.node, false);
+                    r.tasks.insert(t.task_id.clone());
+                    r.node_hours += t.seconds / 3600.0;
                 }
+                Err(e) => warnings.push(format!("{}: {e}", f.display())),
+            },
+            // Finished attempts are counted by their task records.
+            ATTEMPT_KIND => match serde_json::from_str::<AttemptRecord>(&text) {
+                Ok(a) if a.finished_at.is_none() => {
+                    let hours = hours_between(&a.started_at, &a.last_seen);
+                    let r = row(rows, &a.job_id, &a.node, true);
+                    r.tasks.insert(a.task_id.clone());
+                    r.node_hours += hours;
+                }
+                Ok(_) => {}
                 Err(e) => warnings.push(format!("{}: {e}", f.display())),
             },
             BOOTSTRAP_KIND => match serde_json::from_str::<BootstrapStatus>(&text) {
                 Ok(b) => {
-                    let key = (BOOTSTRAP_ROW.to_string(), unknown(&b.node.vm_size));
-                    let row = rows.entry(key.clone()).or_insert_with(|| Row {
-                        job: key.0,
-                        vm_size: key.1,
-                        ..Row::default()
-                    });
-                    row.nodes.insert(b.node.node_id.clone());
-                    row.node_hours += b.timings.total_ms as f64 / 3_600_000.0;
+                    row(rows, BOOTSTRAP_ROW, &b.node, false).node_hours +=
+                        b.timings.total_ms as f64 / 3_600_000.0;
                 }
                 Err(e) => warnings.push(format!("{}: {e}", f.display())),
             },
@@ -81,6 +87,35 @@ pub fn collect(dirs: &[&Path]) -> Result<(Vec<Row>, Vec<String>)> {
         }
     }
     Ok((rows.into_values().collect(), warnings))
+}
+
+type Rows = BTreeMap<(String, String, String), Row>;
+
+/// The row of `job` on `node`'s VM size and priority (`preempted`: time an attempt lost).
+fn row<'a>(rows: &'a mut Rows, job: &str, node: &NodeInfo, preempted: bool) -> &'a mut Row {
+    let mut priority = node.priority.clone().unwrap_or_else(|| "-".into());
+    if preempted {
+        priority.push_str(", preempted");
+    }
+    let vm_size = node.vm_size.clone().unwrap_or_else(|| "unknown".into());
+    let key = (job.to_string(), vm_size, priority);
+    let r = rows.entry(key.clone()).or_insert_with(|| Row {
+        job: key.0,
+        vm_size: key.1,
+        priority: key.2,
+        ..Row::default()
+    });
+    r.nodes.insert(node.node_id.clone());
+    r
+}
+
+/// Hours from one RFC 3339 time to another (0 when either does not parse).
+fn hours_between(from: &str, to: &str) -> f64 {
+    let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
+    match (parse(from), parse(to)) {
+        (Some(a), Some(b)) => ((b - a).num_milliseconds().max(0) as f64) / 3_600_000.0,
+        _ => 0.0,
+    }
 }
 
 fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -97,11 +132,13 @@ fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-/// The table: one row per job and VM size, a total, and a note for sizes without a price.
-pub fn table(rows: &[Row], prices: &BTreeMap<String, f64>) -> String {
+/// The table: one row per job, VM size and priority, a total, and a note for sizes without
+/// a price.
+pub fn table(rows: &[Row], prices: &Prices) -> String {
     let mut lines = vec![[
         "JOB".to_string(),
         "VM SIZE".into(),
+        "PRIORITY".into(),
         "NODES".into(),
         "TASKS".into(),
         "NODE-HOURS".into(),
@@ -112,18 +149,25 @@ pub fn table(rows: &[Row], prices: &BTreeMap<String, f64>) -> String {
     let mut total_cost = 0.0;
     let mut unpriced = BTreeSet::new();
     for r in rows {
-        let price = prices.get(&r.vm_size).copied();
+        let spot = r.priority.starts_with("spot");
+        let table = if spot {
+            &prices.spot
+        } else {
+            &prices.dedicated
+        };
+        let price = table.get(&r.vm_size).copied();
         let cost = price.map(|p| p * r.node_hours);
         total_hours += r.node_hours;
         match cost {
             Some(c) => total_cost += c,
             None => {
-                unpriced.insert(r.vm_size.clone());
+                unpriced.insert((r.vm_size.clone(), spot));
             }
         }
         lines.push([
             r.job.clone(),
             r.vm_size.clone(),
+            r.priority.clone(),
             r.nodes.len().to_string(),
             if r.job == BOOTSTRAP_ROW {
                 "-".into()
@@ -145,11 +189,12 @@ pub fn table(rows: &[Row], prices: &BTreeMap<String, f64>) -> String {
         String::new(),
         String::new(),
         String::new(),
+        String::new(),
         format!("{total_hours:.3}"),
         String::new(),
         total,
     ]);
-    let widths: Vec<usize> = (0..7)
+    let widths: Vec<usize> = (0..8)
         .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -159,7 +204,7 @@ pub fn table(rows: &[Row], prices: &BTreeMap<String, f64>) -> String {
             .enumerate()
             .map(|(i, c)| {
                 // Text left, numbers right.
-                if i < 2 {
+                if i < 3 {
                     format!("{c:<w$}", w = widths[i])
                 } else {
                     format!("{c:>w$}", w = widths[i])
@@ -169,9 +214,10 @@ pub fn table(rows: &[Row], prices: &BTreeMap<String, f64>) -> String {
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
-    for size in unpriced {
+    for (size, spot) in unpriced {
+        let section = if spot { "[prices.spot]" } else { "[prices]" };
         out.push_str(&format!(
-            "no price for {size}: add `{size} = PRICE` under [prices]\n"
+            "no price for {size}: add `{size} = PRICE` under {section}\n"
         ));
     }
     out
@@ -180,7 +226,7 @@ pub fn table(rows: &[Row], prices: &BTreeMap<String, f64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::status::{write_json, NodeInfo};
+    use crate::agent::status::write_json;
 
     fn task(job: &str, task: &str, node: &str, seconds: f64) -> TaskStatus {
         TaskStatus {
@@ -237,7 +283,10 @@ mod tests {
         assert_eq!(train.tasks.len(), 1);
         assert!((train.node_hours - 1.0).abs() < 1e-9);
 
-        let prices = BTreeMap::from([("Standard_NC24s_v3".to_string(), 12.0)]);
+        let prices = Prices {
+            dedicated: BTreeMap::from([("Standard_NC24s_v3".to_string(), 12.0)]),
+            ..Prices::default()
+        };
         let t = table(&rows, &prices);
         let line = t.lines().find(|l| l.starts_with("train")).unwrap();
         assert!(line.ends_with("12.00"), "{t}");
@@ -255,13 +304,84 @@ mod tests {
             node_hours: 2.0,
             ..Row::default()
         }];
-        let t = table(&rows, &BTreeMap::new());
+        let t = table(&rows, &Prices::default());
         assert!(t.contains("no price for Standard_X"), "{t}");
         assert!(t
             .lines()
             .find(|l| l.starts_with("TOTAL"))
             .unwrap()
             .ends_with(">= 0.00"));
+    }
+
+    /// A job on Spot and dedicated nodes, one of whose attempts a preemption cut short (its
+    /// task ran again on a dedicated node): a row for each priority, the lost time in a row of
+    /// its own at the Spot price, each at its own price.
+    #[test]
+    fn spot_dedicated_and_preempted_time_are_rows_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let node = |id: &str, priority: &str| NodeInfo {
+            node_id: id.into(),
+            vm_size: Some("Standard_NC24ads_A100_v4".into()),
+            priority: Some(priority.into()),
+            ..Default::default()
+        };
+        let mut t1 = task("train", "t1", "s1", 7200.0);
+        t1.node = node("s1", "spot");
+        let mut t2 = task("train", "t2", "d1", 3600.0);
+        t2.node = node("d1", "dedicated");
+        write_json(&d.join("t1.json"), &t1).unwrap();
+        write_json(&d.join("t2/task.json"), &t2).unwrap();
+        let cut = AttemptRecord {
+            kind: ATTEMPT_KIND.into(),
+            job_id: "train".into(),
+            task_id: "t2".into(),
+            node: node("s2", "spot"),
+            started_at: "2026-12-01T10:00:00Z".into(),
+            last_seen: "2026-12-01T10:30:00Z".into(),
+            finished_at: None,
+            ..Default::default()
+        };
+        let done = AttemptRecord {
+            node: node("d1", "dedicated"),
+            finished_at: Some("2026-12-01T12:00:00Z".into()),
+            ..cut.clone()
+        };
+        write_json(&d.join("t2/attempts/s2.json"), &cut).unwrap();
+        write_json(&d.join("t2/attempts/d1.json"), &done).unwrap();
+        let (rows, warnings) = collect(&[d]).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let hours: Vec<(&str, f64)> = rows
+            .iter()
+            .map(|r| (r.priority.as_str(), r.node_hours))
+            .collect();
+        assert_eq!(
+            hours,
+            [("dedicated", 1.0), ("spot", 2.0), ("spot, preempted", 0.5)]
+        );
+        let prices = Prices {
+            dedicated: BTreeMap::from([("Standard_NC24ads_A100_v4".to_string(), 3.67)]),
+            spot: BTreeMap::from([("Standard_NC24ads_A100_v4".to_string(), 0.8)]),
+        };
+        let t = table(&rows, &prices);
+        let cost = |prefix: &str| {
+            t.lines()
+                .find(|l| l.contains(prefix))
+                .unwrap_or_else(|| panic!("{prefix}: {t}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(cost("  dedicated"), "3.67");
+        assert_eq!(cost("  spot  "), "1.60");
+        assert_eq!(cost("spot, preempted"), "0.40");
+        assert_eq!(cost("TOTAL"), "5.67");
+        let no_spot = Prices {
+            spot: BTreeMap::new(),
+            ..prices
+        };
+        assert!(table(&rows, &no_spot).contains("under [prices.spot]"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! env and ships the output. [`spec`] writes pool/job/task JSON; [`cost`] adds up what jobs
 //! cost. Everything reads one [`config`] file and the [`batch_env`].
 
+pub mod attempts;
 pub mod batch_env;
 pub mod bootstrap;
 pub mod cli;
@@ -25,6 +26,7 @@ pub mod signals;
 pub mod spec;
 pub mod status;
 pub mod systemd;
+pub mod volume;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::attempts;
 use super::batch_env::{hostname, BatchEnv};
 use super::bootstrap::join_url;
 use super::config::AgentConfig;
@@ -156,6 +157,27 @@ pub fn run(cfg: &AgentConfig, args: &RunArgs) -> Result<u8> {
     ));
     vars.extend(cfg.container.env.clone());
 
+    let rank_part = if topo.nnodes() > 1 {
+        format!("/node-{}", topo.node_rank)
+    } else {
+        String::new()
+    };
+    let task_path = format!("runs/{job}/{task}{rank_part}");
+    let upload = if cfg.output.upload() && !args.no_upload {
+        Some(upload_target(cfg, &task_path)?)
+    } else {
+        None
+    };
+    for earlier in attempts::cut_short(cfg, &task_path) {
+        println!("lake-agent: {}", attempts::describe(&earlier));
+    }
+    let attempt = attempts::Attempt::start(
+        cfg,
+        attempts::new_record(&job, &task, NodeInfo::new(&env, cfg), topo.node_rank),
+        &output_dir,
+        upload.as_ref(),
+    );
+
     let started_at = status::now();
     let start = Instant::now();
     let child = match &image {
@@ -171,27 +193,22 @@ pub fn run(cfg: &AgentConfig, args: &RunArgs) -> Result<u8> {
             vars,
             &job,
             &task,
-        )?,
-        None => start_on_host(&command, &workdir, vars)?,
+        ),
+        None => start_on_host(&command, &workdir, vars),
     };
-    let exit = wait_forwarding_stops(child)?;
+    // An attempt that could not start (or wait) ended here, on a node that still runs.
+    let exit = child.and_then(wait_forwarding_stops);
+    let exit = match exit {
+        Ok(exit) => exit,
+        Err(e) => {
+            attempt.finish();
+            return Err(e);
+        }
+    };
     let code = exit_code(exit);
     let seconds = start.elapsed().as_secs_f64();
     println!("lake-agent: the command exited with status {code} after {seconds:.1}s");
-
-    let rank_part = if topo.nnodes() > 1 {
-        format!("/node-{}", topo.node_rank)
-    } else {
-        String::new()
-    };
-    let upload = if cfg.output.upload() && !args.no_upload {
-        Some(upload_target(
-            cfg,
-            &format!("runs/{job}/{task}{rank_part}"),
-        )?)
-    } else {
-        None
-    };
+    attempt.finish();
     let mut record = TaskStatus {
         kind: TASK_KIND.into(),
         version: env!("CARGO_PKG_VERSION").into(),

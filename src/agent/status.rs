@@ -18,6 +18,9 @@ pub struct NodeInfo {
     pub pool_id: Option<String>,
     pub vm_size: Option<String>,
     pub in_batch: bool,
+    /// `dedicated` or `spot`; absent outside Batch (and in records of older agents).
+    #[serde(default)]
+    pub priority: Option<String>,
 }
 
 impl NodeInfo {
@@ -27,6 +30,7 @@ impl NodeInfo {
             pool_id: env.pool_id.clone(),
             vm_size: vm_size(cfg),
             in_batch: env.in_batch,
+            priority: env.priority.clone(),
         }
     }
 }
@@ -126,6 +130,23 @@ pub struct TaskStatus {
     pub uploaded: bool,
 }
 
+/// One attempt at a task, written to the lake when it starts and again while it runs: an
+/// attempt whose node was preempted (or lost) is one that never says it finished.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AttemptRecord {
+    pub kind: String,
+    pub job_id: String,
+    pub task_id: String,
+    pub node: NodeInfo,
+    pub node_rank: u32,
+    pub started_at: String,
+    /// When it was last known to run (each heartbeat moves it on).
+    pub last_seen: String,
+    pub finished_at: Option<String>,
+}
+
+pub const ATTEMPT_KIND: &str = "lake-agent/attempt";
 pub const BOOTSTRAP_KIND: &str = "lake-agent/bootstrap";
 pub const TASK_KIND: &str = "lake-agent/task";
 

@@ -191,7 +191,7 @@ impl Node {
         let mut toml = format!(
             "[agent]\nstatus_dir = \"{}\"\nlakemount_bin = \"{}\"\nmount_mode = \"daemon\"\n\
              mount_timeout = 60\nrestart_delay = 1\ngpus = \"none\"\n\n\
-             [cache]\ndir = \"{}\"\n\n",
+             [cache]\ndir = \"{}\"\n# Never the test machine's own disks.\ndevices = \"none\"\n\n",
             d.join("status").display(),
             crate::common::mount::lakemount_bin(),
             d.join("cache").display(),
