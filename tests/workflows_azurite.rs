@@ -424,32 +424,58 @@ fn a_zarr_epoch_costs_one_listing_per_directory_not_two_requests_per_chunk() {
     );
 }
 
+/// Azurite behind a proxy that counts requests and uploaded bytes, for mounts through it.
+struct Proxied {
+    az: Azurite,
+    proxy: common::faultproxy::FaultProxy,
+    staging: tempfile::TempDir,
+}
+
+impl Proxied {
+    fn start() -> Proxied {
+        let az = Azurite::start();
+        az.create_container(CONTAINER);
+        let proxy = common::faultproxy::FaultProxy::faithful(az.port());
+        Proxied {
+            az,
+            proxy,
+            staging: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Bytes uploaded through the proxy so far.
+    fn sent(&self) -> u64 {
+        self.proxy
+            .body_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A mount of the container through the proxy, with `extra` flags.
+    fn mount(&self, extra: &[&str]) -> common::mount::Mount {
+        let endpoint = self.proxy.endpoint();
+        let mut args = vec![
+            "--endpoint",
+            endpoint.as_str(),
+            "--staging-dir",
+            self.staging.path().to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let cs = self.az.connection_string();
+        let lake = format!("az://{}/{CONTAINER}", common::azurite::ACCOUNT);
+        common::mount::Mount::start(&lake, &args, &[("AZURE_STORAGE_CONNECTION_STRING", &cs)])
+            .unwrap_or_else(|o| panic!("mount failed: {o:?}"))
+    }
+}
+
 /// A training log kept open (a logger, a TensorBoard event file): with `--commit-interval`,
 /// what was written shows in the lake while the file stays open, and each commit sends what
 /// was added since the last (widened to its blocks), not the whole file again.
 #[test]
 fn a_log_kept_open_shows_in_the_lake_as_it_grows_and_each_commit_sends_what_was_added() {
     use std::io::Write;
-    use std::sync::atomic::Ordering;
-    let az = Azurite::start();
-    az.create_container(CONTAINER);
-    let proxy = common::faultproxy::FaultProxy::faithful(az.port());
-    let staging = tempfile::tempdir().unwrap();
-    let cs = az.connection_string();
-    let endpoint = proxy.endpoint();
-    let args = [
-        "--endpoint",
-        endpoint.as_str(),
-        "--staging-dir",
-        staging.path().to_str().unwrap(),
-        "--commit-interval",
-        "1",
-        "--block-size",
-        "256K",
-    ];
-    let lake = format!("az://{}/{CONTAINER}", common::azurite::ACCOUNT);
-    let m = common::mount::Mount::start(&lake, &args, &[("AZURE_STORAGE_CONNECTION_STRING", &cs)])
-        .unwrap();
+    let p = Proxied::start();
+    let az = &p.az;
+    let m = p.mount(&["--commit-interval", "1", "--block-size", "256K"]);
     std::fs::create_dir(m.path().join("run")).unwrap();
     let mut log = std::fs::File::create(m.path().join("run/train.log")).unwrap();
     let mut written = pseudo_random(4 << 20, 3);
@@ -464,7 +490,7 @@ fn a_log_kept_open_shows_in_the_lake_as_it_grows_and_each_commit_sends_what_was_
         "the first 4 MiB show while the file is open"
     );
     for step in 0..3 {
-        let before = proxy.body_bytes.load(Ordering::Relaxed);
+        let before = p.sent();
         let lines = format!("step {step}: loss 0.{step}\n").repeat(2000);
         log.write_all(lines.as_bytes()).unwrap();
         written.extend_from_slice(lines.as_bytes());
@@ -472,7 +498,7 @@ fn a_log_kept_open_shows_in_the_lake_as_it_grows_and_each_commit_sends_what_was_
             shows(&written),
             "step {step}: the new lines show, the file still open"
         );
-        let sent = proxy.body_bytes.load(Ordering::Relaxed) - before;
+        let sent = p.sent() - before;
         // The block the lines start in and the ones they fill, plus the block list.
         let bound = lines.len() as u64 + 2 * (256 << 10);
         assert!(
@@ -492,13 +518,12 @@ fn a_log_kept_open_shows_in_the_lake_as_it_grows_and_each_commit_sends_what_was_
 /// appended. 48 MiB by default; `LAKEMOUNT_SOAK=N` makes it N x 48 MiB (22 for 1 GiB).
 #[test]
 fn an_append_to_a_large_object_sends_the_append_not_the_object() {
-    use std::sync::atomic::Ordering;
     let soak: usize = std::env::var("LAKEMOUNT_SOAK")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    let az = Azurite::start();
-    az.create_container(CONTAINER);
+    let p = Proxied::start();
+    let az = &p.az;
     let src = tempfile::tempdir().unwrap();
     let size = soak * (48 << 20) + 12_345;
     let body = pseudo_random(size, 11);
@@ -524,26 +549,17 @@ fn an_append_to_a_large_object_sends_the_append_not_the_object() {
         "{}",
         String::from_utf8_lossy(&up.stderr)
     );
-    let proxy = common::faultproxy::FaultProxy::faithful(az.port());
-    let staging = tempfile::tempdir().unwrap();
-    let endpoint = proxy.endpoint();
-    let args = [
-        "--endpoint",
-        endpoint.as_str(),
-        "--staging-dir",
-        staging.path().to_str().unwrap(),
-    ];
-    let m = common::mount::Mount::start(&lake, &args, &env).unwrap();
+    let m = p.mount(&[]);
     let path = m.path().join("data/shard.bin");
     let appended = b"one more record\n".repeat(4096);
-    let before = proxy.body_bytes.load(Ordering::Relaxed);
+    let before = p.sent();
     let started = std::time::Instant::now();
     python(
         "import sys\nwith open(sys.argv[1], 'ab') as f: f.write(b'one more record\\n' * 4096)",
         &[path.as_os_str()],
     );
     let took = started.elapsed();
-    let sent = proxy.body_bytes.load(Ordering::Relaxed) - before;
+    let sent = p.sent() - before;
     eprintln!(
         "append of {} bytes to a {} MiB object: {sent} bytes sent, {took:?}",
         appended.len(),
@@ -570,18 +586,16 @@ fn an_append_to_a_large_object_sends_the_append_not_the_object() {
     let want = [&want[..], b"tail\n"].concat();
     // Blocks that do not line up (another block size): the object is copied in and sent
     // whole, as before, and still lands right.
-    let mut other = args.to_vec();
-    other.extend(["--block-size", "4M"]);
-    let m2 = common::mount::Mount::start(&lake, &other, &env).unwrap();
+    let m2 = p.mount(&["--block-size", "4M"]);
     let read = std::fs::read(m2.path().join("data/shard.bin")).unwrap();
     assert_eq!(sha256(&read), sha256(&want));
-    let before = proxy.body_bytes.load(Ordering::Relaxed);
+    let before = p.sent();
     std::fs::OpenOptions::new()
         .append(true)
         .open(m2.path().join("data/shard.bin"))
         .and_then(|mut f| std::io::Write::write_all(&mut f, &appended))
         .unwrap();
-    let whole = proxy.body_bytes.load(Ordering::Relaxed) - before;
+    let whole = p.sent() - before;
     eprintln!("the same append when the blocks do not line up: {whole} bytes sent");
     assert!(whole > size as u64, "{whole}");
     let want = [&want[..], &appended[..]].concat();
@@ -597,24 +611,8 @@ fn an_append_to_a_large_object_sends_the_append_not_the_object() {
 /// in (and its journal), not the database.
 #[test]
 fn an_sqlite_transaction_on_a_large_database_sends_what_changed_not_the_file() {
-    use std::sync::atomic::Ordering;
-    let az = Azurite::start();
-    az.create_container(CONTAINER);
-    let proxy = common::faultproxy::FaultProxy::faithful(az.port());
-    let staging = tempfile::tempdir().unwrap();
-    let cs = az.connection_string();
-    let endpoint = proxy.endpoint();
-    let args = [
-        "--endpoint",
-        endpoint.as_str(),
-        "--staging-dir",
-        staging.path().to_str().unwrap(),
-        "--block-size",
-        "1M",
-    ];
-    let lake = format!("az://{}/{CONTAINER}", common::azurite::ACCOUNT);
-    let env = [("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())];
-    let m = common::mount::Mount::start(&lake, &args, &env).unwrap();
+    let p = Proxied::start();
+    let m = p.mount(&["--block-size", "1M"]);
     let db = m.path().join("runs.db");
     python(
         r#"
@@ -628,7 +626,7 @@ c.close()
         &[db.as_os_str()],
     );
     let size = std::fs::metadata(&db).unwrap().len();
-    let before = proxy.body_bytes.load(Ordering::Relaxed);
+    let before = p.sent();
     let printed = python(
         r#"
 import sqlite3, sys
@@ -641,7 +639,7 @@ c.close()
         &[db.as_os_str()],
     );
     assert_eq!(printed, "(8000, 2)");
-    let sent = proxy.body_bytes.load(Ordering::Relaxed) - before;
+    let sent = p.sent() - before;
     eprintln!("a two-row transaction on a {size}-byte database: {sent} bytes sent");
     assert!(
         sent < size / 4,
@@ -649,7 +647,7 @@ c.close()
     );
     // Another mount reads the database the lake now holds.
     drop(m);
-    let m = common::mount::Mount::start(&lake, &args, &env).unwrap();
+    let m = p.mount(&["--block-size", "1M"]);
     let printed = python(
         "import sqlite3, sys\nprint(sqlite3.connect(sys.argv[1]).execute('select sum(metric = -1), count(*) from runs').fetchone())",
         &[m.path().join("runs.db").as_os_str()],

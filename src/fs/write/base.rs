@@ -62,10 +62,7 @@ impl WriteHandle {
             .set_len(base.size)
             .map_err(|e| io(&self.staging_path(), e))?;
         let mut st = self.st.lock().unwrap();
-        st.loaded = true;
-        st.size = base.size;
-        st.filled = base.size;
-        st.hashed = None;
+        st.now_loaded(base.size);
         st.lake_etag = base.etag.clone();
         for (b, (id, _)) in list.blocks.into_iter().enumerate() {
             let b = b as u64;

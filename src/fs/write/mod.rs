@@ -276,10 +276,7 @@ impl WriteHandle {
         file.set_len(base.size)
             .map_err(|e| io(&self.staging_path(), e))?;
         let mut st = self.st.lock().unwrap();
-        st.loaded = true;
-        st.size = base.size;
-        st.filled = base.size;
-        st.hashed = None;
+        st.now_loaded(base.size);
         for b in 0..base.size.div_ceil(bs) {
             *st.version.entry(b).or_default() += 1;
         }
@@ -564,6 +561,17 @@ impl WriteHandle {
                 self.key()
             ),
         }
+    }
+}
+
+impl State {
+    /// The staging file now stands for the whole file, `size` bytes, all of them written
+    /// (read in, or left in the lake: see `base`), in no order the running MD5 followed.
+    fn now_loaded(&mut self, size: u64) {
+        self.loaded = true;
+        self.size = size;
+        self.filled = size;
+        self.hashed = None;
     }
 }
 
