@@ -51,6 +51,24 @@ pub enum Command {
     /// Inspect or empty a disk block cache.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Snapshot a lake into a manifest (every object with its size, ETag and MD5), which
+    /// `mount --manifest` and `warm --manifest` then see exactly, with no listing; compare
+    /// two manifests (`diff`) or a manifest with the lake now (`verify`).
+    #[command(
+        long_about = "Snapshot a lake into a manifest: every object below LAKE_URL with its \
+size, ETag, Last-Modified, Content-MD5 and metadata, plus the lake URL, the time and the \
+manifest's identity (sha256 of its objects: the same data gives the same identity). \
+`mount --manifest FILE` then shows exactly that tree, read-only, with no listing or lookup \
+request, and reads pinned to the ETags: a blob changed since is ESTALE, never other bytes. \
+`warm --manifest FILE` warms exactly the snapshot.\n\n\
+Examples:\n  \
+lakemount snapshot az://myaccount/datasets/imagenet -o imagenet-2026-12.manifest\n  \
+lakemount mount --manifest imagenet-2026-12.manifest /mnt/imagenet\n  \
+lakemount snapshot diff imagenet-2026-11.manifest imagenet-2026-12.manifest\n  \
+lakemount snapshot verify imagenet-2026-12.manifest",
+        args_conflicts_with_subcommands = true
+    )]
+    Snapshot(SnapshotArgs),
     /// Copy a local file or directory tree into the lake, many files and blocks at once.
     #[command(
         long_about = "Copy a local file or directory tree into the lake, many files and \
@@ -174,6 +192,12 @@ pub struct MountArgs {
     #[arg(long, value_name = "OBJECTS")]
     pub rename_dir_limit: Option<u64>,
 
+    /// Mount a snapshot (see `lakemount snapshot`): the tree the manifest lists, read-only,
+    /// with no listing or lookup request; reads are pinned to its ETags, so a blob changed
+    /// since is ESTALE (and logged), never other bytes. LAKE may then be left out.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+
     /// A file open for writing longer than this is committed while it stays open (a training
     /// log, a TensorBoard event file shows in the lake as it grows; a preempted node loses at
     /// most this much of it), sending only what changed; each commit is whole. 0: only at
@@ -195,7 +219,7 @@ pub struct MountArgs {
     pub auth: Option<AuthMethod>,
 
     /// A TOML file whose keys mirror these flags (lake, mountpoint, read_only, allow_other, uid,
-    /// gid, file_mode, dir_mode, metadata_ttl, rename_dir_limit, commit_interval, metadata_timeout, data_timeout, endpoint, auth,
+    /// gid, file_mode, dir_mode, metadata_ttl, rename_dir_limit, commit_interval, manifest, metadata_timeout, data_timeout, endpoint, auth,
     /// log_file, block_size,
     /// max_readahead, max_memory, cache_dir, cache_size, staging_dir, metrics_addr). Flags win.
     #[arg(long, value_name = "FILE")]
@@ -236,10 +260,77 @@ pub struct MountArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    #[command(subcommand)]
+    pub action: Option<SnapshotAction>,
+
+    /// The lake URL to snapshot (everything below it), e.g. az://myaccount/datasets/imagenet.
+    pub lake: Option<String>,
+
+    /// The manifest to write.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Directories listed at once.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub threads: usize,
+
+    /// Blob service endpoint (Azurite, sovereign clouds); see `lakemount mount --help`.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+
+    /// Which credential to use.
+    #[arg(long, value_parser = auth_parser())]
+    pub auth: Option<AuthMethod>,
+
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotAction {
+    /// What changed from manifest A to manifest B: a summary line, then `+ KEY` (added),
+    /// `- KEY` (removed), `~ KEY` (changed: another ETag or size).
+    Diff {
+        a: PathBuf,
+        b: PathBuf,
+        /// One JSON object instead: from, to, added, removed, changed.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Whether the lake still holds exactly the snapshot (exit 0), else what differs (exit 1).
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    pub manifest: PathBuf,
+
+    /// Directories listed at once.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub threads: usize,
+
+    /// Blob service endpoint (Azurite, sovereign clouds); see `lakemount mount --help`.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+
+    /// Which credential to use.
+    #[arg(long, value_parser = auth_parser())]
+    pub auth: Option<AuthMethod>,
+
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct WarmArgs {
     /// The lake URL of a directory to warm (everything below it), e.g.
-    /// az://myaccount/datasets/imagenet/train.
-    pub lake: String,
+    /// az://myaccount/datasets/imagenet/train. With --manifest: the manifest's lake.
+    pub lake: Option<String>,
+
+    /// Warm exactly this snapshot (see `lakemount snapshot`), without listing the lake.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
 
     /// The disk block cache to fill (the --cache-dir of the mount that will use it).
     #[arg(long, value_name = "DIR")]

@@ -28,6 +28,7 @@ pub struct MountFile {
     pub metadata_ttl: Option<u64>,
     pub rename_dir_limit: Option<u64>,
     pub commit_interval: Option<u64>,
+    pub manifest: Option<PathBuf>,
     pub metadata_timeout: Option<u64>,
     pub data_timeout: Option<u64>,
     pub endpoint: Option<String>,
@@ -76,6 +77,8 @@ pub struct MountSettings {
     pub rename_dir_limit: u64,
     /// Files open for writing are committed this often (zero: only at close and fsync).
     pub commit_interval: Duration,
+    /// A snapshot to mount instead of the lake as it is (read-only).
+    pub manifest: Option<PathBuf>,
     /// How long one call to the lake may take (see `store::deadline`).
     pub deadlines: Deadlines,
     pub endpoint: Option<String>,
@@ -211,12 +214,24 @@ impl MountSettings {
             Some(p) => MountFile::load(p)?,
             None => MountFile::default(),
         };
-        let lake =
-            args.lake.clone().or(file.lake).ok_or_else(|| {
+        let manifest = args.manifest.clone().or(file.manifest);
+        let (mut lake_arg, mut mp_arg) = (args.lake.clone(), args.mountpoint.clone());
+        // `mount --manifest FILE MOUNTPOINT`: the one argument is the mount point (a lake URL
+        // has a scheme, a directory has none).
+        if manifest.is_some()
+            && mp_arg.is_none()
+            && lake_arg.as_ref().is_some_and(|l| !l.contains("://"))
+        {
+            mp_arg = lake_arg.take().map(PathBuf::from);
+        }
+        let lake = match &manifest {
+            Some(m) => crate::snapshot::lake_of(m, lake_arg.or(file.lake).as_deref())?,
+            None => lake_arg.or(file.lake).ok_or_else(|| {
                 anyhow!("no lake URL given (argument LAKE or `lake` in --config)")
-            })?;
+            })?,
+        };
         let lake = LakeUrl::parse(&lake).map_err(|e| anyhow!(e))?;
-        let mountpoint = args.mountpoint.clone().or(file.mountpoint).ok_or_else(|| {
+        let mountpoint = mp_arg.or(file.mountpoint).ok_or_else(|| {
             anyhow!("no mount point given (argument MOUNTPOINT or `mountpoint` in --config)")
         })?;
         let d = MountSettings::defaults(lake, mountpoint);
@@ -230,7 +245,10 @@ impl MountSettings {
         };
         let metrics_addr = args.metrics_addr.clone().or(file.metrics_addr);
         MountSettings {
-            read_only: args.read_only || file.read_only.unwrap_or(d.read_only),
+            // A snapshot is read-only by construction.
+            read_only: args.read_only
+                || manifest.is_some()
+                || file.read_only.unwrap_or(d.read_only),
             foreground: args.foreground,
             allow_other: args.allow_other || file.allow_other.unwrap_or(d.allow_other),
             uid: args.uid.or(file.uid).unwrap_or(d.uid),
@@ -242,6 +260,7 @@ impl MountSettings {
                 .rename_dir_limit
                 .or(file.rename_dir_limit)
                 .unwrap_or(d.rename_dir_limit),
+            manifest,
             commit_interval: commit_interval(
                 args.commit_interval.or(file.commit_interval),
                 d.commit_interval,
@@ -307,6 +326,7 @@ impl MountSettings {
             metadata_ttl: Duration::from_secs(60),
             rename_dir_limit: crate::fs::DEFAULT_RENAME_DIR_LIMIT,
             commit_interval: Duration::from_secs(30),
+            manifest: None,
             deadlines: Deadlines::default(),
             endpoint: None,
             auth: AuthMethod::default(),

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod mount;
 pub mod prefetch;
 pub mod reader;
+pub mod snapshot;
 pub mod store;
 pub mod transfer;
 

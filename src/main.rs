@@ -52,6 +52,7 @@ fn main() -> ExitCode {
             lakemount::cache::admin::clear(cache_dir)
         }
         Command::Upload(args) => lakemount::transfer::upload::run(args),
+        Command::Snapshot(args) => lakemount::snapshot::run(args),
         Command::Download(args) => lakemount::transfer::download::run(args),
     };
     match result {

@@ -657,6 +657,20 @@ fn serve(s: &MountSettings, ready: &mut Readiness) -> Result<()> {
         store::open(&s.lake, s.endpoint.clone(), s.auth, s.deadlines)
             .map_err(|e| explain(&lake, e))?
     };
+    // A snapshot: listings and lookups from its manifest, reads pinned to its ETags.
+    let store = match &s.manifest {
+        Some(m) => {
+            let manifest = crate::snapshot::manifest::Manifest::load(m)?;
+            tracing::info!(
+                "snapshot {} ({} objects, taken {})",
+                manifest.header.identity,
+                manifest.header.objects,
+                manifest.header.created
+            );
+            crate::snapshot::store::ManifestStore::wrap(store, manifest)
+        }
+        None => store,
+    };
     rt.block_on(async { tokio::time::timeout(PROBE_TIMEOUT, store.probe()).await })
         .map_err(|_| {
             anyhow!(

@@ -582,3 +582,100 @@ fn a_preempted_spot_attempt_is_named_by_the_next_and_priced_by_cost() {
         "the heartbeats measured the time lost: {table}"
     );
 }
+
+/// A lake mounted from a snapshot (`[[lake]] manifest`): bootstrap mounts and warms exactly
+/// the snapshot (read-only, later blobs not shown), and the task's record and `lake-agent
+/// cost` name the snapshot the job read.
+#[test]
+fn a_lake_mounted_from_a_snapshot_is_named_by_the_task_record_and_by_cost() {
+    let az = Azurite::start();
+    az.create_container(CONTAINER);
+    az.put_blob(CONTAINER, "train/shard-0.bin", &pseudo_random(3000, 7));
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("train.manifest");
+    let cs = az.connection_string();
+    let endpoint = az.endpoint();
+    let out = common::mount::lakemount(
+        &[
+            "snapshot",
+            &format!("az://{}/{CONTAINER}", common::azurite::ACCOUNT),
+            "-o",
+            manifest.to_str().unwrap(),
+            "--endpoint",
+            &endpoint,
+        ],
+        &[("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let identity: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&manifest)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let identity = identity["identity"].as_str().unwrap().to_string();
+    az.put_blob(CONTAINER, "train/shard-1.bin", b"added later");
+
+    let node = Node::new(
+        Some(&az),
+        &[LakeDef {
+            name: "datasets",
+            container: CONTAINER,
+            extra: format!("manifest = \"{}\"\nwarm = [\"\"]", manifest.display()),
+        }],
+        "",
+    );
+    let out = node.bootstrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("warmed"),
+        "{}",
+        text(&out)
+    );
+    let mp = &node.lakes[0];
+    assert!(mp.join("train/shard-0.bin").exists());
+    assert!(
+        !mp.join("train/shard-1.bin").exists(),
+        "the snapshot's tree"
+    );
+    assert_eq!(
+        common::mount::errno(std::fs::write(mp.join("x"), b"x")),
+        Some(libc::EROFS)
+    );
+
+    let out_dir = node.path().join("out");
+    let out = node.agent(
+        &[
+            "run",
+            "--host",
+            "--job",
+            "j1",
+            "--task",
+            "t1",
+            "--no-upload",
+            "--output-dir",
+            out_dir.to_str().unwrap(),
+            "--",
+            "true",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(node.status_dir().join("tasks/j1/t1.node-0.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["snapshots"][0]["lake"], "datasets");
+    assert_eq!(record["snapshots"][0]["identity"], identity.as_str());
+    let out = node.agent(&["cost"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("j1 read snapshot datasets: {identity}")),
+        "{}",
+        text(&out)
+    );
+}

@@ -147,7 +147,12 @@ fn steps(cfg: &AgentConfig, dir: &Path, st: &mut BootstrapStatus) -> Result<()> 
 
         let t = Instant::now();
         for lake in &cfg.lakes {
-            for path in &lake.warm {
+            // A snapshot's warm is the whole snapshot, once.
+            let paths = match &lake.manifest {
+                Some(_) => &lake.warm[..lake.warm.len().min(1)],
+                None => &lake.warm[..],
+            };
+            for path in paths {
                 let Some(cache) = &cache_dir else {
                     bail!(
                         "lake {:?}: warm needs a disk cache, but none is configured or found \

@@ -162,6 +162,9 @@ pub struct LakeConfig {
     pub max_readahead: Option<String>,
     pub max_memory: Option<String>,
     pub metrics_addr: Option<String>,
+    /// A snapshot of the lake to mount instead of the lake as it is (`lakemount snapshot`):
+    /// read-only, no listings, and every task record names it [default: none].
+    pub manifest: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -436,6 +439,9 @@ impl AgentConfig {
             check_absolute("mountpoint", &l.mountpoint).with_context(|| at.clone())?;
             if let Some(p) = &l.container_path {
                 check_absolute("container_path", p).with_context(|| at.clone())?;
+            }
+            if let Some(p) = &l.manifest {
+                check_absolute("manifest", p).with_context(|| at.clone())?;
             }
             if let Some(a) = &l.auth {
                 check_auth(a).with_context(|| at.clone())?;

@@ -20,6 +20,8 @@ pub const BOOTSTRAP_ROW: &str = "(node bootstrap)";
 #[derive(Debug, Default, PartialEq)]
 pub struct Row {
     pub job: String,
+    /// `lake: identity` of each snapshot the job's tasks were mounted from.
+    pub snapshots: BTreeSet<String>,
     pub vm_size: String,
     /// `dedicated`, `spot` or `-` (not known: outside Batch, older records); with
     /// `, preempted` for attempts that a preemption (or a lost node) cut short.
@@ -61,6 +63,11 @@ pub fn collect(dirs: &[&Path]) -> Result<(Vec<Row>, Vec<String>)> {
                 Ok(t) => {
                     let r = row(rows, &t.job_id, &t.node, false);
                     r.tasks.insert(t.task_id.clone());
+                    r.snapshots.extend(
+                        t.snapshots
+                            .iter()
+                            .map(|s| format!("{}: {}", s.lake, s.identity)),
+                    );
                     r.node_hours += t.seconds / 3600.0;
                 }
                 Err(e) => warnings.push(format!("{}: {e}", f.display())),
@@ -213,6 +220,18 @@ pub fn table(rows: &[Row], prices: &Prices) -> String {
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
+    }
+    // Which data each job trained on.
+    let mut data: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for r in rows {
+        data.entry(&r.job)
+            .or_default()
+            .extend(r.snapshots.iter().map(String::as_str));
+    }
+    for (job, snaps) in data.into_iter().filter(|(_, s)| !s.is_empty()) {
+        for s in snaps {
+            out.push_str(&format!("{job} read snapshot {s}\n"));
+        }
     }
     for (size, spot) in unpriced {
         let section = if spot { "[prices.spot]" } else { "[prices]" };

@@ -68,7 +68,13 @@ impl Lakemount {
         cache_size: Option<&str>,
     ) -> Result<()> {
         let mut cmd = self.command();
-        cmd.arg("warm").arg(url).arg("--cache-dir").arg(cache);
+        cmd.arg("warm");
+        // A snapshot is warmed whole, as it is: exactly what the mount shows.
+        match &lake.manifest {
+            Some(m) => cmd.arg("--manifest").arg(m),
+            None => cmd.arg(url),
+        };
+        cmd.arg("--cache-dir").arg(cache);
         if let Some(s) = cache_size {
             cmd.args(["--cache-size", s]);
         }
@@ -202,7 +208,13 @@ impl MountSpec {
         if lake.allow_other {
             s.push(("allow_other", Setting::Flag(true)));
         }
-        let pairs: [(&'static str, Option<Setting>); 10] = [
+        let pairs: [(&'static str, Option<Setting>); 11] = [
+            (
+                "manifest",
+                lake.manifest
+                    .as_ref()
+                    .map(|m| Setting::Text(m.to_string_lossy().into_owned())),
+            ),
             ("uid", lake.uid.map(|v| Setting::Int(v.into()))),
             ("gid", lake.gid.map(|v| Setting::Int(v.into()))),
             ("metadata_ttl", lake.metadata_ttl.map(Setting::Int)),

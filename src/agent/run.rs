@@ -225,6 +225,7 @@ pub fn run(cfg: &AgentConfig, args: &RunArgs) -> Result<u8> {
         output_dir: output_dir.clone(),
         output_url: upload.as_ref().map(|u| u.url.clone()),
         uploaded: false,
+        snapshots: snapshots(cfg),
     };
     let dir = status::status_dir(cfg, &env);
     let record_file = dir
@@ -261,6 +262,28 @@ pub fn run(cfg: &AgentConfig, args: &RunArgs) -> Result<u8> {
             Ok(if code == 0 { 1 } else { code })
         }
     }
+}
+
+/// The snapshots the lakes are mounted from, with their identities.
+fn snapshots(cfg: &AgentConfig) -> Vec<status::SnapshotRef> {
+    cfg.lakes
+        .iter()
+        .filter_map(|l| {
+            let m = l.manifest.as_ref()?;
+            let identity = match crate::snapshot::manifest::Manifest::load_header(m) {
+                Ok(h) => h.identity,
+                Err(e) => {
+                    eprintln!("lake-agent: warning: {e:#}");
+                    "unknown".into()
+                }
+            };
+            Some(status::SnapshotRef {
+                lake: l.name.clone(),
+                manifest: m.clone(),
+                identity,
+            })
+        })
+        .collect()
 }
 
 fn upload_target(cfg: &AgentConfig, path: &str) -> Result<UploadTarget> {

@@ -128,6 +128,19 @@ pub struct TaskStatus {
     pub output_dir: PathBuf,
     pub output_url: Option<String>,
     pub uploaded: bool,
+    /// The snapshots of the lakes the task saw (mounted with a manifest): which data it
+    /// trained on.
+    #[serde(default)]
+    pub snapshots: Vec<SnapshotRef>,
+}
+
+/// A lake mounted from a manifest, as a task record names it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotRef {
+    pub lake: String,
+    pub manifest: PathBuf,
+    /// The manifest's identity (`sha256:...`).
+    pub identity: String,
 }
 
 /// One attempt at a task, written to the lake when it starts and again while it runs: an

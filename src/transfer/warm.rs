@@ -117,7 +117,14 @@ pub async fn warm(
 }
 
 pub fn run(args: &WarmArgs) -> Result<()> {
-    let lake = LakeUrl::parse(&args.lake).map_err(|e| anyhow!(e))?;
+    let lake = match &args.manifest {
+        Some(m) => crate::snapshot::lake_of(m, args.lake.as_deref())?,
+        None => args
+            .lake
+            .clone()
+            .ok_or_else(|| anyhow!("no lake URL given (LAKE_URL or --manifest FILE)"))?,
+    };
+    let lake = LakeUrl::parse(&lake).map_err(|e| anyhow!(e))?;
     let block_size = crate::config::block_size(args.block_size.as_deref())?;
     let size = crate::config::cache_size(args.cache_size.as_deref())?;
     let rt = crate::mount::runtime()?;
@@ -131,6 +138,14 @@ pub fn run(args: &WarmArgs) -> Result<()> {
             crate::config::deadlines(&args.timeouts)?,
         )
         .map_err(|e| crate::mount::explain_for("warm", &shown, e))?
+    };
+    // A snapshot: exactly its files, pinned to its ETags, without a listing.
+    let store = match &args.manifest {
+        Some(m) => crate::snapshot::store::ManifestStore::wrap(
+            store,
+            crate::snapshot::manifest::Manifest::load(m)?,
+        ),
+        None => store,
     };
     rt.block_on(store.probe())
         .map_err(|e| crate::mount::explain_for("warm", &shown, e))?;

@@ -23,6 +23,9 @@ pub struct FaultProxy {
     pub hung: Arc<AtomicU64>,
     /// Bytes of request bodies received so far (what the client uploaded).
     pub body_bytes: Arc<AtomicU64>,
+    /// List Blobs requests and HEAD requests (properties, lookups) seen so far.
+    pub lists: Arc<AtomicU64>,
+    pub heads: Arc<AtomicU64>,
     hang: Arc<AtomicU8>,
     accept: Option<JoinHandle<()>>,
 }
@@ -45,6 +48,8 @@ struct Shared {
     hang: Arc<AtomicU8>,
     hung: Arc<AtomicU64>,
     body_bytes: Arc<AtomicU64>,
+    lists: Arc<AtomicU64>,
+    heads: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -109,11 +114,14 @@ impl FaultProxy {
         let hang = Arc::new(AtomicU8::new(Hang::Off as u8));
         let hung = Arc::new(AtomicU64::new(0));
         let body_bytes = Arc::new(AtomicU64::new(0));
+        let (lists, heads) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let shared = Shared {
             stop: stop.clone(),
             hang: hang.clone(),
             hung: hung.clone(),
             body_bytes: body_bytes.clone(),
+            lists: lists.clone(),
+            heads: heads.clone(),
         };
         let accept = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
@@ -144,6 +152,8 @@ impl FaultProxy {
             requests,
             hung,
             body_bytes,
+            lists,
+            heads,
             hang,
             accept: Some(accept),
         }
@@ -288,6 +298,16 @@ fn serve(
     shared
         .body_bytes
         .fetch_add((request.len() - head_len) as u64, Ordering::Relaxed);
+    let first_line = String::from_utf8_lossy(&request[..head_len.min(4096)])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if first_line.starts_with("HEAD ") {
+        shared.heads.fetch_add(1, Ordering::Relaxed);
+    } else if first_line.starts_with("GET ") && first_line.contains("comp=list") {
+        shared.lists.fetch_add(1, Ordering::Relaxed);
+    }
     let hang = shared.hang();
     if hang == Hang::Silent {
         shared.hold();

@@ -63,9 +63,27 @@ impl Mount {
         Mount::start_with(lake, extra, env, |_| {})
     }
 
+    /// [`Mount::start`] with no lake argument (`mount --manifest FILE MOUNTPOINT`).
+    #[allow(dead_code)]
+    pub fn start_with_mountpoint_only(
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Mount, Output> {
+        Mount::start_inner(None, extra, env, |_| {})
+    }
+
     /// [`Mount::start`], with `tweak` applied to the `lakemount mount` command first.
     pub fn start_with(
         lake: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        tweak: impl FnOnce(&mut Command),
+    ) -> Result<Mount, Output> {
+        Mount::start_inner(Some(lake), extra, env, tweak)
+    }
+
+    fn start_inner(
+        lake: Option<&str>,
         extra: &[&str],
         env: &[(&str, &str)],
         tweak: impl FnOnce(&mut Command),
@@ -77,13 +95,9 @@ impl Mount {
         let mp = dir.path().join("mnt");
         std::fs::create_dir(&mp).unwrap();
         let log = dir.path().join("daemon.log");
-        let mut args = vec![
-            "mount",
-            lake,
-            mp.to_str().unwrap(),
-            "--log-file",
-            log.to_str().unwrap(),
-        ];
+        let mut args = vec!["mount"];
+        args.extend(lake);
+        args.extend([mp.to_str().unwrap(), "--log-file", log.to_str().unwrap()]);
         args.extend_from_slice(extra);
         let mut cmd = lakemount(&args, env);
         tweak(&mut cmd);
