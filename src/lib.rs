@@ -92,6 +92,16 @@ pub fn raise_open_file_limit() {
 /// buffer freed by any thread be reused by any other; with four arenas, each
 /// kept its own freed blocks and the peak RSS of 16 readers and 4 writers went past
 /// --max-memory + 64 MiB (tests/stress_azurite.rs). Call first thing in `main`.
+/// Hands freed heap back to the system (after large releases: the trim threshold set by
+/// [`tune_allocator`] keeps it otherwise).
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub fn tune_allocator() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes allocator parameters.

@@ -146,6 +146,10 @@ impl Daemon {
         metrics::scrape(self.metrics.as_ref().expect("a lakemount daemon"), name)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Peak resident memory (VmHWM) of the daemon so far.
     pub fn peak_rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();

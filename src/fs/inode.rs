@@ -119,22 +119,33 @@ impl InodeTable {
         }
     }
 
-    /// Drops `n` kernel references; the inode goes away when none are left.
-    pub fn forget(&mut self, ino: u64, n: u64) {
+    /// Drops `n` kernel references; the inode goes away when none are left, and the tables
+    /// give memory back once they are mostly empty (a walk of a million files leaves a
+    /// million inodes until the kernel forgets them). Says whether the inode went.
+    pub fn forget(&mut self, ino: u64, n: u64) -> bool {
         if ino == ROOT_INO {
-            return;
+            return false;
         }
         let Some(node) = self.nodes.get_mut(&ino) else {
-            return;
+            return false;
         };
         node.lookups = node.lookups.saturating_sub(n);
-        if node.lookups == 0 {
-            let node = self.nodes.remove(&ino).expect("present");
-            let k = (node.parent, node.name);
-            if self.children.get(&k) == Some(&ino) {
-                self.children.remove(&k);
-            }
+        if node.lookups > 0 {
+            return false;
         }
+        let node = self.nodes.remove(&ino).expect("present");
+        let k = (node.parent, node.name);
+        if self.children.get(&k) == Some(&ino) {
+            self.children.remove(&k);
+        }
+        // Halve the capacity when a quarter is used: amortized, like the growth.
+        if self.nodes.capacity() > 4096 && self.nodes.len() * 4 < self.nodes.capacity() {
+            self.nodes.shrink_to(self.nodes.len() * 2);
+        }
+        if self.children.capacity() > 4096 && self.children.len() * 4 < self.children.capacity() {
+            self.children.shrink_to(self.children.len() * 2);
+        }
+        true
     }
 
     /// The name is gone (unlink, rmdir); the inode lives on until the kernel forgets it.
@@ -199,6 +210,38 @@ mod tests {
             mtime: SystemTime::UNIX_EPOCH,
             etag: "e".into(),
             posix: None,
+        }
+    }
+
+    /// A walk that left 100,000 inodes, then the kernel forgetting them: the tables give
+    /// their memory back, whatever the order of the forgets.
+    #[test]
+    fn forgotten_inodes_give_the_tables_memory_back() {
+        for reverse in [false, true] {
+            let mut t = InodeTable::new(SystemTime::UNIX_EPOCH);
+            let inos: Vec<u64> = (0..100_000)
+                .map(|i| t.upsert(ROOT_INO, &format!("f{i}"), format!("f{i}"), file(), 1))
+                .collect();
+            let full = (t.nodes.capacity(), t.children.capacity());
+            assert!(full.0 >= 100_000 && full.1 >= 100_000);
+            let order: Vec<u64> = if reverse {
+                inos.iter().rev().copied().collect()
+            } else {
+                inos.clone()
+            };
+            for (i, ino) in order.iter().enumerate() {
+                assert!(t.forget(*ino, 1));
+                if i == 50_000 {
+                    assert!(t.child(ROOT_INO, "f99999").is_some() != reverse);
+                }
+            }
+            assert_eq!(t.nodes.len(), 1, "the root stays");
+            assert!(
+                t.nodes.capacity() <= 4096 && t.children.capacity() <= 4096,
+                "{:?} -> {:?}",
+                full,
+                (t.nodes.capacity(), t.children.capacity())
+            );
         }
     }
 

@@ -157,7 +157,12 @@ pub struct LakeFs {
     device: std::sync::OnceLock<u64>,
     /// The version each read handle reads (see `retain`).
     readers: Mutex<HashMap<u64, crate::reader::ObjectVersion>>,
+    /// Inodes the kernel forgot, for trimming the heap now and then.
+    forgotten: AtomicU64,
 }
+
+/// Inodes forgotten between two trims of the heap.
+const FORGOTTEN_PER_TRIM: u64 = 65_536;
 
 fn join_key(dir_prefix: &str, name: &str) -> String {
     format!("{dir_prefix}{name}")
@@ -184,6 +189,7 @@ impl LakeFs {
             upload_slots: slots,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            forgotten: AtomicU64::new(0),
             mounted_at: now,
             warned: Mutex::new(HashSet::new()),
             device: std::sync::OnceLock::new(),
@@ -342,7 +348,15 @@ impl LakeFs {
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
-        self.inodes.lock().unwrap().forget(ino, n);
+        if !self.inodes.lock().unwrap().forget(ino, n) {
+            return;
+        }
+        // The heap keeps what is freed (the allocator's trim threshold is high, for speed):
+        // after many inodes went, it is handed back to the system.
+        let gone = self.forgotten.fetch_add(1, Ordering::Relaxed) + 1;
+        if gone.is_multiple_of(FORGOTTEN_PER_TRIM) {
+            crate::trim_heap();
+        }
     }
 
     /// Attributes of `ino`, re-checked against the store once the metadata TTL has passed.

@@ -10,13 +10,56 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::manifest::{Entry, Manifest};
-use crate::store::{DynStore, ListPage, ObjectInfo, Store, StoreError, StoreResult};
+use crate::store::{DynStore, ListPage, Metadata, ObjectInfo, Store, StoreError, StoreResult};
+
+/// One object as the store keeps it: a manifest [`Entry`] in about a third of the memory
+/// (no strings for times, nothing for empty metadata); a million cost ~100 MB less.
+#[derive(Debug)]
+struct Object {
+    /// Directory markers end in `/`.
+    key: Box<str>,
+    etag: Box<str>,
+    size: u64,
+    mtime: std::time::SystemTime,
+    md5: Option<Box<str>>,
+    meta: Option<Box<Metadata>>,
+}
+
+impl Object {
+    fn of(e: Entry) -> Object {
+        let info = e.to_info();
+        Object {
+            key: e.key.into(),
+            etag: e.etag.into(),
+            size: e.size,
+            mtime: info.mtime,
+            md5: e.md5.map(Into::into),
+            meta: (!e.meta.is_empty()).then(|| Box::new(e.meta)),
+        }
+    }
+
+    fn dir(&self) -> bool {
+        self.key.ends_with('/')
+    }
+
+    fn to_info(&self) -> ObjectInfo {
+        ObjectInfo {
+            key: self.key.trim_end_matches('/').to_string(),
+            size: self.size,
+            mtime: self.mtime,
+            etag: self.etag.to_string(),
+            is_dir_marker: self.dir(),
+            content_md5: self.md5.as_deref().map(str::to_string),
+            metadata: self.meta.as_deref().cloned().unwrap_or_default(),
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct ManifestStore {
     inner: DynStore,
-    /// Sorted by key; directory markers end in `/`.
-    entries: Vec<Entry>,
+    /// Sorted by key.
+    entries: Vec<Object>,
     id: String,
     /// Keys already reported as changed (one log line each).
     reported: Mutex<HashSet<String>>,
@@ -25,24 +68,26 @@ pub struct ManifestStore {
 impl ManifestStore {
     pub fn wrap(inner: DynStore, manifest: Manifest) -> DynStore {
         let id = manifest.id().to_string();
+        let mut entries: Vec<Object> = manifest.entries.into_iter().map(Object::of).collect();
+        entries.shrink_to_fit();
         Arc::new(ManifestStore {
             inner,
-            entries: manifest.entries,
+            entries,
             id,
             reported: Mutex::new(HashSet::new()),
         })
     }
 
-    fn find(&self, key: &str) -> Option<&Entry> {
+    fn find(&self, key: &str) -> Option<&Object> {
         self.entries
-            .binary_search_by(|e| e.key.as_str().cmp(key))
+            .binary_search_by(|e| e.key.as_ref().cmp(key))
             .ok()
             .map(|i| &self.entries[i])
     }
 
     /// The first entry at or after `key`.
     fn from(&self, key: &str) -> usize {
-        self.entries.partition_point(|e| e.key.as_str() < key)
+        self.entries.partition_point(|e| e.key.as_ref() < key)
     }
 }
 
@@ -74,7 +119,7 @@ impl Store for ManifestStore {
                 break;
             };
             match rest.find('/') {
-                Some(slash) if slash + 1 < rest.len() || !e.dir => {
+                Some(slash) if slash + 1 < rest.len() || !e.dir() => {
                     let sub = format!("{prefix}{}", &rest[..=slash]);
                     i = self.from(&past(&sub));
                     page.prefixes.push(sub);
@@ -89,7 +134,7 @@ impl Store for ManifestStore {
     }
 
     async fn head(&self, key: &str) -> StoreResult<Option<ObjectInfo>> {
-        Ok(self.find(key).filter(|e| !e.dir).map(Entry::to_info))
+        Ok(self.find(key).filter(|e| !e.dir()).map(Object::to_info))
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>, etag: &str) -> StoreResult<Bytes> {
