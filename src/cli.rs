@@ -192,6 +192,12 @@ pub struct MountArgs {
     #[arg(long, value_name = "OBJECTS")]
     pub rename_dir_limit: Option<u64>,
 
+    /// Memory for cached listings and lookups, e.g. 2G: about 4 million directory entries a
+    /// GiB. A walk of a tree that fits lists nothing twice within --metadata-ttl
+    /// [default: an eighth of RAM, 256M to 32G].
+    #[arg(long, value_name = "SIZE")]
+    pub metadata_budget: Option<String>,
+
     /// Mount a snapshot (see `lakemount snapshot`): the tree the manifest lists, read-only,
     /// with no listing or lookup request; reads are pinned to its ETags, so a blob changed
     /// since is ESTALE (and logged), never other bytes. LAKE may then be left out.
@@ -219,7 +225,7 @@ pub struct MountArgs {
     pub auth: Option<AuthMethod>,
 
     /// A TOML file whose keys mirror these flags (lake, mountpoint, read_only, allow_other, uid,
-    /// gid, file_mode, dir_mode, metadata_ttl, rename_dir_limit, commit_interval, manifest, metadata_timeout, data_timeout, endpoint, auth,
+    /// gid, file_mode, dir_mode, metadata_ttl, rename_dir_limit, commit_interval, manifest, metadata_budget, metadata_timeout, data_timeout, endpoint, auth,
     /// log_file, block_size,
     /// max_readahead, max_memory, cache_dir, cache_size, staging_dir, metrics_addr). Flags win.
     #[arg(long, value_name = "FILE")]

@@ -29,6 +29,7 @@ pub struct MountFile {
     pub rename_dir_limit: Option<u64>,
     pub commit_interval: Option<u64>,
     pub manifest: Option<PathBuf>,
+    pub metadata_budget: Option<String>,
     pub metadata_timeout: Option<u64>,
     pub data_timeout: Option<u64>,
     pub endpoint: Option<String>,
@@ -79,6 +80,8 @@ pub struct MountSettings {
     pub commit_interval: Duration,
     /// A snapshot to mount instead of the lake as it is (read-only).
     pub manifest: Option<PathBuf>,
+    /// Bytes for cached listings and lookups.
+    pub metadata_budget: u64,
     /// How long one call to the lake may take (see `store::deadline`).
     pub deadlines: Deadlines,
     pub endpoint: Option<String>,
@@ -164,15 +167,24 @@ pub fn cache_size(v: Option<&str>) -> Result<CacheSize> {
 }
 
 /// 1/8 of physical memory, kept between 512 MiB and 16 GiB.
-fn default_max_memory() -> u64 {
-    let total = std::fs::read_to_string("/proc/meminfo")
+fn ram() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
             let line = m.lines().find(|l| l.starts_with("MemTotal:"))?.to_string();
             line.split_whitespace().nth(1)?.parse::<u64>().ok()
         })
-        .map_or(4 << 30, |kb| kb * 1024);
-    (total / 8).clamp(512 << 20, 16 << 30)
+        .map_or(4 << 30, |kb| kb * 1024)
+}
+
+fn default_max_memory() -> u64 {
+    (ram() / 8).clamp(512 << 20, 16 << 30)
+}
+
+/// An eighth of RAM: a 224 GB Batch node caches the entries of ~100 million files, this
+/// 24 GiB machine ~12 million.
+fn default_metadata_budget() -> u64 {
+    (ram() / 8).clamp(256 << 20, 32 << 30)
 }
 
 /// Staging for writes when there is no cache disk: persistent state, not /tmp, so data
@@ -285,6 +297,13 @@ impl MountSettings {
                 args.max_memory.as_deref().or(file.max_memory.as_deref()),
                 d.max_memory,
             )?,
+            metadata_budget: size(
+                "metadata-budget",
+                args.metadata_budget
+                    .as_deref()
+                    .or(file.metadata_budget.as_deref()),
+                d.metadata_budget,
+            )?,
             staging_dir: args
                 .staging_dir
                 .clone()
@@ -327,6 +346,7 @@ impl MountSettings {
             rename_dir_limit: crate::fs::DEFAULT_RENAME_DIR_LIMIT,
             commit_interval: Duration::from_secs(30),
             manifest: None,
+            metadata_budget: default_metadata_budget(),
             deadlines: Deadlines::default(),
             endpoint: None,
             auth: AuthMethod::default(),
@@ -410,6 +430,22 @@ mod tests {
         };
         let s = MountSettings::resolve(&args).unwrap();
         assert_eq!(s.commit_interval, Duration::ZERO, "the flag wins; 0 is off");
+        let args = MountArgs {
+            config: Some(f.path().into()),
+            commit_interval: Some(5),
+            metadata_budget: Some("2G".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            MountSettings::resolve(&args).unwrap().metadata_budget,
+            2 << 30
+        );
+        let args = MountArgs {
+            metadata_budget: Some("lots".into()),
+            ..args
+        };
+        let err = format!("{:#}", MountSettings::resolve(&args).unwrap_err());
+        assert!(err.starts_with("--metadata-budget:"), "{err}");
         assert!(parse_mode("0999").is_err());
         assert!(parse_mode("rw-r--r--").is_err());
         assert_eq!(parse_mode("755").unwrap(), 0o755);

@@ -459,7 +459,7 @@ pub fn build_fs_with(
         },
         upload_slots,
         rename_dir_limit: s.rename_dir_limit,
-        ..FsConfig::default()
+        max_cached_entries: (s.metadata_budget / crate::fs::BYTES_PER_CACHED_ENTRY).max(1000),
     };
     let read_path = PrefetchReadPath::new(blocks, s.max_readahead);
     Arc::new(LakeFs::new(store, read_path, fs_cfg))

@@ -71,6 +71,8 @@ fn judge(program: &str, what: &str, out: Option<Output>) -> Result<(), TestCaseE
 const FLAGS: &[&str] = &[
     "--metadata-ttl",
     "--commit-interval",
+    "--metadata-budget",
+    "--manifest",
     "--rename-dir-limit",
     "--metadata-timeout",
     "--data-timeout",
@@ -197,6 +199,8 @@ const MOUNT_KEYS: &[&str] = &[
     "dir_mode",
     "metadata_ttl",
     "commit_interval",
+    "metadata_budget",
+    "manifest",
     "rename_dir_limit",
     "metadata_timeout",
     "data_timeout",

@@ -49,6 +49,10 @@ impl From<Arc<StoreError>> for FsError {
 
 pub type FsResult<T> = Result<T, FsError>;
 
+/// What one cached directory entry (a listing's or a lookup's) costs in memory, as measured
+/// over a million of them (benches/snapshot_scale): how `--metadata-budget` becomes a count.
+pub const BYTES_PER_CACHED_ENTRY: u64 = 256;
+
 /// A checkpoint directory of a few thousand shards moves in seconds (32 copies at once).
 pub const DEFAULT_RENAME_DIR_LIMIT: u64 = 10_000;
 
