@@ -99,17 +99,23 @@ impl WriteHandle {
                 .file()
                 .write_all_at(&data, range.start)
                 .map_err(|e| io(&self.staging_path(), e))?;
-            let (whole, dirty) = {
-                let mut st = self.st.lock().unwrap();
-                st.absent.remove(&b);
-                (st.absent.is_empty(), st.dirty)
-            };
-            if whole {
-                // Every byte is staged again: a kept copy is a whole file.
-                self.staged
-                    .set_partial(None, !dirty)
-                    .map_err(|e| io(&self.staged.sidecar(), e))?;
-            }
+            self.st.lock().unwrap().absent.remove(&b);
+            self.whole_again()?;
+        }
+        Ok(())
+    }
+
+    /// Once no block is only in the lake any more (read in, overwritten or cut off), the
+    /// sidecar stops saying the file has holes: a kept copy is a whole file.
+    pub(super) fn whole_again(&self) -> StoreResult<()> {
+        let (whole, dirty) = {
+            let st = self.st.lock().unwrap();
+            (st.absent.is_empty(), st.dirty)
+        };
+        if whole && self.staged.is_partial() {
+            self.staged
+                .set_partial(None, !dirty)
+                .map_err(|e| io(&self.staged.sidecar(), e))?;
         }
         Ok(())
     }

@@ -339,10 +339,13 @@ impl WriteHandle {
             let partial = (first..=(end - 1) / bs)
                 .filter(|b| !(b * bs >= offset && ((b + 1) * bs).min(size.max(end)) <= end));
             self.read_in(partial.collect::<Vec<_>>()).await?;
-            let mut st = self.st.lock().unwrap();
-            for b in first..=(end - 1) / bs {
-                st.absent.remove(&b);
+            {
+                let mut st = self.st.lock().unwrap();
+                for b in first..=(end - 1) / bs {
+                    st.absent.remove(&b);
+                }
             }
+            self.whole_again()?;
         }
         self.begin_change()?;
         self.staged
@@ -405,6 +408,7 @@ impl WriteHandle {
                     .collect();
                 self.read_in(keep).await?;
                 self.st.lock().unwrap().absent.retain(|b| b * bs < size);
+                self.whole_again()?;
             }
         }
         self.begin_change()?;

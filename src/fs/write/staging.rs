@@ -107,6 +107,10 @@ impl StagedFile {
         )
     }
 
+    pub fn is_partial(&self) -> bool {
+        self.partial.lock().unwrap().is_some()
+    }
+
     /// Records that the file lacks the unchanged blocks of lake object version `etag`
     /// (`None`: it holds every byte again); the sidecar says so before the caller goes on.
     pub fn set_partial(&self, etag: Option<&str>, uploaded: bool) -> std::io::Result<()> {

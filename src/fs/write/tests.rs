@@ -358,6 +358,19 @@ async fn a_staging_file_with_blocks_left_in_the_lake_is_never_taken_for_a_whole_
         std::fs::read(&whole[0].data).unwrap(),
         b"0123456789abcdeftail"
     );
+    for l in &left {
+        let _ = std::fs::remove_file(&l.data);
+    }
+    // Truncated to nothing and written anew: whole again, nothing read in.
+    let h = handle(&store, &cfg, Start::Existing(version_of(&store, "f").await));
+    h.write(0, b"x").await.unwrap();
+    h.set_size(0).await.unwrap();
+    h.write(0, b"new").await.unwrap();
+    last_reference(h).await;
+    let left = leftovers(&cfg.staging_dir);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].partial, None, "{left:?}");
+    assert_eq!(std::fs::read(&left[0].data).unwrap(), b"new");
 }
 
 /// Another writer replaces an object a writer left blocks of in the lake: those blocks are
