@@ -281,16 +281,8 @@ pub struct SnapshotArgs {
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub threads: usize,
 
-    /// Blob service endpoint (Azurite, sovereign clouds); see `lakemount mount --help`.
-    #[arg(long, value_name = "URL")]
-    pub endpoint: Option<String>,
-
-    /// Which credential to use.
-    #[arg(long, value_parser = auth_parser())]
-    pub auth: Option<AuthMethod>,
-
     #[command(flatten)]
-    pub timeouts: TimeoutArgs,
+    pub access: LakeAccess,
 }
 
 #[derive(Debug, Subcommand)]
@@ -316,16 +308,8 @@ pub struct VerifyArgs {
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub threads: usize,
 
-    /// Blob service endpoint (Azurite, sovereign clouds); see `lakemount mount --help`.
-    #[arg(long, value_name = "URL")]
-    pub endpoint: Option<String>,
-
-    /// Which credential to use.
-    #[arg(long, value_parser = auth_parser())]
-    pub auth: Option<AuthMethod>,
-
     #[command(flatten)]
-    pub timeouts: TimeoutArgs,
+    pub access: LakeAccess,
 }
 
 #[derive(Debug, Args)]
@@ -355,6 +339,13 @@ pub struct WarmArgs {
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub threads: usize,
 
+    #[command(flatten)]
+    pub access: LakeAccess,
+}
+
+/// How to reach a lake: the endpoint, the credential, the deadlines.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LakeAccess {
     /// Blob service endpoint (Azurite, sovereign clouds); see `lakemount mount --help`.
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,

@@ -46,9 +46,7 @@ pub async fn list_tree(store: &DynStore, threads: usize, seen: &AtomicU64) -> Re
 
 fn open_lake(
     lake: &LakeUrl,
-    endpoint: Option<String>,
-    auth: Option<crate::store::azure::AuthMethod>,
-    timeouts: &crate::cli::TimeoutArgs,
+    access: &crate::cli::LakeAccess,
 ) -> Result<(tokio::runtime::Runtime, DynStore)> {
     let rt = crate::mount::runtime()?;
     let shown = lake.to_string();
@@ -56,9 +54,9 @@ fn open_lake(
         let _g = rt.enter();
         stores::open(
             lake,
-            endpoint,
-            auth.unwrap_or_default(),
-            crate::config::deadlines(timeouts)?,
+            access.endpoint.clone(),
+            access.auth.unwrap_or_default(),
+            crate::config::deadlines(&access.timeouts)?,
         )
         .map_err(|e| crate::mount::explain_for("snapshot", &shown, e))?
     };
@@ -111,7 +109,7 @@ fn create(args: &SnapshotArgs) -> Result<()> {
         bail!("no manifest file given: -o FILE");
     };
     let lake = LakeUrl::parse(lake).map_err(|e| anyhow!(e))?;
-    let (rt, store) = open_lake(&lake, args.endpoint.clone(), args.auth, &args.timeouts)?;
+    let (rt, store) = open_lake(&lake, &args.access)?;
     let started = std::time::Instant::now();
     let entries = take(&rt, &store, args.threads)?;
     let m = Manifest::new(&lake.to_string(), entries)?;
@@ -159,7 +157,7 @@ fn diff(a: &Path, b: &Path, json: bool) -> Result<()> {
 fn verify(v: &crate::cli::VerifyArgs) -> Result<()> {
     let m = Manifest::load(&v.manifest)?;
     let lake = LakeUrl::parse(&m.header.lake).map_err(|e| anyhow!(e))?;
-    let (rt, store) = open_lake(&lake, v.endpoint.clone(), v.auth, &v.timeouts)?;
+    let (rt, store) = open_lake(&lake, &v.access)?;
     let mut now = take(&rt, &store, v.threads)?;
     now.sort_by(|a, b| a.key.cmp(&b.key));
     let d = Diff::of(&m.entries, &now);

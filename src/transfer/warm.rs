@@ -133,9 +133,9 @@ pub fn run(args: &WarmArgs) -> Result<()> {
         let _g = rt.enter();
         store::open(
             &lake,
-            args.endpoint.clone(),
-            args.auth.unwrap_or_default(),
-            crate::config::deadlines(&args.timeouts)?,
+            args.access.endpoint.clone(),
+            args.access.auth.unwrap_or_default(),
+            crate::config::deadlines(&args.access.timeouts)?,
         )
         .map_err(|e| crate::mount::explain_for("warm", &shown, e))?
     };
