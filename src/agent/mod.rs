@@ -1,11 +1,12 @@
 //! lake-agent: the node side of running training jobs on Azure Batch GPU pools with the lake
 //! mounted, and the specs to submit them.
 //!
-//! [`bootstrap`] (the pool's start task) uses [`gpu`], [`disks`], [`mounts`] (over [`systemd`]
-//! or [`daemon`], driving [`lakemount`], checked by [`probe`]) and [`container`] to prepare a
-//! node, recording what it found in [`status`] files. [`run`] (the task) adds [`multinode`]
-//! env and ships the output. [`spec`] writes pool/job/task JSON; [`cost`] adds up what jobs
-//! cost. Everything reads one [`config`] file and the [`batch_env`].
+//! [`bootstrap`] (the pool's start task) uses [`gpu`], [`disks`] and [`volume`] (the local
+//! NVMe cache volume), [`mounts`] (over [`systemd`] or [`daemon`], driving [`lakemount`],
+//! checked by [`probe`]) and [`container`] to prepare a node, recording what it found in
+//! [`status`] files. [`run`] (the task) adds [`multinode`] env, records its [`attempts`] in
+//! the lake and ships the output. [`spec`] writes pool/job/task JSON; [`cost`] adds up what
+//! jobs cost. Everything reads one [`config`] file and the [`batch_env`].
 
 pub mod attempts;
 pub mod batch_env;
