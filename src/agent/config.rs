@@ -321,8 +321,8 @@ pub struct PoolConfig {
     pub image_offer: String,
     pub image_sku: String,
     pub image_version: String,
-    /// The Batch node agent for the image [default: from an `ubuntu-hpc` SKU: `2404` ->
-    /// `batch.node.ubuntu 24.04`, `2204` -> `batch.node.ubuntu 22.04`].
+    /// The Batch node agent for the image (default: the one of an `ubuntu-hpc` SKU, so
+    /// `2404` gives `batch.node.ubuntu 24.04` and `2204` gives `batch.node.ubuntu 22.04`).
     pub node_agent_sku_id: Option<String>,
     /// `dockerCompatible` (Batch installs Moby) or `criCompatible`.
     pub container_type: String,

@@ -293,7 +293,7 @@ impl Store for LocalStore {
             .await
     }
 
-    /// Times are the file's own; modes and owners are kept beside it ([`store_owners`]).
+    /// Times are the file's own; modes and owners are kept beside it (`store_owners`).
     async fn set_metadata(&self, key: &str, meta: &super::Metadata) -> StoreResult<Committed> {
         let (path, key) = (self.path(key), key.to_string());
         let mtime = super::posix::PosixAttrs::from_metadata(meta).mtime;
