@@ -121,16 +121,8 @@ pub struct TransferArgs {
     #[arg(long, value_name = "SIZE")]
     pub block_size: Option<String>,
 
-    /// Blob service endpoint (Azurite, sovereign clouds); see `lakemount mount --help`.
-    #[arg(long, value_name = "URL")]
-    pub endpoint: Option<String>,
-
-    /// Which credential to use.
-    #[arg(long, value_parser = auth_parser())]
-    pub auth: Option<AuthMethod>,
-
     #[command(flatten)]
-    pub timeouts: TimeoutArgs,
+    pub access: LakeAccess,
 }
 
 #[derive(Debug, Args, Default)]

@@ -14,29 +14,18 @@
 /// Names under which this binary is the mount helper (a symlink in /sbin).
 const HELPER_NAMES: [&str; 2] = ["mount.lakemount", "mount.fuse.lakemount"];
 
-/// `lakemount mount` flags an option may set to a value (`key=value`).
-const VALUE_FLAGS: &[&str] = &[
-    "uid",
-    "gid",
-    "file_mode",
-    "dir_mode",
-    "metadata_ttl",
-    "rename_dir_limit",
-    "commit_interval",
-    "metadata_timeout",
-    "data_timeout",
-    "endpoint",
-    "auth",
-    "config",
-    "log_file",
-    "block_size",
-    "max_readahead",
-    "max_memory",
-    "cache_dir",
-    "cache_size",
-    "staging_dir",
-    "metrics_addr",
-];
+/// What `lakemount mount` takes as `--NAME`, read from its own definition (so a new flag is
+/// an fstab option at once): the names with `_` for `-`, and whether each takes a value.
+fn mount_flags() -> Vec<(String, bool)> {
+    use clap::Args;
+    crate::cli::MountArgs::augment_args(clap::Command::new("mount"))
+        .get_arguments()
+        .filter_map(|a| {
+            let long = a.get_long()?;
+            Some((long.replace('-', "_"), a.get_action().takes_values()))
+        })
+        .collect()
+}
 
 /// Options that are mount(8)'s, the kernel's generic ones, or systemd's: not ours to act on.
 const NOT_OURS: &[&str] = &[
@@ -121,6 +110,8 @@ pub fn command_line(args: &[String]) -> Result<Helper, String> {
     if verbose {
         line.insert(1, "-v".into());
     }
+    let flags = mount_flags();
+    let takes_value = |k: &str| flags.iter().find(|(f, _)| f == k).map(|(_, v)| *v);
     for opt in options
         .iter()
         .flat_map(|o| o.split(','))
@@ -134,13 +125,14 @@ pub fn command_line(args: &[String]) -> Result<Helper, String> {
             continue;
         }
         let flag = format!("--{}", key.replace('_', "-"));
-        match (key, value) {
-            ("ro" | "read_only", None) => line.push("--read-only".into()),
-            ("allow_other", None) => line.push("--allow-other".into()),
-            (k, Some(v)) if VALUE_FLAGS.contains(&k) => line.extend([flag, v.to_string()]),
-            (k, None) if VALUE_FLAGS.contains(&k) => {
-                return Err(format!("option {k} needs a value ({k}=...)"))
-            }
+        // `foreground` would keep mount(8) waiting for the daemon to exit.
+        let known = takes_value(key).filter(|_| key != "foreground");
+        match (key, value, known) {
+            ("ro", None, _) => line.push("--read-only".into()),
+            (_, None, Some(false)) => line.push(flag),
+            (_, Some(v), Some(true)) => line.extend([flag, v.to_string()]),
+            (k, None, Some(true)) => return Err(format!("option {k} needs a value ({k}=...)")),
+            (k, Some(_), Some(false)) => return Err(format!("option {k} takes no value")),
             _ => {
                 return Err(format!(
                     "unknown option {opt:?}: options are `lakemount mount` flags with `_` for `-` \
@@ -184,6 +176,16 @@ mod tests {
             command_line(&args("x /m -f -o defaults")).unwrap(),
             Helper::Fake
         );
+        // Every mount flag is an option, the ones added later too.
+        assert_eq!(
+            command_line(&args(
+                "x /m -o read_only,manifest=/m.jsonl,metadata_budget=2G"
+            ))
+            .unwrap(),
+            Helper::Mount(args(
+                "lakemount mount x /m --read-only --manifest /m.jsonl --metadata-budget 2G"
+            ))
+        );
         assert!(is_helper(&args("/sbin/mount.lakemount x /m")));
         assert!(is_helper(&args("mount.fuse.lakemount")));
         assert!(is_helper(&args("lakemount az://a/c /mnt/lake -o ro")));
@@ -196,6 +198,8 @@ mod tests {
         for (line, want) in [
             ("x /m -o cache_dri=/c", "unknown option \"cache_dri=/c\""),
             ("x /m -o cache_dir", "needs a value"),
+            ("x /m -o allow_other=1", "takes no value"),
+            ("x /m -o foreground", "unknown option \"foreground\""),
             ("x", "usage"),
             ("x /m -q", "unknown argument"),
             ("x /m -o", "-o needs a value"),

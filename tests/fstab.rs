@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::mount::{errno, is_mounted, lakemount_bin, wait_for};
+use common::mount::{errno, is_mounted, lakemount_bin, output_text as text, wait_for};
 use common::proc::{daemon_pid, is_gone};
 
 /// Where mount(8) finds the helper of type `lakemount`.
@@ -57,14 +57,6 @@ impl Drop for Unmount {
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

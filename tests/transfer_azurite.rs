@@ -3,35 +3,15 @@
 mod common;
 
 use std::path::Path;
-use std::process::Output;
 
 use common::azurite::{Azurite, ACCOUNT};
-use common::mount::lakemount;
+use common::mount::{lakemount_on as lm, output_text as text};
 use common::tree::{pseudo_random, sha256, snapshot, Node};
 
 const CONTAINER: &str = "lake";
 
 fn url(path: &str) -> String {
     format!("az://{ACCOUNT}/{CONTAINER}/{path}")
-}
-
-/// Runs `lakemount ARGS --endpoint ...` with Azurite's credentials.
-fn lm(az: &Azurite, args: &[&str]) -> Output {
-    let endpoint = az.endpoint();
-    let cs = az.connection_string();
-    let mut all = args.to_vec();
-    all.extend(["--endpoint", endpoint.as_str()]);
-    lakemount(&all, &[("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())])
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn build_source(root: &Path) {

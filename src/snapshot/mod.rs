@@ -15,7 +15,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::cli::{SnapshotAction, SnapshotArgs};
 use crate::lake_url::LakeUrl;
-use crate::store::{self as stores, list_all, DynStore};
+use crate::store::{list_all, DynStore};
 use manifest::{Diff, Entry, Manifest};
 
 /// Every object below the lake root, listing up to `threads` directories at once; `seen`
@@ -48,18 +48,7 @@ fn open_lake(
     lake: &LakeUrl,
     access: &crate::cli::LakeAccess,
 ) -> Result<(tokio::runtime::Runtime, DynStore)> {
-    let rt = crate::mount::runtime()?;
-    let shown = lake.to_string();
-    let store = {
-        let _g = rt.enter();
-        stores::open(
-            lake,
-            access.endpoint.clone(),
-            access.auth.unwrap_or_default(),
-            crate::config::deadlines(&access.timeouts)?,
-        )
-        .map_err(|e| crate::mount::explain_for("snapshot", &shown, e))?
-    };
+    let (rt, store, shown) = crate::transfer::open_store(lake, access, "snapshot")?;
     rt.block_on(store.probe())
         .map_err(|e| crate::mount::explain_for("snapshot", &shown, e))?;
     Ok((rt, store))

@@ -137,19 +137,30 @@ pub fn open_lake_url(
     lake: &crate::lake_url::LakeUrl,
     args: &TransferArgs,
 ) -> Result<(tokio::runtime::Runtime, DynStore, String)> {
+    let (rt, store, shown) = open_store(lake, &args.access, "reach")?;
+    rt.block_on(store.probe())
+        .map_err(|e| crate::mount::explain_for("reach", &shown, e))?;
+    Ok((rt, store, shown))
+}
+
+/// A runtime and the store of `lake` as `access` says to reach it, not yet probed (the
+/// caller may wrap it first); errors are one line, "cannot VERB LAKE: ...".
+pub fn open_store(
+    lake: &crate::lake_url::LakeUrl,
+    access: &crate::cli::LakeAccess,
+    verb: &str,
+) -> Result<(tokio::runtime::Runtime, DynStore, String)> {
     let shown = lake.to_string();
     let rt = crate::mount::runtime()?;
     let store = {
         let _g = rt.enter();
         store::open(
             lake,
-            args.endpoint.clone(),
-            args.auth.unwrap_or_default(),
-            crate::config::deadlines(&args.timeouts)?,
+            access.endpoint.clone(),
+            access.auth.unwrap_or_default(),
+            crate::config::deadlines(&access.timeouts)?,
         )
-        .map_err(|e| crate::mount::explain_for("reach", &shown, e))?
+        .map_err(|e| crate::mount::explain_for(verb, &shown, e))?
     };
-    rt.block_on(store.probe())
-        .map_err(|e| crate::mount::explain_for("reach", &shown, e))?;
     Ok((rt, store, shown))
 }

@@ -16,7 +16,7 @@ use crate::fs::listing::{self, EntryKind};
 use crate::lake_url::LakeUrl;
 use crate::metrics::Metrics;
 use crate::reader::ObjectVersion;
-use crate::store::{self, list_all, DynStore};
+use crate::store::{list_all, DynStore};
 
 /// Every file below the lake root that a mount would show, with its version.
 pub async fn visible_files(store: &DynStore) -> Result<Vec<ObjectVersion>> {
@@ -127,18 +127,7 @@ pub fn run(args: &WarmArgs) -> Result<()> {
     let lake = LakeUrl::parse(&lake).map_err(|e| anyhow!(e))?;
     let block_size = crate::config::block_size(args.block_size.as_deref())?;
     let size = crate::config::cache_size(args.cache_size.as_deref())?;
-    let rt = crate::mount::runtime()?;
-    let shown = lake.to_string();
-    let store = {
-        let _g = rt.enter();
-        store::open(
-            &lake,
-            args.access.endpoint.clone(),
-            args.access.auth.unwrap_or_default(),
-            crate::config::deadlines(&args.access.timeouts)?,
-        )
-        .map_err(|e| crate::mount::explain_for("warm", &shown, e))?
-    };
+    let (rt, store, shown) = super::open_store(&lake, &args.access, "warm")?;
     // A snapshot: exactly its files, pinned to its ETags, without a listing.
     let store = match &args.manifest {
         Some(m) => crate::snapshot::store::ManifestStore::wrap(

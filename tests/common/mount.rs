@@ -21,6 +21,28 @@ pub fn lakemount(args: &[&str], env: &[(&str, &str)]) -> Command {
     cmd
 }
 
+/// What a command printed, stdout then stderr, for assertion messages.
+#[allow(dead_code)]
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs `lakemount ARGS --endpoint AZURITE` with Azurite's credentials.
+#[allow(dead_code)]
+pub fn lakemount_on(az: &super::azurite::Azurite, args: &[&str]) -> Output {
+    let endpoint = az.endpoint();
+    let cs = az.connection_string();
+    let mut all = args.to_vec();
+    all.extend(["--endpoint", endpoint.as_str()]);
+    lakemount(&all, &[("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())])
+        .output()
+        .unwrap()
+}
+
 /// The errno of a failed call (panics if it succeeded).
 pub fn errno<T>(r: std::io::Result<T>) -> Option<i32> {
     match r {
