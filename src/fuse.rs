@@ -52,8 +52,13 @@ fn file_attr(a: &Attr) -> FileAttr {
         uid: a.uid,
         gid: a.gid,
         rdev: 0,
-        // Large I/O hint: `cp` and friends size their buffers from it.
-        blksize: 1 << 20,
+        // Large I/O hint for files: `cp` and friends size their buffers from it. A directory's
+        // is small because readdir(3) sizes its getdents buffer from it (up to 1 MiB), and with
+        // READDIRPLUS_AUTO only a listing's first buffer is sent with attributes (see `init`).
+        blksize: match a.kind {
+            Kind::File => 1 << 20,
+            Kind::Dir => 4096,
+        },
         flags: 0,
     }
 }
@@ -71,6 +76,11 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_background(128);
         let _ = config.set_congestion_threshold(96);
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        // Adaptive, like NFS: the kernel asks for attributes with a listing's first buffer,
+        // and again only once programs look names of the directory up (`ls -l`, a loader's
+        // opens). A walk that only lists (`find`, `du --inodes`) then leaves no kernel inode
+        // per file, which is what bends a FUSE walk's cost past a million entries.
+        let _ = config.add_capabilities(InitFlags::FUSE_READDIRPLUS_AUTO);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         // No FUSE_ATOMIC_O_TRUNC: with it, the O_TRUNC of an open reaches us before the
         // kernel's own checks (ETXTBSY for a file being executed), and a running program's
@@ -205,17 +215,23 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let res = self.fs.readdir(fh.0, offset, false, &mut |e| {
-            let kind = match e.attr.kind {
-                Kind::File => FileType::RegularFile,
-                Kind::Dir => FileType::Directory,
-            };
-            reply.add(INodeNo(e.ino), e.next_offset, kind, e.name)
+        // Async: past the listed entries of a large directory, readdir lists the next page.
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            let res = fs
+                .readdir(fh.0, offset, false, &mut |e| {
+                    let kind = match e.attr.kind {
+                        Kind::File => FileType::RegularFile,
+                        Kind::Dir => FileType::Directory,
+                    };
+                    reply.add(INodeNo(e.ino), e.next_offset, kind, e.name)
+                })
+                .await;
+            match res {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
         });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
     }
 
     fn readdirplus(
@@ -227,20 +243,25 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectoryPlus,
     ) {
         let ttl = self.ttl;
-        let res = self.fs.readdir(fh.0, offset, true, &mut |e| {
-            reply.add(
-                INodeNo(e.ino),
-                e.next_offset,
-                e.name,
-                &ttl,
-                &file_attr(&e.attr),
-                Generation(0),
-            )
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            let res = fs
+                .readdir(fh.0, offset, true, &mut |e| {
+                    reply.add(
+                        INodeNo(e.ino),
+                        e.next_offset,
+                        e.name,
+                        &ttl,
+                        &file_attr(&e.attr),
+                        Generation(0),
+                    )
+                })
+                .await;
+            match res {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
         });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
     }
 
     fn releasedir(

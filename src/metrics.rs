@@ -41,6 +41,8 @@ counters! {
     disk_evictions_total: "Blocks evicted from the disk block cache.",
     disk_corrupt_blocks_total: "Disk cache blocks found corrupt or truncated (then refetched).",
     disk_write_errors_total: "Blocks that could not be written to the disk cache.",
+    store_list_requests_total: "Listing pages requested from the store (directory listings and lookups).",
+    store_head_requests_total: "Property requests (single-name lookups) sent to the store.",
 }
 
 impl Metrics {

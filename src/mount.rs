@@ -680,11 +680,15 @@ fn serve(s: &MountSettings, ready: &mut Readiness) -> Result<()> {
         })?
         .map_err(|e| explain(&lake, e))?;
     let metrics = Arc::new(Metrics::default());
+    let store = store::counted::CountedStore::wrap(store, metrics.clone());
     let disk = open_disk_cache(s, &metrics)?;
     let fs = build_fs_with(store, s, metrics.clone(), disk.clone());
-    let _live_commits = {
+    let (_live_commits, _upkeep) = {
         let _guard = rt.enter();
-        crate::fs::live::start(&fs, s.commit_interval)
+        (
+            crate::fs::live::start(&fs, s.commit_interval),
+            crate::fs::upkeep::start(&fs),
+        )
     };
     if let Some(addr) = s.metrics_addr {
         let bound = rt

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::azurite::{Azurite, ACCOUNT};
@@ -96,7 +97,7 @@ fn faults_on_the_wire_are_retried_and_every_byte_stays_right() {
     let out = pseudo_random(5 << 20, 22);
     std::fs::write(m.path().join("out.bin"), &out).unwrap();
     assert_eq!(sha256(&az.get_blob(CONTAINER, "out.bin")), sha256(&out));
-    let injected = proxy.injected.load(std::sync::atomic::Ordering::Relaxed);
+    let injected = proxy.injected.load(Ordering::Relaxed);
     assert!(injected >= 6, "only {injected} faults injected");
     // So does `lakemount upload`.
     let src = tempfile::tempdir().unwrap();
@@ -210,10 +211,10 @@ fn a_listing_that_never_ends_is_eio_at_once_through_the_mount_and_one_line_from_
     let lake = format!("az://{ACCOUNT}/{CONTAINER}");
     let m = Mount::start(&lake, &["--endpoint", &endpoint], &env)
         .unwrap_or_else(|o| panic!("mount through the proxy failed: {o:?}"));
-    let before = proxy.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let before = proxy.requests.load(Ordering::Relaxed);
     let e = std::fs::read_dir(m.path().join("data")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
     assert_eq!(e.err().and_then(|e| e.raw_os_error()), Some(libc::EIO));
-    let used = proxy.requests.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let used = proxy.requests.load(Ordering::Relaxed) - before;
     assert!(used < 20, "{used} requests for one listing");
     assert!(
         wait_for(Duration::from_secs(10), || m
@@ -240,4 +241,92 @@ fn a_listing_that_never_ends_is_eio_at_once_through_the_mount_and_one_line_from_
     assert!(!out.status.success());
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("does not end"), "{err}");
+}
+
+/// The names one getdents64(2) call returns for an open directory.
+fn getdents(dir: &std::fs::File, buf: &mut [u8]) -> Vec<String> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the kernel writes at most buf.len() bytes into buf.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            dir.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    assert!(n >= 0, "getdents64: {}", std::io::Error::last_os_error());
+    let (mut names, mut at) = (Vec::new(), 0usize);
+    while at < n as usize {
+        // linux_dirent64: ino (8), off (8), reclen (2), type (1), name (NUL-terminated).
+        let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+        let name = &buf[at + 19..at + reclen];
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        names.push(String::from_utf8_lossy(&name[..end]).into_owned());
+        at += reclen;
+    }
+    names
+}
+
+#[test]
+fn a_large_directory_shows_its_first_entries_after_one_listing_page() {
+    let az = Azurite::start();
+    az.create_container(CONTAINER);
+    for i in 0..45 {
+        az.put_blob(CONTAINER, &format!("big/f{i:03}"), b"x");
+    }
+    // Pages of 10 entries: the directory lists over 5 pages.
+    let proxy = FaultProxy::small_pages(az.port(), 10);
+    let sas = az.account_sas("rl");
+    let endpoint = proxy.endpoint();
+    let m = Mount::start(
+        &format!("az://{ACCOUNT}/{CONTAINER}"),
+        &[
+            "--read-only",
+            "--endpoint",
+            &endpoint,
+            "--metadata-ttl",
+            "60",
+        ],
+        &[("AZURE_STORAGE_SAS_TOKEN", sas.as_str())],
+    )
+    .unwrap_or_else(|o| panic!("mount through the proxy failed: {o:?}"));
+    let big = m.path().join("big");
+    assert!(std::fs::metadata(&big).unwrap().is_dir());
+    let dir = std::fs::File::open(&big).unwrap();
+    let before = proxy.lists.load(Ordering::SeqCst);
+    let mut buf = vec![0u8; 64 << 10];
+    let first = getdents(&dir, &mut buf);
+    assert_eq!(
+        first.len(),
+        2 + 10,
+        "room for all 45, but only the first page's are listed: {first:?}"
+    );
+    assert_eq!(proxy.lists.load(Ordering::SeqCst) - before, 1);
+    let mut all = first;
+    loop {
+        let more = getdents(&dir, &mut buf);
+        if more.is_empty() {
+            break;
+        }
+        all.extend(more);
+    }
+    let mut names: Vec<_> = all
+        .iter()
+        .filter(|n| !n.starts_with('.'))
+        .cloned()
+        .collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 45, "each name once");
+    assert_eq!(all.len(), 47);
+    assert_eq!(
+        proxy.lists.load(Ordering::SeqCst) - before,
+        5,
+        "each page once"
+    );
+    // The complete listing answers the next reader.
+    assert_eq!(std::fs::read_dir(&big).unwrap().count(), 45);
+    assert_eq!(proxy.lists.load(Ordering::SeqCst) - before, 5);
+    drop(dir);
 }

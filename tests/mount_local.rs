@@ -517,3 +517,56 @@ fn the_daemon_log_can_be_truncated_in_place_as_logrotate_copytruncate_does() {
     );
     assert!(after.len() as u64 <= before, "{} bytes after", after.len());
 }
+
+/// `find` over a directory of 3,000 files, then `ls -l` of it, through a real FUSE mount
+/// with the filesystem in this process: the walk that only lists leaves a kernel inode for a
+/// listing's first buffer of names at most, the one that stats every entry for all of them.
+#[test]
+fn a_walk_that_only_lists_leaves_no_kernel_inode_per_file() {
+    use lakemount::config::MountSettings;
+    use lakemount::lake_url::LakeUrl;
+    use lakemount::metrics::Metrics;
+    use lakemount::mount::{build_fs, runtime, Session};
+    use lakemount::store::local::LocalStore;
+    use std::sync::Arc;
+
+    let lake = tempfile::tempdir().unwrap();
+    let mp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(lake.path().join("d")).unwrap();
+    for i in 0..3000 {
+        std::fs::write(lake.path().join(format!("d/f{i:05}.jpg")), b"").unwrap();
+    }
+    let settings = MountSettings {
+        metadata_ttl: Duration::from_secs(300),
+        ..MountSettings::defaults(
+            LakeUrl::Local {
+                path: lake.path().into(),
+            },
+            mp.path().into(),
+        )
+    };
+    let rt = runtime().unwrap();
+    let store = Arc::new(LocalStore::new(lake.path()));
+    let fs = build_fs(store, &settings, Arc::new(Metrics::default())).unwrap();
+    let session = Session::start(fs.clone(), mp.path(), false, rt.handle().clone()).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        out.stdout.iter().filter(|b| **b == b'\n').count()
+    };
+    let dir = mp.path().join("d");
+    let d = dir.to_str().unwrap();
+    assert_eq!(run(&["find", d]), 3001);
+    let after_find = fs.inode_count();
+    assert_eq!(run(&["ls", "-l", d]), 3001);
+    let after_ls = fs.inode_count();
+    drop(session);
+    assert!(
+        after_find < 600,
+        "find left {after_find} inodes for 3,000 files"
+    );
+    assert!(after_ls >= 3000, "ls -l stats every entry: {after_ls}");
+}

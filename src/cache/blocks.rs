@@ -290,6 +290,52 @@ impl BlockCache {
         Ok(self.lease(block))
     }
 
+    /// Bytes `range` of `obj` (within one block) for a reader that reads at random: from the
+    /// block when it is held, coming or on disk, else only these bytes (widened to whole 4 KiB
+    /// pages) straight from the store. A random reader would use little of a whole block, so
+    /// fetching one per read multiplies the bytes sent by up to block size / read size; the
+    /// kernel keeps what it reads in its page cache. The bytes count against the memory
+    /// budget while they are fetched.
+    pub async fn get_range(
+        self: &Arc<Self>,
+        obj: &ObjectVersion,
+        range: Range<u64>,
+    ) -> StoreResult<Bytes> {
+        let index = range.start / self.cfg.block_size;
+        let block = self.block_range(obj.size, index);
+        debug_assert!(range.end <= block.end, "one block at a time");
+        let id = self.identity(obj, index);
+        let known = self.held(&id).is_some()
+            || self.inflight.lock().unwrap().contains_key(&id)
+            || self.disk.as_ref().is_some_and(|d| d.contains(&id));
+        if known {
+            let lease = self.get(obj, index, range.end - range.start).await?;
+            let from = (range.start - block.start) as usize;
+            return Ok(lease.slice(from..from + (range.end - range.start) as usize));
+        }
+        const PAGE: u64 = 4096;
+        let wide = (range.start / PAGE * PAGE).max(block.start)
+            ..range.end.div_ceil(PAGE).saturating_mul(PAGE).min(block.end);
+        let len = wide.end - wide.start;
+        let total = self.cfg.retry.total;
+        let fetched = tokio::time::timeout(total, async {
+            let _permit = self.budget.clone().take(len, || self.evict_one(true)).await;
+            self.get_with_retry(obj, index, wide.clone()).await
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::TimedOut(format!(
+                "{}: bytes {}..{}: no answer within {}",
+                obj.key,
+                wide.start,
+                wide.end,
+                crate::store::deadline::shown(total)
+            )))
+        })?;
+        let from = (range.start - wide.start) as usize;
+        Ok(fetched.slice(from..from + (range.end - range.start) as usize))
+    }
+
     /// Starts fetching block `index` in the background unless it is held, already coming, or
     /// the memory budget is used up. Returns false only in the last case, so read-ahead
     /// windows shrink under memory pressure.

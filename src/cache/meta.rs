@@ -106,6 +106,22 @@ impl MetaCache {
         Ok(entry.into_value())
     }
 
+    /// Drops what expired now (the caches otherwise do it as they are used) and returns the
+    /// directory entries and names still cached.
+    pub async fn upkeep(&self) -> u64 {
+        self.dirs.run_pending_tasks().await;
+        self.entries.run_pending_tasks().await;
+        self.first_pages.run_pending_tasks().await;
+        self.dirs.weighted_size() + self.entries.entry_count() + self.first_pages.weighted_size()
+    }
+
+    /// Keeps `listing` as the listing of `prefix` for the TTL.
+    pub async fn put_dir(&self, prefix: &str, listing: Arc<DirListing>) {
+        if self.enabled() {
+            self.dirs.insert(prefix.to_string(), listing).await;
+        }
+    }
+
     /// Forgets the listing of `prefix` (this mount changed it).
     pub async fn invalidate_dir(&self, prefix: &str) {
         self.dirs.invalidate(prefix).await;

@@ -1,7 +1,8 @@
 //! Turning one page-set of a store listing into the entries of one POSIX directory.
 
-use std::collections::BTreeMap;
 use std::time::SystemTime;
+
+use indexmap::IndexMap;
 
 use crate::store::posix::PosixAttrs;
 use crate::store::{ListPage, ObjectInfo};
@@ -40,10 +41,35 @@ impl EntryKind {
     }
 }
 
-/// The entries of one directory, sorted by name (so readdir offsets are stable).
+/// The entries of one directory, in listing order (by name within a page). An entry's index
+/// is its readdir offset, so a listing grows by appending and never reorders.
 #[derive(Clone, Debug, Default)]
 pub struct DirListing {
-    pub entries: BTreeMap<String, EntryKind>,
+    pub entries: IndexMap<String, EntryKind>,
+}
+
+impl DirListing {
+    /// Appends the entries of a later page. A name seen on an earlier page keeps its index:
+    /// a directory replaces a file of the same name there (directories win, as in `build`),
+    /// anything else seen twice (a directory's marker and its prefix) is dropped. Returns the
+    /// names of files a directory hid.
+    pub fn append(&mut self, page: DirListing) -> Vec<String> {
+        let mut hidden = Vec::new();
+        for (name, kind) in page.entries {
+            match self.entries.get_mut(&name) {
+                None => {
+                    self.entries.insert(name, kind);
+                }
+                Some(old) if kind.is_dir() && !old.is_dir() => {
+                    *old = kind;
+                    hidden.push(name);
+                }
+                Some(old) if !kind.is_dir() && old.is_dir() => hidden.push(name),
+                Some(_) => {}
+            }
+        }
+        hidden
+    }
 }
 
 /// A name in a listing that cannot be shown, with the full key and the reason.
@@ -107,6 +133,7 @@ pub fn build(prefix: &str, page: ListPage) -> (DirListing, Vec<Skipped>) {
             listing.entries.insert(name, kind);
         }
     }
+    listing.entries.sort_unstable_keys();
     (listing, skipped)
 }
 

@@ -2,6 +2,7 @@
 //! sight. `fuse.rs` translates kernel requests into calls here; unit tests call it directly.
 
 mod attrs;
+mod dirstream;
 mod files;
 pub mod inode;
 pub mod listing;
@@ -9,8 +10,10 @@ pub mod live;
 pub mod names;
 mod namespace;
 pub mod process;
+mod readdir;
 mod rename_tree;
 mod retain;
+pub mod upkeep;
 pub mod write;
 
 use std::collections::{HashMap, HashSet};
@@ -20,7 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::cache::meta::MetaCache;
 use crate::reader::ReadPath;
-use crate::store::{list_all, DynStore, StoreError};
+use crate::store::{DynStore, StoreError};
 pub use files::OpenMode;
 use files::{OpenFile, Writer};
 use inode::{InodeTable, ROOT_INO};
@@ -137,12 +140,6 @@ pub struct StatFs {
     pub frsize: u32,
 }
 
-struct OpenDir {
-    ino: u64,
-    parent: u64,
-    entries: Vec<(String, EntryKind)>,
-}
-
 pub struct LakeFs {
     store: DynStore,
     read_path: Arc<dyn ReadPath>,
@@ -153,7 +150,9 @@ pub struct LakeFs {
     /// Files with a writer, by inode.
     writers: Mutex<HashMap<u64, Writer>>,
     upload_slots: Arc<tokio::sync::Semaphore>,
-    dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
+    dirs: Mutex<HashMap<u64, Arc<readdir::OpenDir>>>,
+    /// Listings being read now, by prefix: concurrent readers of a directory share one.
+    streams: Mutex<HashMap<String, std::sync::Weak<dirstream::DirStream>>>,
     next_fh: AtomicU64,
     mounted_at: SystemTime,
     warned: Mutex<HashSet<String>>,
@@ -163,6 +162,8 @@ pub struct LakeFs {
     readers: Mutex<HashMap<u64, crate::reader::ObjectVersion>>,
     /// Inodes the kernel forgot, for trimming the heap now and then.
     forgotten: AtomicU64,
+    /// Metadata entries cached at the last trim of the heap (see `upkeep`).
+    cached_at_trim: AtomicU64,
 }
 
 /// Inodes forgotten between two trims of the heap.
@@ -192,8 +193,10 @@ impl LakeFs {
             writers: Mutex::new(HashMap::new()),
             upload_slots: slots,
             dirs: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             forgotten: AtomicU64::new(0),
+            cached_at_trim: AtomicU64::new(0),
             mounted_at: now,
             warned: Mutex::new(HashSet::new()),
             device: std::sync::OnceLock::new(),
@@ -245,16 +248,6 @@ impl LakeFs {
     fn node(&self, ino: u64) -> FsResult<inode::Node> {
         let t = self.inodes.lock().unwrap();
         t.get(ino).cloned().ok_or(FsError(libc::ENOENT))
-    }
-
-    /// The listing of directory `prefix`, from the cache or the store; odd names are skipped
-    /// with one warning each.
-    async fn listing(&self, prefix: &str) -> FsResult<Arc<DirListing>> {
-        let load = async {
-            let page = list_all(self.store.as_ref(), prefix).await?;
-            Ok(self.built(prefix, page))
-        };
-        Ok(self.meta.dir(prefix, load).await?)
     }
 
     /// The directory a listing of `prefix` shows; odd names are skipped, one warning each.
@@ -414,122 +407,7 @@ impl LakeFs {
     /// Records a change this mount made to `key`: its own writes are visible at once.
     async fn changed(&self, key: &str, kind: Option<EntryKind>) {
         self.meta.put_entry(key, kind).await;
-        self.meta.invalidate_dir(&parent_prefix(key)).await;
-    }
-
-    /// Opens a directory: its listing is taken once here, so offsets stay valid while it is read.
-    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let node = self.node(ino)?;
-        if !node.kind.is_dir() {
-            return Err(FsError(libc::ENOTDIR));
-        }
-        let listing = self.listing(&node.dir_prefix()).await?;
-        let mut entries: Vec<(String, EntryKind)> = listing
-            .entries
-            .iter()
-            .map(|(n, k)| (n.clone(), k.clone()))
-            .collect();
-        // Files being written here that are not in the lake yet.
-        let pending: Vec<(u64, Arc<WriteHandle>)> = self
-            .writers
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(ino, w)| (*ino, w.w.clone()))
-            .collect();
-        for (child, w) in pending {
-            let name = match self.inodes.lock().unwrap().get(child) {
-                Some(n) if n.parent == ino => n.name.clone(),
-                _ => continue,
-            };
-            if !listing.entries.contains_key(&name) {
-                let kind = EntryKind::File {
-                    size: w.size(),
-                    mtime: w.modified(),
-                    etag: String::new(),
-                    posix: w.posix().boxed(),
-                };
-                entries.push((name, kind));
-            }
-        }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let dir = OpenDir {
-            ino,
-            parent: node.parent,
-            entries,
-        };
-        self.dirs.lock().unwrap().insert(fh, Arc::new(dir));
-        Ok(fh)
-    }
-
-    /// Hands entries from `offset` on to `add` until it reports the reply buffer full (`true`).
-    /// With `plus`, every entry handed over counts as a kernel lookup (READDIRPLUS), except
-    /// `.` and `..`, which the kernel does not count.
-    pub fn readdir(
-        &self,
-        fh: u64,
-        offset: u64,
-        plus: bool,
-        add: &mut dyn FnMut(DirEntry<'_>) -> bool,
-    ) -> FsResult<()> {
-        let dir = self
-            .dirs
-            .lock()
-            .unwrap()
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError(libc::EBADF))?;
-        let dot_kind = EntryKind::Dir { mtime: None };
-        let mut i = offset;
-        while i < 2 + dir.entries.len() as u64 {
-            let (ino, name, kind) = match i {
-                0 => (dir.ino, ".", &dot_kind),
-                1 => (dir.parent, "..", &dot_kind),
-                _ => {
-                    let (name, kind) = &dir.entries[(i - 2) as usize];
-                    let key = {
-                        let t = self.inodes.lock().unwrap();
-                        let parent = t.get(dir.ino).map(|n| n.dir_prefix()).unwrap_or_default();
-                        join_key(&parent, name)
-                    };
-                    let ino = if plus {
-                        self.inodes
-                            .lock()
-                            .unwrap()
-                            .upsert(dir.ino, name, key, kind.clone(), 0)
-                    } else {
-                        self.inodes
-                            .lock()
-                            .unwrap()
-                            .child(dir.ino, name)
-                            .unwrap_or(u64::MAX)
-                    };
-                    (ino, name.as_str(), kind)
-                }
-            };
-            let entry = DirEntry {
-                ino,
-                next_offset: i + 1,
-                name,
-                attr: self.attr(ino, kind),
-            };
-            if add(entry) {
-                if plus && i >= 2 {
-                    // Not sent: drop the inode again if nothing else holds it.
-                    self.inodes.lock().unwrap().forget(ino, 0);
-                }
-                break;
-            }
-            if plus && i >= 2 {
-                self.inodes.lock().unwrap().add_lookup(ino);
-            }
-            i += 1;
-        }
-        Ok(())
-    }
-
-    pub fn releasedir(&self, fh: u64) {
-        self.dirs.lock().unwrap().remove(&fh);
+        self.dir_changed(&parent_prefix(key)).await;
     }
 
     fn writable(&self) -> FsResult<()> {
@@ -596,5 +474,7 @@ impl LakeFs {
 mod handle_tests;
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod readdir_tests;
 #[cfg(test)]
 mod tests;

@@ -364,13 +364,12 @@ impl Driver {
         let mut todo = vec![(ROOT_INO, String::new())];
         while let Some((ino, prefix)) = todo.pop() {
             let fh = self.fs.opendir(ino).await.unwrap();
-            let mut entries = Vec::new();
-            self.fs
-                .readdir(fh, 2, false, &mut |e| {
-                    entries.push((e.name.to_string(), e.attr.kind));
-                    false
-                })
-                .unwrap();
+            let entries: Vec<_> = super::readdir::read_all(&self.fs, fh, false, usize::MAX)
+                .await
+                .into_iter()
+                .filter(|(name, _, _)| name != "." && name != "..")
+                .map(|(name, _, attr)| (name, attr.kind))
+                .collect();
             self.fs.releasedir(fh);
             for (name, kind) in entries {
                 let path = format!("{prefix}{name}");

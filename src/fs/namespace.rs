@@ -64,7 +64,7 @@ impl LakeFs {
         self.store.remove_dir(&key).await?;
         self.inodes.lock().unwrap().unlink(parent, name);
         self.changed(&key, None).await;
-        self.meta.invalidate_dir(&format!("{key}/")).await;
+        self.dir_changed(&format!("{key}/")).await;
         self.keep_dir(&dir.key).await
     }
 
@@ -269,7 +269,7 @@ impl LakeFs {
             t.expire_below(to);
         }
         // Every cached name below moved.
-        self.meta.invalidate_all();
+        self.all_dirs_changed();
         self.changed(from, None).await;
         self.keep_dir(&dir.key).await
     }

@@ -204,12 +204,11 @@ mod tests {
                     assert_eq!(kept(&s).len(), 1, "{case}: one copy for both handles");
                     let names: Vec<String> = {
                         let dh = fs.opendir(ROOT_INO).await.unwrap();
-                        let mut names = Vec::new();
-                        fs.readdir(dh, 0, false, &mut |e| {
-                            names.push(e.name.to_string());
-                            false
-                        })
-                        .unwrap();
+                        let names: Vec<String> = crate::fs::readdir::read_all(&fs, dh, false, 64)
+                            .await
+                            .into_iter()
+                            .map(|(name, _, _)| name)
+                            .collect();
                         fs.releasedir(dh);
                         names
                     };

@@ -18,33 +18,16 @@ fn fs_over(store: Arc<MemoryStore>, ttl: Duration) -> LakeFs {
     LakeFs::new(store.clone(), DirectReadPath::new(store), cfg)
 }
 
-/// All entry names of directory `ino`, read through opendir/readdir like `ls -a` would.
-fn names(fs: &LakeFs, fh: u64, plus: bool) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        let before = out.len();
-        // A small reply buffer: at most 7 entries per call, so offsets are exercised.
-        let mut room = 7;
-        fs.readdir(fh, offset, plus, &mut |e| {
-            if room == 0 {
-                return true;
-            }
-            room -= 1;
-            out.push(e.name.to_string());
-            offset = e.next_offset;
-            false
-        })
-        .unwrap();
-        if out.len() == before {
-            return out;
-        }
-    }
+/// All entry names of directory `ino`, read through opendir/readdir like `ls -a` would,
+/// with a small reply buffer (7 entries) so offsets are exercised.
+async fn names(fs: &LakeFs, fh: u64, plus: bool) -> Vec<String> {
+    let all = super::readdir::read_all(fs, fh, plus, 7).await;
+    all.into_iter().map(|(n, _, _)| n).collect()
 }
 
 async fn ls(fs: &LakeFs, ino: u64) -> Vec<String> {
     let fh = fs.opendir(ino).await.unwrap();
-    let n = names(fs, fh, false);
+    let n = names(fs, fh, false).await;
     fs.releasedir(fh);
     n
 }
@@ -257,22 +240,12 @@ async fn readdirplus_counts_lookups_and_forget_releases_inodes() {
     }
     let fs = fs_over(s, Duration::from_secs(60));
     let fh = fs.opendir(ROOT_INO).await.unwrap();
-    let mut inos = Vec::new();
-    let mut offset = 0;
-    loop {
-        let before = inos.len();
-        fs.readdir(fh, offset, true, &mut |e| {
-            if e.name != "." && e.name != ".." {
-                inos.push(e.ino);
-            }
-            offset = e.next_offset;
-            false
-        })
-        .unwrap();
-        if inos.len() == before {
-            break;
-        }
-    }
+    let inos: Vec<u64> = super::readdir::read_all(&fs, fh, true, usize::MAX)
+        .await
+        .into_iter()
+        .filter(|(name, _, _)| name != "." && name != "..")
+        .map(|(_, ino, _)| ino)
+        .collect();
     fs.releasedir(fh);
     assert_eq!(inos.len(), 20);
     assert_eq!(fs.inode_count(), 21);
@@ -298,6 +271,7 @@ async fn entries_that_did_not_fit_are_not_counted() {
         room -= 1;
         false
     })
+    .await
     .unwrap();
     assert_eq!(
         fs.inode_count(),
@@ -420,7 +394,7 @@ mod writes {
         assert_eq!(fs.write(fh, 6, b"world").await, Ok(5));
         let dh = fs.opendir(d.ino).await.unwrap();
         assert_eq!(
-            names(&fs, dh, false),
+            names(&fs, dh, false).await,
             [".", "..", "x.bin"],
             "listed while written"
         );

@@ -2,8 +2,9 @@
 //! ahead of it, starting at about 1 MiB past the read and doubling each time the reader moves
 //! into a new block, up to `--max-readahead`; the blocks come as concurrent ranged GETs. Short
 //! seeks (forward up to 16 MiB, backward up to 1 MiB) keep the handle sequential and are served
-//! from blocks held or in flight. Anything else is random access: only the blocks a read needs
-//! are fetched, nothing ahead.
+//! from blocks held or in flight. Anything else is random access: nothing is fetched ahead,
+//! and a read that finds its block neither in memory nor on disk fetches only its own bytes
+//! (a 4 KiB `pread` of a 1 GiB file sends 4 KiB, not an 8 MiB block).
 
 use std::sync::{Arc, Mutex, Weak};
 
@@ -103,7 +104,20 @@ impl FileReader for PrefetchReader {
         let bs = self.cache.config().block_size;
         let (first, last) = (offset / bs, (end - 1) / bs);
         let window = self.observe(offset, end);
-        if window > 0 && end < size {
+        if window == 0 {
+            let mut out = BytesMut::with_capacity((end - offset) as usize);
+            for i in first..=last {
+                let r = self.cache.block_range(size, i);
+                let (from, to) = (offset.max(r.start), end.min(r.end));
+                let part = self.cache.get_range(&self.object, from..to).await?;
+                if first == last {
+                    return Ok(part);
+                }
+                out.extend_from_slice(&part);
+            }
+            return Ok(out.freeze());
+        }
+        if end < size {
             let ahead_end = (end + window).min(size);
             for index in last + 1..=(ahead_end - 1) / bs {
                 if !self.cache.prefetch(&self.object, index) {

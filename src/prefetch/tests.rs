@@ -119,6 +119,96 @@ async fn random_reads_fetch_only_the_blocks_they_touch() {
     assert_eq!(r.gets(), 6, "no read-ahead for random access");
 }
 
+/// Offsets that jump around a `size`-byte object: never within a short seek of the last.
+fn scattered(size: u64, n: usize, seed: u64) -> Vec<u64> {
+    let mut x = seed;
+    let mut out: Vec<u64> = Vec::new();
+    while out.len() < n {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let off = (x >> 20) % (size - 8192);
+        let far = out.last().is_none_or(|&l| off.abs_diff(l) > 17 * MIB);
+        if far {
+            out.push(off);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_reads_fetch_their_own_bytes_not_whole_blocks() {
+    for (read, seed) in [
+        (4096u32, 1u64),
+        (4096, 2),
+        (1000, 3),
+        (65536, 4),
+        (300_000, 5),
+    ] {
+        let r = rig(256 * MIB, 8 * MIB, 64 * MIB, 16 * MIB).await;
+        let h = r.path.open(r.obj.clone());
+        let offsets = scattered(r.obj.size, 40, seed);
+        for &off in &offsets {
+            let b = h.read(off, read).await.unwrap();
+            let end = (off + read as u64).min(r.obj.size) as usize;
+            assert_eq!(&b[..], &r.data[off as usize..end], "read {read} at {off}");
+        }
+        r.settle().await;
+        let m = r.cache.metrics();
+        let fetched = Metrics::get(&m.store_get_bytes_total);
+        let wanted = offsets.len() as u64 * read as u64;
+        // Widened to whole pages at most: one page more at each end.
+        assert!(
+            fetched <= wanted + offsets.len() as u64 * 8192,
+            "{read}-byte reads: {fetched} bytes fetched for {wanted} read"
+        );
+        assert!(
+            r.gets() <= offsets.len() as u64 * 2,
+            "about one GET per read"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_random_read_uses_a_block_already_held_and_a_sequential_one_reads_ahead_again() {
+    let r = rig(64 * MIB, 8 * MIB, 64 * MIB, 16 * MIB).await;
+    let h = r.path.open(r.obj.clone());
+    let mut off = 0;
+    while off < 8 * MIB {
+        off += h.read(off, 128 << 10).await.unwrap().len() as u64;
+    }
+    r.settle().await;
+    let gets = r.gets();
+    // A jump far ahead (random: its own bytes), then back into the first block (held).
+    let far = h.read(50 * MIB, 4096).await.unwrap();
+    assert_eq!(
+        &far[..],
+        &r.data[50 * MIB as usize..50 * MIB as usize + 4096]
+    );
+    assert_eq!(r.gets(), gets + 1);
+    let back = h.read(3 * MIB + 7, 4096).await.unwrap();
+    assert_eq!(
+        &back[..],
+        &r.data[3 * MIB as usize + 7..3 * MIB as usize + 7 + 4096]
+    );
+    assert_eq!(r.gets(), gets + 1, "served from the block held");
+    // Reading on from there is sequential again: whole blocks, fetched ahead.
+    let mut off = 3 * MIB + 7 + 4096;
+    let mut got = 0;
+    while got < 40 * MIB {
+        let n = h.read(off, 128 << 10).await.unwrap().len() as u64;
+        off += n;
+        got += n;
+    }
+    r.settle().await;
+    assert!(
+        r.store.stats.max_in_flight.load(Ordering::SeqCst) > 1,
+        "blocks were fetched ahead again"
+    );
+    let whole = Metrics::get(&r.cache.metrics().store_get_bytes_total);
+    assert!(whole >= 40 * MIB, "whole blocks: {whole}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_seeks_are_served_from_held_blocks() {
     let r = rig(32 * MIB, MIB, 64 * MIB, 4 * MIB).await;
@@ -221,27 +311,31 @@ async fn open_handles_hold_no_block_memory_between_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_concurrent_reads_than_the_budget_holds_wait_and_all_get_their_bytes() {
-    // 4 MiB budget with 1 MiB blocks, 32 reads at once of 32 different blocks, some of them
-    // spanning two blocks: each waits for memory; none times out or gets wrong bytes.
+    // 4 MiB budget with 1 MiB blocks, 32 reads at once of 32 different blocks: each waits
+    // for memory; none times out or gets wrong bytes. They read at random, so each fetches
+    // its own 256 KiB (and a page), not a block. (Reads across blocks: see
+    // `random_reads_fetch_their_own_bytes_not_whole_blocks`.)
     use futures::StreamExt;
     let r = rig(64 * MIB, MIB, 4 * MIB, 16 * MIB).await;
     let handles: Vec<_> = (0..32).map(|_| r.path.open(r.obj.clone())).collect();
     let reads = handles.iter().enumerate().map(|(i, h)| {
-        let off = 2 * i as u64 * MIB + if i % 3 == 0 { MIB - 1000 } else { 5 };
-        async move { (off, h.read(off, 64 << 10).await) }
+        let off = 2 * i as u64 * MIB + 5 + 1000 * (i as u64 % 7);
+        async move { (off, h.read(off, 256 << 10).await) }
     });
     let mut pending = futures::stream::iter(reads).buffer_unordered(32);
     let mut done = 0;
     while let Some((off, got)) = pending.next().await {
         // Checked and dropped as it comes, as a reply is sent and dropped.
         let got = got.unwrap();
-        assert_eq!(&got[..], &r.data[off as usize..off as usize + (64 << 10)]);
+        assert_eq!(&got[..], &r.data[off as usize..off as usize + (256 << 10)]);
         assert!(r.cache.budget_in_use() <= 4 * MIB);
         done += 1;
     }
     assert_eq!(done, 32);
     r.settle().await;
-    assert!(r.store.stats.max_in_flight.load(Ordering::SeqCst) <= 4);
+    // Each fetch takes 320 KiB of the budget (260 KiB in 64 KiB units): 12 fit in 4 MiB.
+    let most = r.store.stats.max_in_flight.load(Ordering::SeqCst);
+    assert!(most <= 12, "{most} fetches at once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@
 pub mod azure;
 pub mod azure_auth;
 pub mod azure_list;
+pub mod counted;
 pub mod deadline;
 pub mod local;
 pub mod memory;
@@ -320,48 +321,77 @@ fn read_only(key: &str) -> StoreError {
 
 pub type DynStore = Arc<dyn Store>;
 
-/// All pages of one directory level, concatenated.
 /// Most pages one listing may take: 100 million entries at Azure's 5,000 a page.
 const MAX_PAGES: usize = 20_000;
 /// Most empty pages in a row (Azure may return some, with a marker, while it skips deleted
 /// blobs; an endless run of them is a listing that never ends).
 const MAX_EMPTY_PAGES: usize = 100;
 
+/// All pages of one directory level, concatenated.
 pub async fn list_all(store: &dyn Store, prefix: &str) -> StoreResult<ListPage> {
     let mut all = ListPage::default();
     let mut marker: Option<String> = None;
-    let mut seen = std::collections::HashSet::new();
-    let mut empty_run = 0;
-    for _ in 0..MAX_PAGES {
+    let mut guard = PageGuard::default();
+    loop {
         let page = store.list_page(prefix, marker.clone()).await?;
-        empty_run = if page.objects.is_empty() && page.prefixes.is_empty() {
-            empty_run + 1
+        let next = guard.next(&page, || {
+            format!("listing of {prefix:?} on {}", store.describe())
+        })?;
+        all.objects.extend(page.objects);
+        all.prefixes.extend(page.prefixes);
+        match next {
+            Some(next) => marker = Some(next),
+            None => return Ok(all),
+        }
+    }
+}
+
+/// Keeps a listing finite whatever the store answers: it ends at a page without a marker,
+/// and fails at a marker named twice, a long run of empty pages or too many pages.
+#[derive(Debug, Default)]
+pub struct PageGuard {
+    seen: std::collections::HashSet<String>,
+    empty_run: usize,
+    pages: usize,
+}
+
+impl PageGuard {
+    /// The marker of the page after `page`, `None` at the end, or why the listing is broken.
+    /// `what` names the listing for the error.
+    pub fn next(
+        &mut self,
+        page: &ListPage,
+        what: impl FnOnce() -> String,
+    ) -> StoreResult<Option<String>> {
+        self.pages += 1;
+        self.empty_run = if page.objects.is_empty() && page.prefixes.is_empty() {
+            self.empty_run + 1
         } else {
             0
         };
-        all.objects.extend(page.objects);
-        all.prefixes.extend(page.prefixes);
-        let next = match page.next {
-            Some(next) if !next.is_empty() => next,
-            _ => return Ok(all),
+        let next = match &page.next {
+            Some(next) if !next.is_empty() => next.clone(),
+            _ => return Ok(None),
         };
-        let what = format!("listing of {:?} on {}", prefix, store.describe());
-        if !seen.insert(next.clone()) {
+        let what = what();
+        if !self.seen.insert(next.clone()) {
             return Err(StoreError::Protocol(format!(
                 "{what} does not end: the store named the same continuation marker twice"
             )));
         }
-        if empty_run >= MAX_EMPTY_PAGES {
+        if self.empty_run >= MAX_EMPTY_PAGES {
             return Err(StoreError::Protocol(format!(
-                "{what} does not end: {empty_run} empty pages in a row"
+                "{what} does not end: {} empty pages in a row",
+                self.empty_run
             )));
         }
-        marker = Some(next);
+        if self.pages >= MAX_PAGES {
+            return Err(StoreError::Protocol(format!(
+                "{what} does not end within {MAX_PAGES} pages"
+            )));
+        }
+        Ok(Some(next))
     }
-    Err(StoreError::Protocol(format!(
-        "listing of {prefix:?} on {} does not end within {MAX_PAGES} pages",
-        store.describe()
-    )))
 }
 
 /// Opens the store a lake URL names, every call bounded by `deadlines`.

@@ -76,6 +76,8 @@ enum Mode {
     Faults,
     LoopListings,
     DropIfMatch,
+    /// List Blobs pages of at most this many entries (the query is rewritten: SAS only).
+    SmallPages(u32),
 }
 
 #[derive(Clone, Copy)]
@@ -157,6 +159,13 @@ impl FaultProxy {
             hang,
             accept: Some(accept),
         }
+    }
+
+    /// A proxy that asks Azurite for listing pages of at most `entries` (lakemount asks for
+    /// 5,000), so a directory of a few dozen blobs lists over several pages. Only SAS requests
+    /// pass (a shared key signs the query). No other faults.
+    pub fn small_pages(upstream: u16, entries: u32) -> FaultProxy {
+        FaultProxy::start_with(upstream, u64::MAX, Mode::SmallPages(entries))
     }
 
     /// A proxy that forwards everything faithfully until told to [`FaultProxy::hang`].
@@ -290,7 +299,14 @@ fn serve(
     shared: &Shared,
 ) -> io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let request = read_request(&mut conn, mode == Mode::DropIfMatch)?;
+    let mut request = read_request(&mut conn, mode == Mode::DropIfMatch)?;
+    if let Mode::SmallPages(n) = mode {
+        let from = b"maxresults=5000";
+        if let Some(i) = request.windows(from.len()).position(|w| w == from) {
+            let to = format!("maxresults={n}");
+            request.splice(i..i + from.len(), to.into_bytes());
+        }
+    }
     let head_len = request
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
