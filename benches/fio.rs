@@ -1,6 +1,6 @@
 //! fio against the mount, in one run so the ratios hold on a noisy machine: sequential 1 MiB
-//! reads with 1 and 4 jobs (4 files of 256 MiB) and random 4 KiB reads with 4 jobs (10 s),
-//! each
+//! reads with 1 and 4 jobs (4 files of 256 MiB) and random 4 KiB reads with 4 jobs (10 s,
+//! O_DIRECT: each read reaches the file system), each
 //!   - on local disk (the same files, page cache dropped),
 //!   - cold, through a mount over a throttled in-memory store (20 ms first byte, 200 MiB/s),
 //!   - warm, from the disk block cache after a remount (page caches dropped),
@@ -55,6 +55,8 @@ fn jobs() -> Vec<Job> {
                 "--name=r".into(),
                 "--rw=randread".into(),
                 "--bs=4k".into(),
+                // Past the page cache, which would soon hold the whole file.
+                "--direct=1".into(),
                 "--numjobs=4".into(),
                 "--time_based".into(),
                 "--runtime=10".into(),

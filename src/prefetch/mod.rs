@@ -19,6 +19,11 @@ use crate::store::StoreResult;
 const INITIAL_WINDOW: u64 = 1 << 20;
 const SHORT_FORWARD: u64 = 16 << 20;
 const SHORT_BACKWARD: u64 = 1 << 20;
+/// A handle reading at random counts as sequential again only after this many reads in a row,
+/// each starting within `RESUME_GAP` of where the one before ended: a random reader's jump that
+/// happens to land near its last read must not fetch whole blocks and read ahead.
+const RESUME_AFTER: u32 = 2;
+const RESUME_GAP: u64 = 128 << 10;
 
 pub struct PrefetchReadPath {
     cache: Arc<BlockCache>,
@@ -45,6 +50,7 @@ impl ReadPath for PrefetchReadPath {
                 last_end: 0,
                 last_block: 0,
                 window: INITIAL_WINDOW,
+                streak: 0,
             }),
         })
     }
@@ -60,6 +66,8 @@ struct State {
     last_block: u64,
     /// How far past the current read to have blocks coming; 0 when reading randomly.
     window: u64,
+    /// Reads in a row that continued the one before, while reading randomly.
+    streak: u32,
 }
 
 pub struct PrefetchReader {
@@ -74,10 +82,18 @@ impl PrefetchReader {
     fn observe(&self, offset: u64, end: u64) -> u64 {
         let bs = self.cache.config().block_size;
         let mut st = self.state.lock().unwrap();
-        let sequential =
-            offset <= st.last_end + SHORT_FORWARD && offset + SHORT_BACKWARD >= st.last_end;
+        let sequential = if st.window == 0 {
+            let continues = offset.abs_diff(st.last_end) <= RESUME_GAP;
+            st.streak = if continues { st.streak + 1 } else { 0 };
+            st.streak >= RESUME_AFTER
+        } else {
+            offset <= st.last_end + SHORT_FORWARD && offset + SHORT_BACKWARD >= st.last_end
+        };
         let block = offset / bs;
         if !sequential {
+            if st.window > 0 {
+                st.streak = 0;
+            }
             st.window = 0;
         } else if st.window == 0 {
             st.window = INITIAL_WINDOW;

@@ -170,6 +170,39 @@ async fn random_reads_fetch_their_own_bytes_not_whole_blocks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_random_reader_whose_jump_lands_near_its_last_read_still_fetches_only_its_bytes() {
+    // Jumps of any length, some of them short (a random reader's next record can be close).
+    for seed in 1..6u64 {
+        let r = rig(256 * MIB, 8 * MIB, 64 * MIB, 16 * MIB).await;
+        let h = r.path.open(r.obj.clone());
+        let mut x = seed;
+        let mut off = 100 * MIB;
+        let reads = 60;
+        for _ in 0..reads {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // A jump of 256 KiB to 64 MiB, either way.
+            let jump = (256 << 10) + (x >> 20) % (64 * MIB);
+            off = if x & 1 == 0 {
+                off + jump
+            } else {
+                off.saturating_sub(jump)
+            } % (r.obj.size - 4096);
+            let b = h.read(off, 4096).await.unwrap();
+            assert_eq!(&b[..], &r.data[off as usize..off as usize + 4096]);
+        }
+        r.settle().await;
+        let fetched = Metrics::get(&r.cache.metrics().store_get_bytes_total);
+        // The first read of a handle may take its block (a fresh handle starts sequential).
+        assert!(
+            fetched <= 8 * MIB + 16 * MIB + reads * 8192,
+            "seed {seed}: {fetched} bytes fetched for {reads} reads of 4 KiB"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_random_read_uses_a_block_already_held_and_a_sequential_one_reads_ahead_again() {
     let r = rig(64 * MIB, 8 * MIB, 64 * MIB, 16 * MIB).await;
     let h = r.path.open(r.obj.clone());
