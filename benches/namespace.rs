@@ -20,6 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::dirents::getdents;
 use common::{timed, Daemon, MIB};
 use lakemount::config::MountSettings;
 use lakemount::lake_url::LakeUrl;
@@ -204,27 +205,6 @@ impl Store for Huge {
     }
 }
 
-/// Bytes one getdents64(2) call returned, and how many names.
-fn getdents(dir: &std::fs::File, buf: &mut [u8]) -> usize {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the kernel writes at most buf.len() bytes into buf.
-    let n = unsafe {
-        libc::syscall(
-            libc::SYS_getdents64,
-            dir.as_raw_fd(),
-            buf.as_mut_ptr(),
-            buf.len(),
-        )
-    };
-    assert!(n >= 0, "getdents64: {}", std::io::Error::last_os_error());
-    let (mut names, mut at) = (0, 0usize);
-    while at < n as usize {
-        at += u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
-        names += 1;
-    }
-    names
-}
-
 /// `ls -f` of a directory of a million names, pages of 5,000 at 20 ms: when the first names
 /// show, and when all have.
 fn streaming(mp: &Path) {
@@ -250,11 +230,11 @@ fn streaming(mp: &Path) {
     let start = Instant::now();
     let dir = std::fs::File::open(mp.join("big")).unwrap();
     let mut buf = vec![0u8; 64 << 10];
-    let first = getdents(&dir, &mut buf);
+    let first = getdents(&dir, &mut buf).len();
     let first_at = start.elapsed();
     let mut all = first;
     loop {
-        let k = getdents(&dir, &mut buf);
+        let k = getdents(&dir, &mut buf).len();
         if k == 0 {
             break;
         }

@@ -1,6 +1,8 @@
 //! What the benchmarks share: daemons under a guard, page-cache control, timing, epochs.
 #![allow(dead_code)]
 
+#[path = "../../tests/common/dirents.rs"]
+pub mod dirents;
 #[path = "../../tests/common/metrics.rs"]
 pub mod metrics;
 #[path = "../../tests/common/tree.rs"]

@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 pub mod azurite;
 pub mod dfs;
+pub mod dirents;
 pub mod faultproxy;
 pub mod lake;
 pub mod metrics;
