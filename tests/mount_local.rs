@@ -570,3 +570,45 @@ fn a_walk_that_only_lists_leaves_no_kernel_inode_per_file() {
     );
     assert!(after_ls >= 3000, "ls -l stats every entry: {after_ls}");
 }
+
+/// Random 4 KiB `pread`s far apart in a 256 MiB file, through a real mount: the kernel asks for
+/// little more than each read, and the daemon fetches only that, never whole 8 MiB blocks.
+#[test]
+fn random_preads_fetch_about_the_bytes_they_read() {
+    use std::os::unix::fs::FileExt;
+    let lake = tempfile::tempdir().unwrap();
+    let size = 256u64 << 20;
+    std::fs::write(lake.path().join("big.bin"), pseudo_random(size as usize, 7)).unwrap();
+    let data = std::fs::read(lake.path().join("big.bin")).unwrap();
+    let url = format!("file://{}", lake.path().display());
+    let m = Mount::start(&url, &["--read-only", "--metrics-addr", "127.0.0.1:0"], &[])
+        .unwrap_or_else(|o| panic!("mount failed: {o:?}"));
+    let f = std::fs::File::open(m.path().join("big.bin")).unwrap();
+    let (reads, mut x) = (100u64, 11u64);
+    let mut buf = vec![0u8; 4096];
+    let mut last = 0u64;
+    for _ in 0..reads {
+        // Each read more than 17 MiB from the one before: random, not a short seek.
+        let off = loop {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let off = (x >> 24) % (size - 4096);
+            if off.abs_diff(last) > 17 << 20 {
+                break off;
+            }
+        };
+        last = off;
+        f.read_exact_at(&mut buf, off).unwrap();
+        assert_eq!(
+            buf,
+            data[off as usize..off as usize + 4096],
+            "bytes at {off}"
+        );
+    }
+    let fetched = common::metrics::from_log(&m.log_text(), "store_get_bytes_total");
+    assert!(
+        fetched <= 4 * reads * 4096,
+        "{fetched} bytes fetched for {reads} reads of 4 KiB"
+    );
+}
