@@ -9,7 +9,7 @@
 //! shown, names removed ahead of it are not shown, nothing is shown twice).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::listing::{DirListing, EntryKind};
@@ -20,6 +20,9 @@ pub struct DirStream {
     listed: Mutex<Listed>,
     /// Held while a page is being listed: where the listing goes on.
     next: tokio::sync::Mutex<Cursor>,
+    /// Pages asked for and answered so far (see `Cursor::failed`); read without the
+    /// cursor's lock.
+    asked: AtomicU64,
     /// Set when this mount changed the directory after the listing began: the listing then
     /// serves its readers to the end but is not cached for others.
     stale: AtomicBool,
@@ -29,6 +32,10 @@ pub struct DirStream {
 struct Cursor {
     marker: Option<String>,
     guard: PageGuard,
+    /// How the last ask for a page failed, if it did: a reader that waited for another's ask
+    /// takes its outcome instead of asking again, so readers queued on a hung lake each fail
+    /// within one deadline, not one deadline per reader ahead of them.
+    failed: Option<super::FsError>,
 }
 
 enum Listed {
@@ -51,6 +58,7 @@ impl DirStream {
         DirStream {
             listed: Mutex::new(Listed::Growing(DirListing::default())),
             next: tokio::sync::Mutex::new(Cursor::default()),
+            asked: AtomicU64::new(0),
             stale: AtomicBool::new(false),
         }
     }
@@ -67,14 +75,20 @@ impl DirStream {
     }
 
     pub fn mark_stale(&self) {
-        self.stale.store(true, Ordering::Relaxed);
+        self.stale.store(true, Ordering::SeqCst);
+    }
+
+    /// This mount changed the directory after the listing began.
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::SeqCst)
     }
 
     /// Lists pages with `list` (given the marker of the page wanted; `build` makes its
     /// entries; `what` names the listing in errors) until entry `index` exists or the
     /// listing is complete. Returns the listing when this call completed it and nothing
-    /// changed meanwhile, for the caller to cache. A failed page fails this call only: the
-    /// entries listed so far stay, and the next call asks for that page again.
+    /// changed meanwhile, for the caller to cache. A failed page fails this call, and the
+    /// calls that waited for it: the entries listed so far stay, and the next call asks for
+    /// that page again.
     pub async fn reach<F, Fut>(
         &self,
         index: usize,
@@ -91,15 +105,34 @@ impl DirStream {
             matches!(*l, Listed::Complete(_)) || l.entries().entries.len() > index
         };
         while !reached() {
+            let seen = self.asked.load(Ordering::SeqCst);
             let mut cursor = self.next.lock().await;
-            // Another reader may have listed it while this one waited.
+            // Another reader may have listed it while this one waited, or failed to.
             if reached() {
                 break;
             }
-            let page = list(cursor.marker.clone()).await?;
+            if let (true, Some(e)) = (self.asked.load(Ordering::SeqCst) != seen, cursor.failed) {
+                return Err(e);
+            }
+            let marker = cursor.marker.clone();
             // A store that names markers forever fails the listing instead of hanging it.
-            let next = cursor.guard.next(&page, &what)?;
-            let page = build(page);
+            let result = list(marker).await.and_then(|page| {
+                let next = cursor.guard.next(&page, &what)?;
+                Ok((page, next))
+            });
+            // Counted once answered: whoever read the count before sees this ask's outcome.
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            let got = match result {
+                Ok(got) => {
+                    cursor.failed = None;
+                    got
+                }
+                Err(e) => {
+                    cursor.failed = Some(e);
+                    return Err(e);
+                }
+            };
+            let (page, next) = (build(got.0), got.1);
             let mut l = self.listed.lock().unwrap();
             let Listed::Growing(growing) = &mut *l else {
                 unreachable!("only a growing listing is listed further");
@@ -115,7 +148,7 @@ impl DirStream {
                 None => {
                     let done = Arc::new(std::mem::take(growing));
                     *l = Listed::Complete(done.clone());
-                    return Ok((!self.stale.load(Ordering::Relaxed)).then_some(done));
+                    return Ok((!self.is_stale()).then_some(done));
                 }
             }
         }

@@ -111,6 +111,11 @@ impl LakeFs {
             .await?;
         if let Some(listing) = listed {
             self.meta.put_dir(&dir.prefix, listing).await;
+            // A change between the listing's end and this put: its invalidation may have come
+            // first, so take the listing back out.
+            if dir.stream.is_stale() {
+                self.meta.invalidate_dir(&dir.prefix).await;
+            }
         }
         let dot = EntryKind::Dir { mtime: None };
         let mut i = offset;

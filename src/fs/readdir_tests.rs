@@ -289,3 +289,79 @@ proptest! {
         })?;
     }
 }
+
+/// A lake whose listing of `big/` answers its first page, then fails every later page after
+/// a while (a lake going away mid-listing), counting the asks.
+#[derive(Debug)]
+struct FailsAfterOnePage {
+    inner: Arc<MemoryStore>,
+    asks: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl crate::store::Store for FailsAfterOnePage {
+    fn describe(&self) -> String {
+        "a lake that goes away".into()
+    }
+    async fn list_page(
+        &self,
+        prefix: &str,
+        marker: Option<String>,
+    ) -> crate::store::StoreResult<crate::store::ListPage> {
+        if marker.is_none() {
+            return self.inner.list_page(prefix, None).await;
+        }
+        self.asks.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Err(crate::store::StoreError::TimedOut("no answer".into()))
+    }
+    async fn head(&self, key: &str) -> crate::store::StoreResult<Option<crate::store::ObjectInfo>> {
+        self.inner.head(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+        etag: &str,
+    ) -> crate::store::StoreResult<bytes::Bytes> {
+        self.inner.get_range(key, range, etag).await
+    }
+    async fn delete(&self, key: &str) -> crate::store::StoreResult<()> {
+        self.inner.delete(key).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_queued_behind_a_failing_page_get_its_error_without_asking_again() {
+    let mem = Arc::new(MemoryStore::with_page_size(10));
+    for i in 0..30 {
+        mem.put(&format!("f{i:03}"), "x");
+    }
+    let store = Arc::new(FailsAfterOnePage {
+        inner: mem.clone(),
+        asks: Default::default(),
+    });
+    let cfg = FsConfig {
+        metadata_ttl: Duration::from_secs(60),
+        ..FsConfig::default()
+    };
+    let fs = Arc::new(LakeFs::new(store.clone(), DirectReadPath::new(mem), cfg));
+    let handles: Vec<u64> = futures::future::join_all((0..4).map(|_| fs.opendir(ROOT_INO)))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    // All four past the first page at once: one asks, three wait for it.
+    let results = futures::future::join_all(handles.iter().map(|&fh| reply(&fs, fh, 20, 5))).await;
+    for r in &results {
+        assert_eq!(r.as_ref().unwrap_err(), &FsError(libc::ETIMEDOUT));
+    }
+    assert_eq!(store.asks.load(Ordering::SeqCst), 1, "one ask for all four");
+    // A later readdir asks again, and the entries listed so far still read.
+    assert!(reply(&fs, handles[0], 20, 5).await.is_err());
+    assert_eq!(store.asks.load(Ordering::SeqCst), 2);
+    assert_eq!(reply(&fs, handles[0], 0, 100).await.unwrap().len(), 12);
+    for fh in handles {
+        fs.releasedir(fh);
+    }
+}
