@@ -447,7 +447,13 @@ async fn transient_faults_are_retried_and_every_byte_is_right() {
         stall: 50,
         stall_for: Duration::from_secs(5),
     };
-    let r = faulty_rig(32 * MIB, faults, fast_retry()).await;
+    // 30% of GETs fail and a run makes about 230 (random reads fetch their own bytes, one
+    // GET each): at 8 attempts, one run in about 60 would exhaust a fetch's retries by chance.
+    let retry = ReadRetry {
+        attempts: 12,
+        ..fast_retry()
+    };
+    let r = faulty_rig(32 * MIB, faults, retry).await;
     // Sequential (with read-ahead), then random, through separate handles.
     let h = r.path.open(r.obj.clone());
     let mut off = 0;
