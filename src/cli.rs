@@ -219,7 +219,8 @@ pub struct MountArgs {
     /// A TOML file whose keys mirror these flags (lake, mountpoint, read_only, allow_other, uid,
     /// gid, file_mode, dir_mode, metadata_ttl, rename_dir_limit, commit_interval, manifest, metadata_budget, metadata_timeout, data_timeout, endpoint, auth,
     /// log_file, block_size,
-    /// max_readahead, max_memory, cache_dir, cache_size, staging_dir, metrics_addr). Flags win.
+    /// max_readahead, max_memory, cache_dir, cache_size, staging_dir, metrics_addr, passthrough).
+    /// Flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -255,6 +256,12 @@ pub struct MountArgs {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
+
+    /// Let the kernel read files that --cache-dir holds whole straight from the cache disk, at
+    /// local-disk speed (FUSE passthrough; needs Linux 6.9+ and root, else reads take the
+    /// normal path) [default: auto, on for read-only mounts].
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub passthrough: Option<crate::config::Passthrough>,
 }
 
 #[derive(Debug, Args)]

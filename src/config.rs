@@ -42,6 +42,7 @@ pub struct MountFile {
     pub cache_size: Option<String>,
     pub staging_dir: Option<PathBuf>,
     pub metrics_addr: Option<String>,
+    pub passthrough: Option<Passthrough>,
 }
 
 impl MountFile {
@@ -94,9 +95,34 @@ pub struct MountSettings {
     pub cache_size: CacheSize,
     pub staging_dir: PathBuf,
     pub metrics_addr: Option<SocketAddr>,
+    pub passthrough: Passthrough,
 }
 
 pub const DEFAULT_BLOCK_SIZE: u64 = 8 << 20;
+
+/// When files the disk cache holds whole are read by the kernel straight from the cache file
+/// (FUSE passthrough: Linux 6.9+, CAP_SYS_ADMIN; without them, reads take the normal path).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Passthrough {
+    /// On read-only mounts (snapshots included).
+    #[default]
+    Auto,
+    /// Also on writable mounts: opening a file for writing while passthrough readers have it
+    /// open then fails with ETXTBSY.
+    On,
+    Off,
+}
+
+impl Passthrough {
+    pub fn wanted(self, read_only: bool) -> bool {
+        match self {
+            Passthrough::Auto => read_only,
+            Passthrough::On => true,
+            Passthrough::Off => false,
+        }
+    }
+}
 
 /// A size flag: `8M`, `1.5G`, `4096`.
 fn size(flag: &str, v: Option<&str>, default: u64) -> Result<u64> {
@@ -315,6 +341,10 @@ impl MountSettings {
                 .unwrap_or(d.staging_dir),
             cache_dir: args.cache_dir.clone().or(file.cache_dir),
             cache_size: cache_size(args.cache_size.as_deref().or(file.cache_size.as_deref()))?,
+            passthrough: args
+                .passthrough
+                .or(file.passthrough)
+                .unwrap_or(d.passthrough),
             metrics_addr: metrics_addr
                 .map(|a| {
                     a.parse().map_err(|_| {
@@ -358,6 +388,7 @@ impl MountSettings {
             cache_size: CacheSize::PercentOfDisk(80.0),
             staging_dir: default_staging_dir(),
             metrics_addr: None,
+            passthrough: Passthrough::Auto,
         }
     }
 

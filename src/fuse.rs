@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner,
-    OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle,
+    FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig,
+    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -68,6 +68,35 @@ fn name_str(name: &OsStr) -> Result<&str, Errno> {
     name.to_str().ok_or(Errno::ENOENT)
 }
 
+/// Replies an open with the inode's backing file: registered with the kernel at its first
+/// open, the same id for every open while any is open (the kernel's rule), and closed when
+/// the filesystem drops the backing with its last handle. A kernel that refuses (no
+/// CAP_SYS_ADMIN) gets a normal open, and passthrough goes off for the mount.
+fn reply_passthrough(
+    fs: &LakeFs,
+    reply: ReplyOpen,
+    fh: u64,
+    flags: FopenFlags,
+    backing: &crate::fs::passthrough::Backing,
+) {
+    let mut edge = backing.edge.lock().unwrap();
+    if edge.is_none() {
+        match reply.open_backing(&backing.file) {
+            Ok(id) => *edge = Some(Box::new(id)),
+            Err(e) => {
+                drop(edge);
+                fs.passthrough_refused(fh, &format!("the kernel refused a backing file: {e}"));
+                return reply.opened(FileHandle(fh), flags);
+            }
+        }
+    }
+    let id = edge
+        .as_ref()
+        .and_then(|b| b.downcast_ref::<BackingId>())
+        .expect("the edge holds a backing id");
+    reply.opened_passthrough(FileHandle(fh), flags, id);
+}
+
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // Kernel read-ahead feeds our reads in large requests; READDIRPLUS saves a lookup per
@@ -88,6 +117,15 @@ impl Filesystem for FuseAdapter {
         // on the new handle, which the file's writer stages like any other change.
         // Writes of up to 1 MiB per request (cp, dd bs=1M) instead of 128 KiB.
         let _ = config.set_max_write(1 << 20);
+        if self.fs.config().passthrough {
+            // Backing files on a plain file system (depth 1): this mount may still be a lower
+            // layer of an overlay (a container's bind mount does not count).
+            let pt = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH);
+            if pt.is_err() || config.set_max_stack_depth(1).is_err() {
+                self.fs
+                    .disable_passthrough("the kernel does not offer FUSE passthrough (Linux 6.9+)");
+            }
+        }
         Ok(())
     }
 
@@ -134,14 +172,20 @@ impl Filesystem for FuseAdapter {
             FopenFlags::FOPEN_NOFLUSH
         };
         self.rt.spawn(async move {
-            match fs.open(ino.0, mode).await {
-                Ok((fh, keep)) => {
-                    let flags = if keep {
+            match fs.open_for_kernel(ino.0, mode).await {
+                Ok(o) => {
+                    let keep = if o.keep_cache {
                         FopenFlags::FOPEN_KEEP_CACHE
                     } else {
                         FopenFlags::empty()
                     };
-                    reply.opened(FileHandle(fh), flags | no_flush)
+                    let flags = keep | no_flush;
+                    match &o.passthrough {
+                        // The kernel takes only NOFLUSH and the direct I/O flags beside
+                        // PASSTHROUGH; the page cache is the backing file's own.
+                        Some(b) => reply_passthrough(&fs, reply, o.fh, no_flush, b),
+                        None => reply.opened(FileHandle(o.fh), flags),
+                    }
                 }
                 Err(e) => reply.error(errno(e)),
             }

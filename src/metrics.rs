@@ -43,6 +43,7 @@ counters! {
     disk_write_errors_total: "Blocks that could not be written to the disk cache.",
     store_list_requests_total: "Listing pages requested from the store (directory listings and lookups).",
     store_head_requests_total: "Property requests (single-name lookups) sent to the store.",
+    passthrough_opens_total: "Opens whose reads go from the kernel straight to a file of the disk cache (FUSE passthrough).",
 }
 
 impl Metrics {

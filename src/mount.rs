@@ -436,6 +436,7 @@ pub fn build_fs_with(
     disk: Option<Arc<DiskCache>>,
 ) -> Arc<LakeFs> {
     let (read_memory, upload_slots) = split_memory(s);
+    let has_disk = disk.is_some();
     let blocks = BlockCache::new(
         store.clone(),
         disk,
@@ -444,7 +445,7 @@ pub fn build_fs_with(
             max_memory: read_memory,
             retry: ReadRetry::within(&s.deadlines),
         },
-        metrics,
+        metrics.clone(),
     );
     let fs_cfg = FsConfig {
         uid: s.uid,
@@ -460,9 +461,10 @@ pub fn build_fs_with(
         upload_slots,
         rename_dir_limit: s.rename_dir_limit,
         max_cached_entries: (s.metadata_budget / crate::fs::BYTES_PER_CACHED_ENTRY).max(1000),
+        passthrough: has_disk && s.passthrough.wanted(s.read_only),
     };
     let read_path = PrefetchReadPath::new(blocks, s.max_readahead);
-    Arc::new(LakeFs::new(store, read_path, fs_cfg))
+    Arc::new(LakeFs::new(store, read_path, fs_cfg).with_metrics(metrics))
 }
 
 /// A FUSE session serving `fs` at a mount point, from a thread of this process.

@@ -175,20 +175,24 @@ fn a_corrupted_block_file_is_a_miss_and_refetched() {
     let files = dataset(&az);
     let cache = tempfile::tempdir().unwrap();
     warm(&az, cache.path());
-    // Flip one byte near the end of some block file.
-    let mut blocks = Vec::new();
-    for sub in std::fs::read_dir(cache.path().join("blocks-v1")).unwrap() {
+    // Flip one byte near the end of some cached object (its last block).
+    let mut objects = Vec::new();
+    for sub in std::fs::read_dir(cache.path().join("objects-v2")).unwrap() {
         for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
-            blocks.push(f.unwrap().path());
+            let p = f.unwrap().path();
+            if p.extension().is_none() {
+                objects.push(p);
+            }
         }
     }
-    blocks.sort();
-    let victim = &blocks[0];
+    objects.sort();
+    let victim = &objects[0];
     let mut bytes = std::fs::read(victim).unwrap();
     let n = bytes.len();
     bytes[n - 2] ^= 0xff;
     std::fs::write(victim, bytes).unwrap();
 
+    // A writable mount: no passthrough, so every block goes through the daemon's check.
     let m = mount(&az, cache.path(), &[]);
     check_all(&m, &files);
     assert_eq!(metric(&m, "disk_corrupt_blocks_total"), 1);

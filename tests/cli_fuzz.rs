@@ -94,6 +94,7 @@ const FLAGS: &[&str] = &[
     "--config",
     "--read-only",
     "--allow-other",
+    "--passthrough",
     "--no-such-flag",
     "-v",
     "-vv",
@@ -214,6 +215,7 @@ const MOUNT_KEYS: &[&str] = &[
     "cache_size",
     "staging_dir",
     "metrics_addr",
+    "passthrough",
     "no_such_key",
 ];
 

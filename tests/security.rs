@@ -415,14 +415,15 @@ fn cached_blocks_and_staged_writes_are_private_on_disk() {
         std::fs::read(m.path().join("data.bin")).unwrap(),
         pseudo_random(3 << 20, 4)
     );
-    let blocks = || {
-        walk(&cache.join("blocks-v1"))
+    // The object's data file and its table.
+    let files = || {
+        walk(&cache.join("objects-v2"))
             .1
             .iter()
             .filter(|p| !p.file_name().unwrap().to_string_lossy().contains(".tmp"))
             .count()
     };
-    assert!(wait_for(Duration::from_secs(10), || blocks() == 3));
+    assert!(wait_for(Duration::from_secs(10), || files() == 2));
     // A file being written: its staging pair exists until the close.
     let mut f = std::fs::File::create(m.path().join("out.bin")).unwrap();
     std::io::Write::write_all(&mut f, &pseudo_random(1 << 20, 5)).unwrap();

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::budget::{Budget, Permit};
 use super::disk::DiskCache;
+use super::objfile::ObjectKey;
 use crate::metrics::Metrics;
 use crate::reader::ObjectVersion;
 use crate::store::{retry, DynStore, Store, StoreError, StoreResult};
@@ -72,6 +73,15 @@ pub fn block_identity(
         store.object_id(&obj.key),
         obj.etag
     )
+}
+
+/// An object version as the disk cache files it: its bytes and how they are cut into blocks.
+pub fn object_key(store: &dyn Store, obj: &ObjectVersion, block_size: u64) -> ObjectKey {
+    ObjectKey {
+        id: format!("{}\n{}", store.object_id(&obj.key), obj.etag),
+        size: obj.size,
+        block_size,
+    }
 }
 
 /// The byte range of block `index` in an object of `size` bytes.
@@ -178,6 +188,20 @@ impl BlockCache {
     /// a different block.
     pub fn identity(&self, obj: &ObjectVersion, index: u64) -> String {
         block_identity(self.store.as_ref(), obj, self.cfg.block_size, index)
+    }
+
+    /// The object as the disk cache files it.
+    pub fn object_key(&self, obj: &ObjectVersion) -> ObjectKey {
+        object_key(self.store.as_ref(), obj, self.cfg.block_size)
+    }
+
+    /// The data file of `obj` in the disk cache if all of it is there and checks out, for a
+    /// passthrough open (see `DiskCache::open_complete`). Blocking: it may read the file.
+    pub fn complete_on_disk(&self, obj: &ObjectVersion) -> Option<std::fs::File> {
+        if obj.size == 0 {
+            return None;
+        }
+        self.disk.as_ref()?.open_complete(&self.object_key(obj))
     }
 
     pub fn block_range(&self, size: u64, index: u64) -> Range<u64> {
@@ -307,7 +331,10 @@ impl BlockCache {
         let id = self.identity(obj, index);
         let known = self.held(&id).is_some()
             || self.inflight.lock().unwrap().contains_key(&id)
-            || self.disk.as_ref().is_some_and(|d| d.contains(&id));
+            || self
+                .disk
+                .as_ref()
+                .is_some_and(|d| d.contains(&self.object_key(obj), index));
         if known {
             let lease = self.get(obj, index, range.end - range.start).await?;
             let from = (range.start - block.start) as usize;
@@ -453,7 +480,7 @@ impl BlockCache {
                         p
                     }
                 };
-                let result = me.load(&obj, index, &key, prefetched, permit).await;
+                let result = me.load(&obj, index, prefetched, permit).await;
                 if let Ok(block) = &result {
                     me.remember(key.clone(), block.clone());
                 }
@@ -486,12 +513,10 @@ impl BlockCache {
         &self,
         obj: &ObjectVersion,
         index: u64,
-        id: &str,
         prefetched: bool,
         permit: Permit,
     ) -> StoreResult<Arc<Block>> {
         let range = self.block_range(obj.size, index);
-        let len = range.end - range.start;
         let block = |data: Bytes| {
             Arc::new(Block {
                 data,
@@ -501,8 +526,8 @@ impl BlockCache {
             })
         };
         if let Some(disk) = &self.disk {
-            let (disk, id) = (disk.clone(), id.to_string());
-            let hit = tokio::task::spawn_blocking(move || disk.get(&id, len))
+            let (disk, key) = (disk.clone(), self.object_key(obj));
+            let hit = tokio::task::spawn_blocking(move || disk.get(&key, index))
                 .await
                 .map_err(|e| StoreError::Other(format!("disk cache task failed: {e}")))?;
             if let Some(data) = hit {
@@ -513,7 +538,7 @@ impl BlockCache {
         let block = block(data);
         if let Some(disk) = &self.disk {
             // The pending write keeps the block (and its budget) until it lands.
-            disk.write_behind(id.to_string(), self.lease(block.clone()));
+            disk.write_behind(self.object_key(obj), index, self.lease(block.clone()));
         }
         Ok(block)
     }

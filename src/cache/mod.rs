@@ -5,3 +5,5 @@ pub mod blocks;
 pub mod budget;
 pub mod disk;
 pub mod meta;
+pub mod objfile;
+mod size;

@@ -19,8 +19,10 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::listing::EntryKind;
+use super::passthrough::{Backing, ReadSlot};
 use super::write::{Start, WriteHandle, MAX_FILE_SIZE};
 use super::{process, Attr, FsError, FsResult, LakeFs};
+use crate::metrics::Metrics;
 use crate::reader::{FileReader, ObjectVersion};
 
 /// What an open file handle reads (and writes) through.
@@ -68,17 +70,54 @@ impl OpenMode {
     };
 }
 
+/// An open handle, as the FUSE layer replies it.
+pub struct Opened {
+    pub fh: u64,
+    /// The kernel may keep the pages it cached at earlier opens.
+    pub keep_cache: bool,
+    /// The cache file the kernel reads instead of asking us (passthrough).
+    pub passthrough: Option<Arc<Backing>>,
+}
+
 impl LakeFs {
     /// Opens a file. Writing needs a writable mount (else EROFS). Also says whether the kernel
     /// may keep the pages it cached at earlier opens: only when the file is still the
     /// version (ETag) it was then.
     pub async fn open(&self, ino: u64, mode: OpenMode) -> FsResult<(u64, bool)> {
+        self.open_for_kernel(ino, mode)
+            .await
+            .map(|o| (o.fh, o.keep_cache))
+    }
+
+    /// [`open`](Self::open), and with passthrough on (`FsConfig::passthrough`) the cache file
+    /// the kernel is to read instead (see `passthrough`).
+    pub async fn open_for_kernel(&self, ino: u64, mode: OpenMode) -> FsResult<Opened> {
         if mode.write && self.cfg.read_only {
             return Err(FsError(libc::EROFS));
         }
         self.getattr(ino).await?;
+        let tracked = self.cfg.passthrough;
+        let mut slot = match (tracked, mode.write) {
+            (false, _) => None,
+            (true, true) => Some(ReadSlot::Decided(self.iomodes.reserve_writer(ino)?)),
+            (true, false) => Some(self.iomodes.reserve_reader(ino)),
+        };
+        let plain = |fh: u64, keep_cache: bool, slot: Option<ReadSlot>| {
+            if let Some(slot) = slot {
+                let r = match slot {
+                    ReadSlot::Decided(r) => r,
+                    ReadSlot::Open(ino) => self.iomodes.settle(ino, None),
+                };
+                r.bind(fh);
+            }
+            Opened {
+                fh,
+                keep_cache,
+                passthrough: None,
+            }
+        };
         if let Some(fh) = self.open_on_writer(ino, mode).await? {
-            return Ok((fh, true));
+            return Ok(plain(fh, true, slot));
         }
         let (node, keep_cache) = {
             let mut t = self.inodes.lock().unwrap();
@@ -103,13 +142,32 @@ impl LakeFs {
         };
         let reader: Arc<dyn FileReader> = Arc::from(self.read_path.open(version.clone()));
         if !mode.write {
+            if let Some(ReadSlot::Open(ino)) = slot {
+                // Nobody has the file open: it may be read through the cache's file.
+                let path = self.read_path.clone();
+                let v = version.clone();
+                let candidate = tokio::task::spawn_blocking(move || path.complete_file(&v))
+                    .await
+                    .ok()
+                    .flatten();
+                slot = Some(ReadSlot::Decided(self.iomodes.settle(ino, candidate)));
+            }
             let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
             self.files
                 .lock()
                 .unwrap()
                 .insert(fh, OpenFile::Read(reader));
             self.reading(fh, version);
-            return Ok((fh, keep_cache));
+            let backing = match &slot {
+                Some(ReadSlot::Decided(r)) => r.backing(),
+                _ => None,
+            };
+            let mut opened = plain(fh, keep_cache, slot);
+            if backing.is_some() {
+                Metrics::add(&self.metrics().passthrough_opens_total, 1);
+            }
+            opened.passthrough = backing;
+            return Ok(opened);
         }
         let start = if mode.truncate || size == 0 {
             Start::Empty
@@ -121,10 +179,11 @@ impl LakeFs {
             fresh.inherit_posix(p);
         }
         let (fh, w) = self.start_writer(ino, fresh.clone(), Some(reader), mode);
+        let opened = plain(fh, keep_cache, slot);
         if mode.truncate && !Arc::ptr_eq(&w, &fresh) {
             self.truncate_on_open(&w).await?;
         }
-        Ok((fh, keep_cache))
+        Ok(opened)
     }
 
     /// A handle on the writer `ino` already has, if it has one: all handles of a file being
@@ -410,6 +469,7 @@ impl LakeFs {
     /// what is not committed yet (errors are only logged: nobody is left to tell); the last
     /// handle removes the staging file once safe.
     pub async fn release(&self, fh: u64) {
+        self.iomodes.release(fh);
         let Some(file) = self.files.lock().unwrap().remove(&fh) else {
             return;
         };

@@ -9,6 +9,7 @@ pub mod listing;
 pub mod live;
 pub mod names;
 mod namespace;
+pub mod passthrough;
 pub mod process;
 mod readdir;
 mod rename_tree;
@@ -22,9 +23,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::cache::meta::MetaCache;
+use crate::metrics::Metrics;
 use crate::reader::ReadPath;
 use crate::store::{DynStore, StoreError};
 pub use files::OpenMode;
+pub use files::Opened;
 use files::{OpenFile, Writer};
 use inode::{InodeTable, ROOT_INO};
 use listing::{DirListing, EntryKind};
@@ -77,6 +80,8 @@ pub struct FsConfig {
     pub upload_slots: usize,
     /// Most objects a directory rename on a flat account copies; EXDEV beyond (0: always).
     pub rename_dir_limit: u64,
+    /// Files the disk cache holds whole are read by the kernel from the cache file.
+    pub passthrough: bool,
 }
 
 impl Default for FsConfig {
@@ -95,6 +100,7 @@ impl Default for FsConfig {
             },
             upload_slots: 8,
             rename_dir_limit: DEFAULT_RENAME_DIR_LIMIT,
+            passthrough: false,
         }
     }
 }
@@ -164,6 +170,9 @@ pub struct LakeFs {
     forgotten: AtomicU64,
     /// Metadata entries cached at the last trim of the heap (see `upkeep`).
     cached_at_trim: AtomicU64,
+    /// The kernel I/O mode of each open file (see `passthrough`).
+    iomodes: passthrough::IoModes,
+    metrics: Arc<Metrics>,
 }
 
 /// Inodes forgotten between two trims of the heap.
@@ -183,6 +192,7 @@ impl LakeFs {
     pub fn new(store: DynStore, read_path: Arc<dyn ReadPath>, cfg: FsConfig) -> Self {
         let now = SystemTime::now();
         let slots = Arc::new(tokio::sync::Semaphore::new(cfg.upload_slots.max(1)));
+        let cfg_passthrough = cfg.passthrough;
         LakeFs {
             store,
             read_path,
@@ -201,7 +211,29 @@ impl LakeFs {
             warned: Mutex::new(HashSet::new()),
             device: std::sync::OnceLock::new(),
             readers: Mutex::new(HashMap::new()),
+            iomodes: passthrough::IoModes::new(cfg_passthrough),
+            metrics: Arc::new(Metrics::default()),
         }
+    }
+
+    /// Counters the mount exports (a private set by default).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Turns passthrough off for the rest of the mount (see `passthrough::IoModes::disable`).
+    pub fn disable_passthrough(&self, why: &str) {
+        self.iomodes.disable(why);
+    }
+
+    /// Passthrough for handle `fh` was refused by the kernel: it reads the normal way.
+    pub fn passthrough_refused(&self, fh: u64, why: &str) {
+        self.iomodes.refused(fh, why);
     }
 
     /// Records the device number the kernel gave the mount (`st_dev` of its root).

@@ -40,6 +40,10 @@ impl PrefetchReadPath {
 }
 
 impl ReadPath for PrefetchReadPath {
+    fn complete_file(&self, object: &ObjectVersion) -> Option<std::fs::File> {
+        self.cache.complete_on_disk(object)
+    }
+
     fn open(&self, object: ObjectVersion) -> Box<dyn FileReader> {
         Box::new(PrefetchReader {
             cache: self.cache.clone(),

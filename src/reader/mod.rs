@@ -26,6 +26,12 @@ pub trait FileReader: Send + Sync {
 /// Creates one reader per open file handle.
 pub trait ReadPath: Send + Sync {
     fn open(&self, object: ObjectVersion) -> Box<dyn FileReader>;
+
+    /// A local file holding all of `object`'s bytes, checked, for the kernel to read
+    /// directly (passthrough). Blocking.
+    fn complete_file(&self, _object: &ObjectVersion) -> Option<std::fs::File> {
+        None
+    }
 }
 
 /// Reads straight from the store: one ranged GET per read call.

@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use futures::{StreamExt, TryStreamExt};
 
 use super::progress::Progress;
-use crate::cache::blocks::{block_identity, block_range};
+use crate::cache::blocks::{block_range, object_key};
 use crate::cache::disk::DiskCache;
 use crate::cli::WarmArgs;
 use crate::fs::listing::{self, EntryKind};
@@ -77,10 +77,10 @@ pub async fn warm(
             let (store, disk, progress) = (store.clone(), disk.clone(), progress.clone());
             let (cached, gets) = (cached.clone(), gets.clone());
             async move {
-                let id = block_identity(store.as_ref(), f, block_size, index);
+                let key = object_key(store.as_ref(), f, block_size);
                 let range = block_range(block_size, f.size, index);
                 let len = range.end - range.start;
-                if disk.contains(&id) {
+                if disk.contains(&key, index) {
                     cached.fetch_add(len, Ordering::Relaxed);
                 } else {
                     let data = store
@@ -91,7 +91,7 @@ pub async fn warm(
                     if data.len() as u64 != len {
                         return Err(anyhow!("{}: short read of block {index}", f.key));
                     }
-                    tokio::task::spawn_blocking(move || disk.put(&id, &data)).await?;
+                    tokio::task::spawn_blocking(move || disk.put(&key, index, &data)).await?;
                 }
                 progress.add_bytes(len);
                 if last {

@@ -1,0 +1,276 @@
+use super::*;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::AtomicU64;
+
+fn open(dir: &Path, cap: u64) -> DiskCache {
+    DiskCache::open(dir, CacheSize::Bytes(cap), Arc::new(Metrics::default())).unwrap()
+}
+
+fn key(id: &str, size: u64, block_size: u64) -> ObjectKey {
+    ObjectKey {
+        id: id.to_string(),
+        size,
+        block_size,
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+#[test]
+fn blocks_survive_a_reopen_with_private_permissions() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("cache");
+    let c = open(&d, 1 << 20);
+    let k = key("az://a/c/k\n\"e\"", 5, 8);
+    c.put(&k, 0, b"hello");
+    assert_eq!(&c.get(&k, 0).unwrap()[..], b"hello");
+    assert!(c.get(&key("az://a/c/k\n\"other-etag\"", 5, 8), 0).is_none());
+    drop(c);
+    let c = open(&d, 1 << 20);
+    assert_eq!(c.stats().blocks, 1);
+    assert_eq!(&c.get(&k, 0).unwrap()[..], b"hello");
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&d), 0o700);
+    assert_eq!(mode(&d.join(SUBDIR)), 0o700);
+    let files = c.files(&k.hash());
+    assert_eq!(mode(&files.data), 0o600);
+    assert_eq!(mode(&files.sums), 0o600);
+}
+
+#[test]
+fn an_object_is_one_plain_file_with_its_blocks_at_their_offsets() {
+    let d = tempfile::tempdir().unwrap();
+    let c = open(d.path(), 1 << 20);
+    let data = pattern(10_000, 7);
+    let k = key("obj", data.len() as u64, 4096);
+    // Out of order, as concurrent read-ahead lands them.
+    for i in [2u64, 0, 1] {
+        let r = (i * 4096) as usize..((i + 1) * 4096).min(10_000) as usize;
+        c.put(&k, i, &data[r]);
+    }
+    assert_eq!(fs::read(&c.files(&k.hash()).data).unwrap(), data);
+    let f = c.open_complete(&k).expect("complete");
+    let mut all = Vec::new();
+    io::Read::read_to_end(&mut &f, &mut all).unwrap();
+    assert_eq!(all, data);
+    drop(f);
+    // Reopened: the index finds the three blocks again.
+    let c = open(d.path(), 1 << 20);
+    assert_eq!(c.stats().blocks, 3);
+    assert_eq!(c.stats().bytes, 10_000);
+}
+
+#[test]
+fn a_partly_cached_object_is_not_complete() {
+    let d = tempfile::tempdir().unwrap();
+    let c = open(d.path(), 1 << 20);
+    let data = pattern(10_000, 1);
+    let k = key("obj", data.len() as u64, 4096);
+    c.put(&k, 0, &data[..4096]);
+    c.put(&k, 2, &data[8192..]);
+    assert!(c.open_complete(&k).is_none());
+    assert!(c.get(&k, 1).is_none());
+    assert_eq!(&c.get(&k, 2).unwrap()[..], &data[8192..]);
+}
+
+#[test]
+fn corrupt_or_truncated_blocks_are_misses_and_dropped() {
+    let d = tempfile::tempdir().unwrap();
+    let m = Arc::new(Metrics::default());
+    let c = DiskCache::open(d.path(), CacheSize::Bytes(1 << 20), m.clone()).unwrap();
+    let data = pattern(8192, 3);
+    let k = key("id", 8192, 4096);
+    c.put(&k, 0, &data[..4096]);
+    c.put(&k, 1, &data[4096..]);
+    let files = c.files(&k.hash());
+    // A flipped byte in every position class: first block, last byte of the object.
+    for at in [5usize, 8191] {
+        let mut bytes = fs::read(&files.data).unwrap();
+        bytes[at] ^= 0x40;
+        fs::write(&files.data, &bytes).unwrap();
+        let index = at as u64 / 4096;
+        assert!(c.get(&k, index).is_none(), "flipped byte at {at}");
+        assert!(!c.contains(&k, index));
+        c.put(&k, index, &data[index as usize * 4096..][..4096]);
+    }
+    // A data file cut short.
+    let f = File::options().write(true).open(&files.data).unwrap();
+    f.set_len(6000).unwrap();
+    assert!(c.get(&k, 1).is_none(), "truncated");
+    // A table cut short: nothing of the object can be trusted.
+    c.put(&k, 1, &data[4096..]);
+    let t = fs::read(&files.sums).unwrap();
+    fs::write(&files.sums, &t[..10]).unwrap();
+    assert!(c.get(&k, 0).is_none(), "truncated table");
+    assert_eq!(Metrics::get(&m.disk_corrupt_blocks_total), 4);
+}
+
+#[test]
+fn a_flipped_byte_anywhere_in_a_complete_object_keeps_it_from_passthrough() {
+    let d = tempfile::tempdir().unwrap();
+    let data = pattern(3 * 4096 + 100, 9);
+    let k = key("obj", data.len() as u64, 4096);
+    for at in [0usize, 4095, 4096, 9000, data.len() - 1] {
+        // A new cache each time: checked once per process, so each starts unchecked.
+        let c = open(d.path(), 1 << 20);
+        for i in 0..k.blocks() {
+            let r = (i * 4096) as usize..((i + 1) * 4096).min(data.len() as u64) as usize;
+            c.put(&k, i, &data[r]);
+        }
+        drop(c);
+        let c = open(d.path(), 1 << 20);
+        let path = c.files(&k.hash()).data;
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[at] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert!(c.open_complete(&k).is_none(), "flipped byte at {at}");
+        assert!(!path.exists(), "the object is dropped");
+        assert_eq!(c.stats().blocks, 0);
+    }
+}
+
+#[test]
+fn eviction_does_not_punch_a_file_a_passthrough_open_holds() {
+    let d = tempfile::tempdir().unwrap();
+    let data = pattern(8192, 5);
+    let k = key("held", 8192, 4096);
+    let c = open(d.path(), 8192);
+    c.put(&k, 0, &data[..4096]);
+    c.put(&k, 1, &data[4096..]);
+    let held = c.open_complete(&k).expect("complete");
+    // A new object pushes the held one out: it is unlinked whole, and the open file keeps
+    // every byte.
+    c.put(&key("other", 4096, 4096), 0, &pattern(4096, 6));
+    assert!(!c.files(&k.hash()).data.exists());
+    let mut all = Vec::new();
+    io::Read::read_to_end(&mut &held, &mut all).unwrap();
+    assert_eq!(all, data);
+    assert_eq!(c.stats().bytes, 4096);
+    drop(held);
+    // Not held: one block is punched out, the file stays.
+    c.put(&k, 0, &data[..4096]);
+    c.put(&k, 1, &data[4096..]);
+    c.put(&key("third", 4096, 4096), 0, &pattern(4096, 8));
+    assert_eq!(c.stats().blocks, 2);
+    assert!(c.files(&k.hash()).data.exists());
+    assert!(c.contains(&k, 1) && !c.contains(&k, 0));
+}
+
+#[test]
+fn a_free_space_reserve_bounds_the_cache_by_what_the_disk_has_left() {
+    // A 100 MiB disk, 20 MiB free before the cache writes anything; others may use more.
+    let d = tempfile::tempdir().unwrap();
+    let others = Arc::new(AtomicU64::new(80 << 20));
+    let (root, used) = (d.path().join(SUBDIR), others.clone());
+    let probe: SpaceProbe = Box::new(move || {
+        // Space the files take (holes do not count).
+        let ours: u64 = fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|sub| fs::read_dir(sub.path()).into_iter().flatten().flatten())
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| m.blocks() * 512)
+            .sum();
+        let total = 100u64 << 20;
+        Ok((
+            total,
+            (total - used.load(Ordering::Relaxed)).saturating_sub(ours),
+        ))
+    });
+    let m = Arc::new(Metrics::default());
+    let c = DiskCache::open_with(d.path(), CacheSize::KeepFree(10.0), m, probe).unwrap();
+    for i in 0..30 {
+        c.put(
+            &key(&format!("obj-{i}"), 1 << 20, 1 << 20),
+            0,
+            &vec![i as u8; 1 << 20],
+        );
+    }
+    let held = c.stats().bytes;
+    assert!(
+        (9 << 20..=10 << 20).contains(&held),
+        "10 MiB reserve of a disk with 20 MiB free: {held} bytes held"
+    );
+    // Someone else takes 6 MiB: the cache gives it back at its next write.
+    others.fetch_add(6 << 20, Ordering::Relaxed);
+    c.put(&key("one-more", 1 << 20, 1 << 20), 0, &[0u8; 1 << 20]);
+    let held = c.stats().bytes;
+    assert!(
+        (3 << 20..=4 << 20).contains(&held),
+        "after others used 6 MiB: {held} bytes held"
+    );
+}
+
+#[test]
+fn least_recently_used_blocks_are_evicted_at_capacity() {
+    let d = tempfile::tempdir().unwrap();
+    let c = open(d.path(), 3000);
+    let k = |i: u64| key(&format!("k{i}"), 1000, 1000);
+    for i in 0..3 {
+        c.put(&k(i), 0, &[i as u8; 1000]);
+    }
+    assert!(c.get(&k(0), 0).is_some(), "k0 is now the most recent");
+    c.put(&k(3), 0, &[3u8; 1000]);
+    assert!(c.contains(&k(0), 0) && !c.contains(&k(1), 0));
+    assert!(c.contains(&k(2), 0) && c.contains(&k(3), 0));
+    assert!(
+        !c.files(&k(1).hash()).data.exists(),
+        "an empty object leaves no file"
+    );
+    assert_eq!(c.stats().bytes, 3000);
+    assert_eq!(c.clear().unwrap(), 3);
+    assert!(c.get(&k(0), 0).is_none());
+}
+
+#[test]
+fn the_old_layout_is_removed_at_open() {
+    let d = tempfile::tempdir().unwrap();
+    fs::create_dir_all(d.path().join(OLD_SUBDIR).join("ab")).unwrap();
+    fs::write(d.path().join(OLD_SUBDIR).join("ab").join("abcd"), b"old").unwrap();
+    let _c = open(d.path(), 1 << 20);
+    assert!(!d.path().join(OLD_SUBDIR).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn written_behind_blocks_have_landed_once_idle() {
+    let d = tempfile::tempdir().unwrap();
+    let c = Arc::new(open(d.path(), 1 << 30));
+    for i in 0..20 {
+        let k = key(&format!("k{i}"), 4096, 4096);
+        c.write_behind(k, 0, Bytes::from(vec![i as u8; 4096]));
+    }
+    let c2 = c.clone();
+    let idle = tokio::task::spawn_blocking(move || c2.wait_idle(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(idle);
+    assert_eq!(c.stats().blocks, 20);
+    let got = c.get(&key("k7", 4096, 4096), 0).unwrap();
+    assert_eq!(&got[..], &[7u8; 4096][..]);
+}
+
+#[test]
+fn blocks_of_a_new_object_written_at_once_are_all_held() {
+    // Read-ahead lands an object's blocks from several threads (or mounts) at once; each
+    // first writer finds no table. None of them may lose another's entry.
+    let d = tempfile::tempdir().unwrap();
+    let c = Arc::new(open(d.path(), 1 << 30));
+    for round in 0..20u64 {
+        let data = Arc::new(pattern(8 * 4096, round as u8));
+        let k = key(&format!("obj-{round}"), data.len() as u64, 4096);
+        std::thread::scope(|s| {
+            for i in 0..8u64 {
+                let (c, k, data) = (c.clone(), k.clone(), data.clone());
+                s.spawn(move || c.put(&k, i, &data[i as usize * 4096..][..4096]));
+            }
+        });
+        let held = objfile::held_blocks(&c.files(&k.hash()), &k).unwrap();
+        assert_eq!(held, vec![4096; 8], "round {round}");
+        assert!(c.open_complete(&k).is_some(), "round {round}");
+    }
+}

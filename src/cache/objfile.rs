@@ -1,0 +1,319 @@
+//! One object version on the cache disk: its bytes in a plain file at their own offsets
+//! (sparse while partly cached), so a complete one can back a passthrough open, and beside it
+//! a table of the blocks held, each with its CRC32C, so no byte is served unchecked.
+//!
+//! `HASH` holds the data; `HASH.sums` starts with a header (magic, size, block size, the
+//! identity) followed by one 8-byte entry per block: CRC32C and length, length 0 while the
+//! block is not held. A block's data is written before its entry and its entry is cleared
+//! before its hole is punched, so an entry never names bytes that are not there (short of the
+//! disk lying, which the CRC catches).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+const MAGIC: &[u8; 8] = b"LMOBJ002";
+const ENTRY: u64 = 8;
+
+/// What makes an object version's bytes what they are, and how it is cut into blocks.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectKey {
+    /// The store's object id and ETag.
+    pub id: String,
+    pub size: u64,
+    pub block_size: u64,
+}
+
+impl ObjectKey {
+    /// The file name: SHA-256 of everything that identifies the bytes and the table's shape.
+    pub fn hash(&self) -> String {
+        let identity = format!("{}\n{}\n{}", self.id, self.size, self.block_size);
+        format!("{:x}", Sha256::digest(identity.as_bytes()))
+    }
+
+    pub fn blocks(&self) -> u64 {
+        self.size.div_ceil(self.block_size)
+    }
+
+    pub fn block_len(&self, index: u64) -> u64 {
+        let start = index * self.block_size;
+        (start + self.block_size).min(self.size) - start.min(self.size)
+    }
+
+    fn header(&self) -> Vec<u8> {
+        let mut h = Vec::with_capacity(28 + self.id.len());
+        h.extend_from_slice(MAGIC);
+        h.extend_from_slice(&self.size.to_le_bytes());
+        h.extend_from_slice(&self.block_size.to_le_bytes());
+        h.extend_from_slice(&(self.id.len() as u32).to_le_bytes());
+        h.extend_from_slice(self.id.as_bytes());
+        h
+    }
+}
+
+/// The pair of files of one object in a cache directory.
+pub struct ObjectFiles {
+    pub data: PathBuf,
+    pub sums: PathBuf,
+}
+
+impl ObjectFiles {
+    pub fn new(root: &Path, hash: &str) -> ObjectFiles {
+        let data = root.join(&hash[..2]).join(hash);
+        let sums = data.with_extension("sums");
+        ObjectFiles { data, sums }
+    }
+}
+
+fn bad(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.to_string())
+}
+
+/// A table that does not exist is `Ok(None)`; one for another object or cut short is an error.
+fn open_table(files: &ObjectFiles, key: &ObjectKey, write: bool) -> io::Result<Option<File>> {
+    let f = match OpenOptions::new().read(true).write(write).open(&files.sums) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let want = key.header();
+    let mut got = vec![0u8; want.len()];
+    f.read_exact_at(&mut got, 0)
+        .map_err(|_| bad("truncated table"))?;
+    if got != want {
+        return Err(bad("table of another object"));
+    }
+    Ok(Some(f))
+}
+
+fn entry_at(key: &ObjectKey, index: u64) -> u64 {
+    28 + key.id.len() as u64 + index * ENTRY
+}
+
+fn read_entry(t: &File, key: &ObjectKey, index: u64) -> io::Result<(u32, u64)> {
+    let mut e = [0u8; ENTRY as usize];
+    match t.read_exact_at(&mut e, entry_at(key, index)) {
+        Ok(()) => {}
+        // Entries past the end were never written: not held.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok((0, 0)),
+        Err(e) => return Err(e),
+    }
+    let crc = u32::from_le_bytes(e[..4].try_into().unwrap());
+    let len = u32::from_le_bytes(e[4..].try_into().unwrap()) as u64;
+    Ok((crc, len))
+}
+
+/// The lengths of the blocks the table says are held (0: not held).
+pub fn held_blocks(files: &ObjectFiles, key: &ObjectKey) -> io::Result<Vec<u64>> {
+    let Some(t) = open_table(files, key, false)? else {
+        return Ok(Vec::new());
+    };
+    let mut all = vec![0u8; (key.blocks() * ENTRY) as usize];
+    let n = t.read_at(&mut all, entry_at(key, 0))?;
+    Ok((0..key.blocks())
+        .map(|i| {
+            let at = (i * ENTRY) as usize;
+            if at + ENTRY as usize > n {
+                return 0;
+            }
+            let len = u32::from_le_bytes(all[at + 4..at + 8].try_into().unwrap()) as u64;
+            if len == key.block_len(i) {
+                len
+            } else {
+                0
+            }
+        })
+        .collect())
+}
+
+/// The header alone, read back from a table file: lets a scan of the cache directory index
+/// tables it finds without knowing their objects first.
+pub fn read_key(sums: &Path) -> io::Result<ObjectKey> {
+    let data = fs::read(sums)?;
+    if data.len() < 28 || &data[..8] != MAGIC {
+        return Err(bad("not a table"));
+    }
+    let size = u64::from_le_bytes(data[8..16].try_into().unwrap());
+    let block_size = u64::from_le_bytes(data[16..24].try_into().unwrap());
+    let id_len = u32::from_le_bytes(data[24..28].try_into().unwrap()) as usize;
+    let id = data
+        .get(28..28 + id_len)
+        .ok_or_else(|| bad("truncated table"))?;
+    if block_size == 0 {
+        return Err(bad("zero block size"));
+    }
+    Ok(ObjectKey {
+        id: String::from_utf8(id.to_vec()).map_err(|_| bad("identity is not UTF-8"))?,
+        size,
+        block_size,
+    })
+}
+
+/// Block `index` if the table holds it and its bytes match their CRC. `Ok(None)`: not held.
+/// `Err`: files that must not be trusted.
+pub fn read_block(files: &ObjectFiles, key: &ObjectKey, index: u64) -> io::Result<Option<Bytes>> {
+    let Some(t) = open_table(files, key, false)? else {
+        return Ok(None);
+    };
+    let (crc, len) = read_entry(&t, key, index)?;
+    if len == 0 {
+        return Ok(None);
+    }
+    if len != key.block_len(index) {
+        return Err(bad("entry length does not match the block"));
+    }
+    let d = File::open(&files.data)?;
+    let mut data = vec![0u8; len as usize];
+    d.read_exact_at(&mut data, index * key.block_size)
+        .map_err(|_| bad("truncated data"))?;
+    if crc32c::crc32c(&data) != crc {
+        return Err(bad("checksum mismatch"));
+    }
+    Ok(Some(Bytes::from(data)))
+}
+
+/// Writes block `index`: the data at its offset, then its entry. Creates the pair when absent
+/// (the table through a temporary file, so no reader sees half a header).
+pub fn write_block(
+    files: &ObjectFiles,
+    key: &ObjectKey,
+    index: u64,
+    data: &[u8],
+) -> io::Result<()> {
+    debug_assert_eq!(data.len() as u64, key.block_len(index));
+    let dir = files.data.parent().expect("object paths have a parent");
+    super::disk::mkdir_private(dir)?;
+    let table = match open_table(files, key, true) {
+        Ok(Some(t)) => t,
+        Ok(None) => create_table(files, key)?,
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            // A damaged table (or an identity clash): start the object over.
+            remove(files);
+            create_table(files, key)?
+        }
+        Err(e) => return Err(e),
+    };
+    let d = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&files.data)?;
+    if d.metadata()?.len() != key.size {
+        d.set_len(key.size)?;
+    }
+    d.write_all_at(data, index * key.block_size)?;
+    let mut e = [0u8; ENTRY as usize];
+    e[..4].copy_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    e[4..].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    table.write_all_at(&e, entry_at(key, index))
+}
+
+fn create_table(files: &ObjectFiles, key: &ObjectKey) -> io::Result<File> {
+    let dir = files.sums.parent().expect("object paths have a parent");
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}.{:?}",
+        files.sums.file_name().unwrap().to_string_lossy(),
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let res = (|| {
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&key.header())?;
+        // A link, not a rename: when writers of two blocks (here or in another mount) create
+        // the table at once, the second must not replace the first and lose its entries.
+        match fs::hard_link(&tmp, &files.sums) {
+            Ok(()) => Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                open_table(files, key, true)?.ok_or(e)
+            }
+            Err(e) => Err(e),
+        }
+    })();
+    let _ = fs::remove_file(&tmp);
+    res
+}
+
+/// Drops block `index`: its entry first, then its bytes (a hole). The caller makes sure no
+/// passthrough open uses the data file (see `DiskCache::evict_block`).
+pub fn punch_block(files: &ObjectFiles, key: &ObjectKey, index: u64) -> io::Result<()> {
+    if let Some(t) = open_table(files, key, true)? {
+        t.write_all_at(&[0u8; ENTRY as usize], entry_at(key, index))?;
+    }
+    let d = OpenOptions::new().write(true).open(&files.data)?;
+    punch(&d, index * key.block_size, key.block_len(index))
+}
+
+fn punch(f: &File, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate on a descriptor we own; no memory is passed.
+    let r = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Removes both files. A process that has the data file open keeps reading its bytes.
+pub fn remove(files: &ObjectFiles) {
+    let _ = fs::remove_file(&files.sums);
+    let _ = fs::remove_file(&files.data);
+}
+
+/// The data file of a complete object, opened read-only and checked: every block held and
+/// every byte matching its CRC, read through the descriptor returned, so what was checked is
+/// what a passthrough open reads. `Ok(None)`: not complete. `Err`: a block failed its check.
+pub fn open_verified(
+    files: &ObjectFiles,
+    key: &ObjectKey,
+    verify: bool,
+) -> io::Result<Option<File>> {
+    let Some(t) = open_table(files, key, false)? else {
+        return Ok(None);
+    };
+    let mut table = vec![0u8; (key.blocks() * ENTRY) as usize];
+    if t.read_at(&mut table, entry_at(key, 0))? < table.len() {
+        return Ok(None);
+    }
+    let entry = |i: u64| {
+        let at = (i * ENTRY) as usize;
+        let crc = u32::from_le_bytes(table[at..at + 4].try_into().unwrap());
+        let len = u32::from_le_bytes(table[at + 4..at + 8].try_into().unwrap()) as u64;
+        (crc, len)
+    };
+    if (0..key.blocks()).any(|i| entry(i).1 != key.block_len(i)) {
+        return Ok(None);
+    }
+    let d = File::open(&files.data)?;
+    if d.metadata()?.len() != key.size {
+        return Err(bad("data file of the wrong length"));
+    }
+    if verify {
+        let mut buf = vec![0u8; key.block_size.min(key.size) as usize];
+        for i in 0..key.blocks() {
+            let len = key.block_len(i) as usize;
+            d.read_exact_at(&mut buf[..len], i * key.block_size)?;
+            if crc32c::crc32c(&buf[..len]) != entry(i).0 {
+                return Err(bad(&format!("block {i} fails its checksum")));
+            }
+        }
+    }
+    Ok(Some(d))
+}

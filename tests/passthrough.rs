@@ -1,0 +1,439 @@
+//! Files the disk cache holds whole, read by the kernel straight from the cache file (FUSE
+//! passthrough), through real mounts of a local-directory lake: bytes, corruption, the
+//! fallbacks, and the kernel's one-mode-per-inode rule under opens in many orders.
+
+mod common;
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::metrics::from_log;
+use common::mount::{is_mounted, wait_for, Mount};
+use common::tree::pseudo_random;
+
+const MIB: usize = 1 << 20;
+
+/// Sizes around the 1 MiB block: empty, tiny, a page, one block exactly, blocks and a tail.
+fn lake_files(lake: &Path) -> Vec<(String, Vec<u8>)> {
+    let sizes = [0, 1, 4095, MIB, MIB + 1, 3 * MIB + 12_345];
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let name = format!("f{i}.bin");
+            let data = pseudo_random(n, i as u64 + 1);
+            std::fs::write(lake.join(&name), &data).unwrap();
+            (name, data)
+        })
+        .collect()
+}
+
+fn mount(lake: &Path, cache: &Path, extra: &[&str]) -> Mount {
+    let mut args = vec![
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--block-size",
+        "1M",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    Mount::start(&format!("file://{}", lake.display()), &args, &[])
+        .unwrap_or_else(|o| panic!("mount failed: {o:?}"))
+}
+
+fn metric(m: &Mount, name: &str) -> u64 {
+    from_log(&m.log_text(), name)
+}
+
+/// Reads `path` three ways: whole, by scattered preads, and through mmap.
+fn check(path: &Path, want: &[u8]) {
+    assert_eq!(std::fs::read(path).unwrap(), want, "{}", path.display());
+    let f = File::open(path).unwrap();
+    let mut buf = vec![0u8; 5000];
+    for off in [0usize, 4095, MIB - 7, MIB, 2 * MIB + 3] {
+        if off >= want.len() {
+            continue;
+        }
+        let n = f.read_at(&mut buf, off as u64).unwrap();
+        assert_eq!(
+            &buf[..n],
+            &want[off..(off + 5000).min(want.len())],
+            "at {off}"
+        );
+    }
+    if !want.is_empty() {
+        // SAFETY: a private read-only mapping of a file we keep open; unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                want.len(),
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap {}", path.display());
+        // SAFETY: the mapping is want.len() bytes long.
+        let mapped = unsafe { std::slice::from_raw_parts(p as *const u8, want.len()) };
+        assert!(mapped == want, "mmap of {}", path.display());
+        // SAFETY: unmapping what we mapped.
+        unsafe { libc::munmap(p, want.len()) };
+    }
+}
+
+/// The cache's data files (not tables, not temporary files).
+fn cache_files(cache: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for sub in std::fs::read_dir(cache.join("objects-v2")).unwrap() {
+        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.contains('.') {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn cache_file_of_size(cache: &Path, len: usize) -> PathBuf {
+    cache_files(cache)
+        .into_iter()
+        .find(|p| std::fs::metadata(p).unwrap().len() == len as u64)
+        .unwrap_or_else(|| panic!("no cache file of {len} bytes"))
+}
+
+/// Every file read once so the cache holds it whole, then the mount is gone.
+fn fill(lake: &Path, cache: &Path, files: &[(String, Vec<u8>)]) {
+    let m = mount(lake, cache, &["--read-only"]);
+    for (name, data) in files {
+        assert_eq!(&std::fs::read(m.path().join(name)).unwrap(), data);
+    }
+}
+
+#[test]
+fn a_file_held_whole_in_the_cache_is_read_by_the_kernel_from_it() {
+    let (lake, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let files = lake_files(lake.path());
+    let m = mount(lake.path(), cache.path(), &["--read-only"]);
+    // First read: from the lake, through the daemon; the cache fills behind it.
+    for (name, data) in &files {
+        check(&m.path().join(name), data);
+    }
+    let cached = files.iter().filter(|(_, d)| !d.is_empty()).count();
+    assert!(wait_for(Duration::from_secs(10), || {
+        cache_files(cache.path()).len() == cached
+    }));
+    // Written behind: wait until every block has landed (the tables say so).
+    let (gets, hits) = (
+        metric(&m, "store_get_requests_total"),
+        metric(&m, "disk_hit_bytes_total"),
+    );
+    let mut opens = 0;
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            opens = metric(&m, "passthrough_opens_total");
+            let f = File::open(m.path().join(&files[5].0)).unwrap();
+            drop(f);
+            metric(&m, "passthrough_opens_total") > opens
+        }),
+        "the largest file never became complete in the cache"
+    );
+    // Second read: every non-empty file opened with passthrough, none of its bytes through
+    // the daemon.
+    let before = metric(&m, "passthrough_opens_total");
+    for (name, data) in &files {
+        check(&m.path().join(name), data);
+    }
+    let opened = metric(&m, "passthrough_opens_total") - before;
+    assert!(
+        opened >= 2 * cached as u64,
+        "{opened} passthrough opens for {cached} files read twice each"
+    );
+    assert_eq!(metric(&m, "store_get_requests_total"), gets);
+    assert_eq!(metric(&m, "disk_hit_bytes_total"), hits);
+    drop(m);
+    // After a remount: each file is checked once, then read from the cache file.
+    let m = mount(lake.path(), cache.path(), &["--read-only"]);
+    for (name, data) in &files {
+        check(&m.path().join(name), data);
+    }
+    assert_eq!(metric(&m, "store_get_requests_total"), 0);
+    assert_eq!(metric(&m, "disk_corrupt_blocks_total"), 0);
+    assert!(metric(&m, "passthrough_opens_total") >= 2 * cached as u64);
+}
+
+#[test]
+fn a_flipped_byte_in_a_cached_file_never_reaches_a_reader() {
+    let (lake, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let files = lake_files(lake.path());
+    let (name, data) = &files[5];
+    // First byte, the last of a block, the first of the next, the last of the file.
+    for at in [0usize, MIB - 1, MIB, data.len() - 1] {
+        fill(lake.path(), cache.path(), &files[5..]);
+        let victim = cache_file_of_size(cache.path(), data.len());
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .open(&victim)
+            .unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at as u64).unwrap();
+        f.write_all_at(&[b[0] ^ 0x10], at as u64).unwrap();
+        drop(f);
+        let m = mount(lake.path(), cache.path(), &["--read-only"]);
+        check(&m.path().join(name), data);
+        assert_eq!(metric(&m, "disk_corrupt_blocks_total"), 1, "byte {at}");
+        // The bad copy was dropped and refetched whole; the new one is used.
+        assert!(metric(&m, "store_get_requests_total") >= 1);
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                let before = metric(&m, "passthrough_opens_total");
+                check(&m.path().join(name), data);
+                metric(&m, "passthrough_opens_total") > before
+            }),
+            "the refetched copy is used"
+        );
+    }
+}
+
+#[test]
+fn a_partly_cached_file_is_read_the_normal_way() {
+    let (lake, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let files = lake_files(lake.path());
+    let (name, data) = &files[5];
+    fill(lake.path(), cache.path(), &files[5..]);
+    // Mark block 1 as not held, as an eviction leaves it: its table entry's length 0.
+    let data_file = cache_file_of_size(cache.path(), data.len());
+    let table = data_file.with_extension("sums");
+    let t = std::fs::read(&table).unwrap();
+    let entries = t.len() - 4 * 8;
+    let f = File::options().write(true).open(&table).unwrap();
+    f.write_all_at(&[0u8; 8], (entries + 8) as u64).unwrap();
+    drop(f);
+    let m = mount(lake.path(), cache.path(), &["--read-only"]);
+    assert!(&std::fs::read(m.path().join(name)).unwrap() == data);
+    assert_eq!(metric(&m, "passthrough_opens_total"), 0);
+    assert_eq!(
+        metric(&m, "store_get_requests_total"),
+        1,
+        "only the missing block came from the lake"
+    );
+    // That read completed the cached copy: later opens use it.
+    assert!(wait_for(Duration::from_secs(10), || {
+        check(&m.path().join(name), data);
+        metric(&m, "passthrough_opens_total") > 0
+    }));
+}
+
+#[test]
+fn passthrough_off_and_writable_mounts_by_default_read_the_normal_way() {
+    let (lake, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let files = lake_files(lake.path());
+    fill(lake.path(), cache.path(), &files);
+    let staging = tempfile::tempdir().unwrap();
+    let st = staging.path().to_str().unwrap();
+    for extra in [
+        &["--read-only", "--passthrough", "off"][..],
+        &["--staging-dir", st][..],
+    ] {
+        let m = mount(lake.path(), cache.path(), extra);
+        for (name, data) in &files {
+            check(&m.path().join(name), data);
+        }
+        assert_eq!(metric(&m, "passthrough_opens_total"), 0, "{extra:?}");
+        assert_eq!(metric(&m, "store_get_requests_total"), 0, "{extra:?}");
+        assert!(metric(&m, "disk_hit_bytes_total") > 0, "{extra:?}");
+    }
+}
+
+/// A mount run by an unprivileged user (through fusermount3), unmounted when dropped.
+struct UserMount {
+    mp: PathBuf,
+}
+
+impl Drop for UserMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mp).output();
+        if is_mounted(&self.mp) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mp).output();
+        }
+    }
+}
+
+/// /dev/fuse usable by every user, as Debian ships it (some images make it root's only);
+/// the mode it had comes back when dropped.
+struct FuseDeviceOpen {
+    mode: Option<u32>,
+}
+
+impl FuseDeviceOpen {
+    fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o777;
+        if mode == 0o666 {
+            return FuseDeviceOpen { mode: None };
+        }
+        let perms = std::fs::Permissions::from_mode(0o666);
+        std::fs::set_permissions("/dev/fuse", perms).unwrap();
+        FuseDeviceOpen { mode: Some(mode) }
+    }
+}
+
+impl Drop for FuseDeviceOpen {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(m) = self.mode {
+            let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(m));
+        }
+    }
+}
+
+const NOBODY: u32 = 65534;
+
+fn as_nobody(args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            "--",
+        ])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn without_the_capability_reads_take_the_normal_path() {
+    // Everything owned by an unprivileged user, who mounts without CAP_SYS_ADMIN: the
+    // kernel refuses backing files, and the mount says so once and reads the normal way.
+    let work = tempfile::tempdir().unwrap();
+    let (lake, cache, mp) = (
+        work.path().join("lake"),
+        work.path().join("cache"),
+        work.path().join("mnt"),
+    );
+    for d in [&lake, &cache, &mp] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let files = lake_files(&lake);
+    let chown = Command::new("chown")
+        .args(["-R", &format!("{NOBODY}:{NOBODY}")])
+        .arg(work.path())
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let log = work.path().join("daemon.log");
+    let bin = common::mount::lakemount_bin();
+    let _device = FuseDeviceOpen::new();
+    let url = format!("file://{}", lake.display());
+    let out = as_nobody(&[
+        bin,
+        "mount",
+        &url,
+        mp.to_str().unwrap(),
+        "--read-only",
+        "--passthrough",
+        "on",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--block-size",
+        "1M",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--log-file",
+        log.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let _m = UserMount { mp: mp.clone() };
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let read_all = || {
+        for (name, data) in &files {
+            let out = as_nobody(&["cat", mp.join(name).to_str().unwrap()]);
+            assert!(out.status.success(), "{name}: {out:?}");
+            assert!(&out.stdout == data, "{name}");
+        }
+    };
+    read_all();
+    assert!(wait_for(Duration::from_secs(10), || {
+        read_all();
+        log_text().contains("passthrough reads are off")
+    }));
+    read_all();
+    // Each block fetched once; later opens read the normal way (page cache, disk cache).
+    let blocks: usize = files.iter().map(|(_, d)| d.len().div_ceil(MIB)).sum();
+    assert_eq!(
+        from_log(&log_text(), "store_get_requests_total"),
+        blocks as u64
+    );
+    assert_eq!(log_text().matches("passthrough reads are off").count(), 1);
+}
+
+#[test]
+fn opens_in_any_order_never_mix_kernel_modes() {
+    // Readers and writers of one cached file opened and closed in pseudo-random orders on a
+    // writable mount with passthrough on: a read open always succeeds and reads the file's
+    // bytes, a write open succeeds or (while passthrough readers hold the file) fails with
+    // ETXTBSY, never EIO.
+    let (lake, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let files = lake_files(lake.path());
+    let (name, data) = &files[4];
+    fill(lake.path(), cache.path(), &files[4..5]);
+    let staging = tempfile::tempdir().unwrap();
+    let st = staging.path().to_str().unwrap();
+    let m = mount(
+        lake.path(),
+        cache.path(),
+        &["--passthrough", "on", "--staging-dir", st],
+    );
+    let path = m.path().join(name);
+    let (mut x, mut open, mut busy) = (7u64, Vec::<File>::new(), 0);
+    for step in 0..300 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        match (x >> 33) % 5 {
+            0 | 1 => {
+                let mut f = File::open(&path).unwrap_or_else(|e| panic!("step {step}: {e}"));
+                let mut got = Vec::new();
+                f.read_to_end(&mut got).unwrap();
+                assert!(&got == data, "step {step}: wrong bytes");
+                open.push(f);
+            }
+            2 => {
+                // Opened for writing, nothing written: the file stays as it is.
+                match File::options().write(true).open(&path) {
+                    Ok(f) => open.push(f),
+                    Err(e) => {
+                        assert_eq!(e.raw_os_error(), Some(libc::ETXTBSY), "step {step}: {e}");
+                        busy += 1;
+                    }
+                }
+            }
+            _ => {
+                if !open.is_empty() {
+                    let i = (x >> 40) as usize % open.len();
+                    drop(open.swap_remove(i));
+                }
+            }
+        }
+    }
+    drop(open);
+    assert!(
+        metric(&m, "passthrough_opens_total") > 0,
+        "passthrough was used"
+    );
+    assert!(busy > 0, "some write opens met passthrough readers");
+    // With every handle closed, a writer opens.
+    assert!(wait_for(Duration::from_secs(10), || File::options()
+        .write(true)
+        .open(&path)
+        .is_ok()));
+}
