@@ -88,15 +88,6 @@ fn drop_caches() {
     std::fs::write("/proc/sys/vm/drop_caches", "3").expect("dropping caches needs root");
 }
 
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split(' ').collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 fn files_in(dir: &Path) -> Vec<PathBuf> {
     (0..FILES).map(|i| dir.join(format!("f{i}.bin"))).collect()
 }
@@ -163,7 +154,7 @@ fn main() {
     drop(d);
     let d = Daemon::lakemount(&lake_url, &mp, &flags, &[]);
     let mut warm = Vec::new();
-    let cpu0 = cpu_secs(d.pid());
+    let cpu0 = d.cpu_seconds();
     let mut served = 0.0;
     for (name, args) in jobs() {
         drop_caches();
@@ -171,7 +162,7 @@ fn main() {
         served += r.0 * if name.starts_with("rand") { 10.0 } else { 0.0 };
         warm.push(r);
     }
-    let cpu = cpu_secs(d.pid()) - cpu0;
+    let cpu = d.cpu_seconds() - cpu0;
     let gets = d.metric("store_get_requests_total");
     let peak = d.peak_rss();
     drop(d);

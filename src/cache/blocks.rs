@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::budget::{Budget, Permit};
-use super::disk::DiskCache;
+use super::disk::{Complete, DiskCache};
 use super::objfile::ObjectKey;
 use crate::metrics::Metrics;
 use crate::reader::ObjectVersion;
@@ -196,12 +196,12 @@ impl BlockCache {
     }
 
     /// The data file of `obj` in the disk cache if all of it is there and checks out, for a
-    /// passthrough open (see `DiskCache::open_complete`). Blocking: it may read the file.
-    pub fn complete_on_disk(&self, obj: &ObjectVersion) -> Option<std::fs::File> {
-        if obj.size == 0 {
-            return None;
+    /// passthrough open (see `DiskCache::open_complete`).
+    pub fn complete_on_disk(&self, obj: &ObjectVersion, may_verify: bool) -> Complete {
+        match &self.disk {
+            Some(disk) if obj.size > 0 => disk.open_complete(&self.object_key(obj), may_verify),
+            _ => Complete::No,
         }
-        self.disk.as_ref()?.open_complete(&self.object_key(obj))
     }
 
     pub fn block_range(&self, size: u64, index: u64) -> Range<u64> {

@@ -62,6 +62,14 @@ pub struct DiskCache {
     pending: AtomicUsize,
 }
 
+/// Whether an object is here whole, for a passthrough open.
+pub enum Complete {
+    File(File),
+    /// Maybe: its bytes have not been checked in this process yet.
+    NeedsCheck,
+    No,
+}
+
 /// What `lakemount cache stats` reports.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct DiskStats {
@@ -341,24 +349,31 @@ impl DiskCache {
     /// The data file of `key` if every block of it is here, for a passthrough open: read-only,
     /// holding a shared lock so that no eviction (here or in another mount sharing the
     /// directory) punches a hole in it while it is open. Its every byte is checked against the
-    /// table the first time in this process and again after any change this process made.
-    /// A block that fails is dropped and the answer is None: the reader takes the normal path.
-    pub fn open_complete(&self, key: &ObjectKey) -> Option<File> {
+    /// table the first time in this process and again after any change this process made;
+    /// without `may_verify` such a file answers `NeedsCheck` (the check reads the whole file:
+    /// the caller does it off its thread). A block that fails is dropped and the answer is
+    /// `No`: the reader takes the normal path.
+    pub fn open_complete(&self, key: &ObjectKey, may_verify: bool) -> Complete {
         let hash: Arc<str> = key.hash().into();
         let files = self.files(&hash);
-        let data = File::open(&files.data).ok()?;
+        let Ok(data) = File::open(&files.data) else {
+            return Complete::No;
+        };
         // Locked before the table is read: a hole punched after the check cannot happen.
         if !flock(&data, libc::LOCK_SH) {
-            return None;
+            return Complete::No;
+        }
+        // Still the file in place (not one an eviction just unlinked).
+        let linked = data.metadata().is_ok_and(|m| m.nlink() > 0);
+        if !linked {
+            return Complete::No;
         }
         let verify = !self.verified.lock().unwrap().contains(&hash);
-        match objfile::open_verified(&files, key, verify) {
-            Ok(Some(checked)) => {
-                // The descriptor locked must be the file checked, and still the one in place.
-                let (a, b) = (data.metadata().ok()?, checked.metadata().ok()?);
-                if a.ino() != b.ino() || a.dev() != b.dev() || a.nlink() == 0 {
-                    return None;
-                }
+        if verify && !may_verify {
+            return Complete::NeedsCheck;
+        }
+        match objfile::is_complete(&files, key, &data, verify) {
+            Ok(true) => {
                 if verify {
                     self.verified.lock().unwrap().insert(hash.clone());
                 }
@@ -368,9 +383,9 @@ impl DiskCache {
                 }
                 drop(idx);
                 touch(&files.sums);
-                Some(data)
+                Complete::File(data)
             }
-            Ok(None) => None,
+            Ok(false) => Complete::No,
             Err(e) => {
                 tracing::warn!(
                     "disk cache: {} fails its check, dropped: {e}",
@@ -379,7 +394,7 @@ impl DiskCache {
                 Metrics::add(&self.metrics.disk_corrupt_blocks_total, 1);
                 drop(data);
                 self.drop_object(&hash, key);
-                None
+                Complete::No
             }
         }
     }

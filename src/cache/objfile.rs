@@ -277,20 +277,21 @@ pub fn remove(files: &ObjectFiles) {
     let _ = fs::remove_file(&files.data);
 }
 
-/// The data file of a complete object, opened read-only and checked: every block held and
-/// every byte matching its CRC, read through the descriptor returned, so what was checked is
-/// what a passthrough open reads. `Ok(None)`: not complete. `Err`: a block failed its check.
-pub fn open_verified(
+/// Whether `data` (the object's data file, open) holds the complete object: every block in
+/// the table and, with `verify`, every byte matching its CRC, read through that descriptor,
+/// so what was checked is what a passthrough open reads. `Err`: a block failed its check.
+pub fn is_complete(
     files: &ObjectFiles,
     key: &ObjectKey,
+    data: &File,
     verify: bool,
-) -> io::Result<Option<File>> {
+) -> io::Result<bool> {
     let Some(t) = open_table(files, key, false)? else {
-        return Ok(None);
+        return Ok(false);
     };
     let mut table = vec![0u8; (key.blocks() * ENTRY) as usize];
     if t.read_at(&mut table, entry_at(key, 0))? < table.len() {
-        return Ok(None);
+        return Ok(false);
     }
     let entry = |i: u64| {
         let at = (i * ENTRY) as usize;
@@ -299,21 +300,20 @@ pub fn open_verified(
         (crc, len)
     };
     if (0..key.blocks()).any(|i| entry(i).1 != key.block_len(i)) {
-        return Ok(None);
+        return Ok(false);
     }
-    let d = File::open(&files.data)?;
-    if d.metadata()?.len() != key.size {
+    if data.metadata()?.len() != key.size {
         return Err(bad("data file of the wrong length"));
     }
     if verify {
         let mut buf = vec![0u8; key.block_size.min(key.size) as usize];
         for i in 0..key.blocks() {
             let len = key.block_len(i) as usize;
-            d.read_exact_at(&mut buf[..len], i * key.block_size)?;
+            data.read_exact_at(&mut buf[..len], i * key.block_size)?;
             if crc32c::crc32c(&buf[..len]) != entry(i).0 {
                 return Err(bad(&format!("block {i} fails its checksum")));
             }
         }
     }
-    Ok(Some(d))
+    Ok(true)
 }

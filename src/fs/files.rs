@@ -23,7 +23,7 @@ use super::passthrough::{Backing, ReadSlot};
 use super::write::{Start, WriteHandle, MAX_FILE_SIZE};
 use super::{process, Attr, FsError, FsResult, LakeFs};
 use crate::metrics::Metrics;
-use crate::reader::{FileReader, ObjectVersion};
+use crate::reader::{Complete, FileReader, ObjectVersion};
 
 /// What an open file handle reads (and writes) through.
 #[derive(Clone)]
@@ -143,13 +143,22 @@ impl LakeFs {
         let reader: Arc<dyn FileReader> = Arc::from(self.read_path.open(version.clone()));
         if !mode.write {
             if let Some(ReadSlot::Open(ino)) = slot {
-                // Nobody has the file open: it may be read through the cache's file.
-                let path = self.read_path.clone();
-                let v = version.clone();
-                let candidate = tokio::task::spawn_blocking(move || path.complete_file(&v))
-                    .await
-                    .ok()
-                    .flatten();
+                // Nobody has the file open: it may be read through the cache's file. A file
+                // checked before takes a few local calls; a first check reads the file whole,
+                // off this thread.
+                let candidate = match self.read_path.complete_file(&version, false) {
+                    Complete::File(f) => Some(f),
+                    Complete::No => None,
+                    Complete::NeedsCheck => {
+                        let (path, v) = (self.read_path.clone(), version.clone());
+                        match tokio::task::spawn_blocking(move || path.complete_file(&v, true))
+                            .await
+                        {
+                            Ok(Complete::File(f)) => Some(f),
+                            _ => None,
+                        }
+                    }
+                };
                 slot = Some(ReadSlot::Decided(self.iomodes.settle(ino, candidate)));
             }
             let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -468,6 +477,23 @@ impl LakeFs {
     /// The last close of a handle. The release of the last writable handle of a file commits
     /// what is not committed yet (errors are only logged: nobody is left to tell); the last
     /// handle removes the staging file once safe.
+    /// The last close of a read handle, done at once: it waits for nothing, so the FUSE
+    /// layer answers it without a task. False for a write handle: `release` finishes those.
+    /// Needs a tokio runtime entered (a kept copy's delete is spawned).
+    pub fn release_if_reading(&self, fh: u64) -> bool {
+        let file = {
+            let mut files = self.files.lock().unwrap();
+            if matches!(files.get(&fh), Some(OpenFile::Write { .. })) {
+                return false;
+            }
+            files.remove(&fh)
+        };
+        self.iomodes.release(fh);
+        self.done_reading(fh);
+        drop(file);
+        true
+    }
+
     pub async fn release(&self, fh: u64) {
         self.iomodes.release(fh);
         let Some(file) = self.files.lock().unwrap().remove(&fh) else {

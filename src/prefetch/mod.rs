@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::cache::blocks::{Block, BlockCache};
 use crate::metrics::Metrics;
-use crate::reader::{FileReader, ObjectVersion, ReadPath};
+use crate::reader::{Complete, FileReader, ObjectVersion, ReadPath};
 use crate::store::StoreResult;
 
 const INITIAL_WINDOW: u64 = 1 << 20;
@@ -40,8 +40,8 @@ impl PrefetchReadPath {
 }
 
 impl ReadPath for PrefetchReadPath {
-    fn complete_file(&self, object: &ObjectVersion) -> Option<std::fs::File> {
-        self.cache.complete_on_disk(object)
+    fn complete_file(&self, object: &ObjectVersion, may_verify: bool) -> Complete {
+        self.cache.complete_on_disk(object, may_verify)
     }
 
     fn open(&self, object: ObjectVersion) -> Box<dyn FileReader> {

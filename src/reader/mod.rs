@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use crate::cache::disk::Complete;
 use crate::store::{DynStore, StoreResult};
 
 /// What an open handle reads: one object, pinned to the ETag it was opened under.
@@ -28,9 +29,10 @@ pub trait ReadPath: Send + Sync {
     fn open(&self, object: ObjectVersion) -> Box<dyn FileReader>;
 
     /// A local file holding all of `object`'s bytes, checked, for the kernel to read
-    /// directly (passthrough). Blocking.
-    fn complete_file(&self, _object: &ObjectVersion) -> Option<std::fs::File> {
-        None
+    /// directly (passthrough). Without `may_verify` it answers at once, and `NeedsCheck`
+    /// when a file would first have to be read whole.
+    fn complete_file(&self, _object: &ObjectVersion, _may_verify: bool) -> Complete {
+        Complete::No
     }
 }
 
