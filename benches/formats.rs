@@ -9,7 +9,8 @@
 //! (mmap), 300 gathers of 64 random rows from a 256 MiB `.npy` opened with `mmap_mode="r"`,
 //! 300 random 16-row slices of a chunked 256 MiB HDF5 dataset, and an epoch of 2,000 JPEGs
 //! decoded by 4 forked workers. The lake is a local directory, warmed into the cache with
-//! `lakemount warm`, then mounted read-only: with passthrough (the default there) and without.
+//! `lakemount warm`, then mounted read-only with `--max-memory 128M` (less than the data): with
+//! passthrough (the default there) and without.
 
 mod common;
 
@@ -78,10 +79,19 @@ fn main() {
     assert!(warm.status.success(), "{warm:?}");
 
     for (label, pt) in [("passthrough", "auto"), ("no passthrough", "off")] {
-        let args = ["--cache-dir", cache_arg, "--read-only", "--passthrough", pt];
+        // A memory tier much smaller than the data, as on a node whose dataset is larger
+        // than RAM: the second epoch reads the disk cache.
+        let args = [
+            "--cache-dir",
+            cache_arg,
+            "--read-only",
+            "--max-memory",
+            "128M",
+            "--passthrough",
+            pt,
+        ];
         let d = Daemon::lakemount(&url, &mp, &args, &[]);
-        let cpu0 = d.cpu_seconds();
-        let mut served = 0.0;
+        let (mut cpu, mut served) = (0.0, 0.0);
         for name in WORKLOADS {
             let (mut local, mut mounted) = (Vec::new(), Vec::new());
             for _ in 0..3 {
@@ -92,7 +102,9 @@ fn main() {
                 for dir in [&lake, &cache, &mp] {
                     drop_tree(dir);
                 }
+                let cpu0 = d.cpu_seconds();
                 mounted.push(run(&mp, name));
+                cpu += d.cpu_seconds() - cpu0;
             }
             let (l, m) = (median(local), median(mounted));
             served += m;
@@ -107,10 +119,8 @@ fn main() {
             "the warmed data came from the lake"
         );
         println!(
-            "formats, {label}: {} passthrough opens, daemon peak RSS {:.0} MiB, {:.1} CPU s over {served:.1} s of workloads",
-            d.metric("passthrough_opens_total"),
+            "formats, {label}: daemon peak RSS {:.0} MiB, {cpu:.1} CPU s over the {served:.1} s of its 12 workload runs",
             d.peak_rss() as f64 / (1 << 20) as f64,
-            d.cpu_seconds() - cpu0
         );
         drop(d);
     }

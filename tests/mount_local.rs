@@ -612,3 +612,66 @@ fn random_preads_fetch_about_the_bytes_they_read() {
         "{fetched} bytes fetched for {reads} reads of 4 KiB"
     );
 }
+
+#[test]
+fn random_preads_of_a_cached_file_read_about_their_bytes_from_the_disk_cache() {
+    use std::os::unix::fs::FileExt;
+    let (lake, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let size = 256u64 << 20;
+    let data = pseudo_random(size as usize, 8);
+    std::fs::write(lake.path().join("big.bin"), &data).unwrap();
+    let url = format!("file://{}", lake.path().display());
+    let c = cache.path().to_str().unwrap();
+    let warm = lakemount(&["warm", &url, "--cache-dir", c], &[])
+        .output()
+        .unwrap();
+    assert!(warm.status.success(), "{warm:?}");
+    // No passthrough (a writable mount): the daemon serves every read from the disk cache.
+    let staging = tempfile::tempdir().unwrap();
+    let st = staging.path().to_str().unwrap();
+    let m = Mount::start(
+        &url,
+        &[
+            "--cache-dir",
+            c,
+            "--staging-dir",
+            st,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+        &[],
+    )
+    .unwrap_or_else(|o| panic!("mount failed: {o:?}"));
+    let f = std::fs::File::open(m.path().join("big.bin")).unwrap();
+    let (reads, mut x, mut last) = (100u64, 5u64, 0u64);
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..reads {
+        // Far apart: random, never a sequential run.
+        let off = loop {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let off = (x >> 24) % (size - 4096);
+            if off.abs_diff(last) > 17 << 20 {
+                break off;
+            }
+        };
+        last = off;
+        f.read_exact_at(&mut buf, off).unwrap();
+        assert!(
+            buf == data[off as usize..off as usize + 4096],
+            "bytes at {off}"
+        );
+    }
+    let log = m.log_text();
+    let from_disk = common::metrics::from_log(&log, "disk_hit_bytes_total");
+    assert_eq!(
+        common::metrics::from_log(&log, "store_get_requests_total"),
+        0
+    );
+    // At most the two 64 KiB checksum chunks a read can touch (whole 8 MiB blocks before).
+    assert!(
+        from_disk <= reads * (128 << 10),
+        "{from_disk} bytes read from the disk cache for {reads} reads of 4 KiB"
+    );
+}

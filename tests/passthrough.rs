@@ -204,6 +204,34 @@ fn a_flipped_byte_in_a_cached_file_never_reaches_a_reader() {
 }
 
 #[test]
+fn a_large_file_is_checked_in_the_background_while_its_first_open_reads_the_normal_way() {
+    // Over the size checked before an open (64 MiB): no open waits for the check.
+    let (lake, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let data = pseudo_random(65 * MIB + 5, 3);
+    std::fs::write(lake.path().join("large.bin"), &data).unwrap();
+    let files = vec![("large.bin".to_string(), data.clone())];
+    fill(lake.path(), cache.path(), &files);
+    let m = mount(lake.path(), cache.path(), &["--read-only"]);
+    let path = m.path().join("large.bin");
+    let f = File::open(&path).unwrap();
+    assert_eq!(metric(&m, "passthrough_opens_total"), 0, "not checked yet");
+    let mut head = vec![0u8; 4096];
+    f.read_exact_at(&mut head, 0).unwrap();
+    assert!(head == data[..4096]);
+    drop(f);
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            drop(File::open(&path).unwrap());
+            metric(&m, "passthrough_opens_total") > 0
+        }),
+        "once checked, it opens with passthrough"
+    );
+    check(&path, &data);
+    assert_eq!(metric(&m, "store_get_requests_total"), 0);
+    assert_eq!(metric(&m, "disk_corrupt_blocks_total"), 0);
+}
+
+#[test]
 fn a_partly_cached_file_is_read_the_normal_way() {
     let (lake, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let files = lake_files(lake.path());

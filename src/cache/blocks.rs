@@ -315,8 +315,8 @@ impl BlockCache {
     }
 
     /// Bytes `range` of `obj` (within one block) for a reader that reads at random: from the
-    /// block when it is held, coming or on disk, else only these bytes (widened to whole 4 KiB
-    /// pages) straight from the store. A random reader would use little of a whole block, so
+    /// block when it is held or coming, else only these bytes (widened to whole 4 KiB pages)
+    /// from the disk cache (the 64 KiB chunks they fall in) or straight from the store. A random reader would use little of a whole block, so
     /// fetching one per read multiplies the bytes sent by up to block size / read size; the
     /// kernel keeps what it reads in its page cache. The bytes count against the memory
     /// budget while they are fetched.
@@ -329,12 +329,7 @@ impl BlockCache {
         let block = self.block_range(obj.size, index);
         debug_assert!(range.end <= block.end, "one block at a time");
         let id = self.identity(obj, index);
-        let known = self.held(&id).is_some()
-            || self.inflight.lock().unwrap().contains_key(&id)
-            || self
-                .disk
-                .as_ref()
-                .is_some_and(|d| d.contains(&self.object_key(obj), index));
+        let known = self.held(&id).is_some() || self.inflight.lock().unwrap().contains_key(&id);
         if known {
             let lease = self.get(obj, index, range.end - range.start).await?;
             let from = (range.start - block.start) as usize;
@@ -347,6 +342,20 @@ impl BlockCache {
         let total = self.cfg.retry.total;
         let fetched = tokio::time::timeout(total, async {
             let _permit = self.budget.clone().take(len, || self.evict_one(true)).await;
+            // On disk: only the chunks these bytes fall in are read and checked.
+            let key = self.object_key(obj);
+            if let Some(disk) = self.disk.as_ref().filter(|d| d.contains(&key, index)) {
+                let (disk, r) = (
+                    disk.clone(),
+                    wide.start - block.start..wide.end - block.start,
+                );
+                let hit = tokio::task::spawn_blocking(move || disk.get_range(&key, index, r))
+                    .await
+                    .map_err(|e| StoreError::Other(format!("disk cache task failed: {e}")))?;
+                if let Some(bytes) = hit {
+                    return Ok(bytes);
+                }
+            }
             self.get_with_retry(obj, index, wide.clone()).await
         })
         .await

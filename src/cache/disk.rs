@@ -13,6 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -235,12 +236,19 @@ impl DiskCache {
     /// The block's data if a valid copy is on disk. Anything wrong with it makes it a miss and
     /// drops it.
     pub fn get(&self, key: &ObjectKey, index: u64) -> Option<Bytes> {
+        self.get_range(key, index, 0..key.block_len(index))
+    }
+
+    /// Bytes `range` (offsets within block `index`) if the block is on disk, reading and
+    /// checking only the 64 KiB chunks they fall in: what a random reader needs, not its
+    /// whole block. A bad chunk drops the block, as in `get`.
+    pub fn get_range(&self, key: &ObjectKey, index: u64, range: Range<u64>) -> Option<Bytes> {
         let hash: Arc<str> = key.hash().into();
         let files = self.files(&hash);
-        match objfile::read_block(&files, key, index) {
-            Ok(Some(data)) => {
+        match objfile::read_range(&files, key, index, range) {
+            Ok(Some((data, read))) => {
                 self.index.lock().unwrap().lru.promote(&(hash, index));
-                Metrics::add(&self.metrics.disk_hit_bytes_total, data.len() as u64);
+                Metrics::add(&self.metrics.disk_hit_bytes_total, read);
                 touch(&files.sums);
                 Some(data)
             }

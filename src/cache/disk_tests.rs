@@ -1,5 +1,5 @@
 use super::*;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::sync::atomic::AtomicU64;
 
 fn open(dir: &Path, cap: u64) -> DiskCache {
@@ -280,4 +280,36 @@ fn blocks_of_a_new_object_written_at_once_are_all_held() {
         assert_eq!(held, vec![4096; 8], "round {round}");
         assert!(complete(&c, &k).is_some(), "round {round}");
     }
+}
+
+#[test]
+fn a_range_read_reads_and_checks_only_the_chunks_it_falls_in() {
+    let d = tempfile::tempdir().unwrap();
+    let m = Arc::new(Metrics::default());
+    let c = DiskCache::open(d.path(), CacheSize::Bytes(1 << 30), m.clone()).unwrap();
+    let chunk = objfile::CHUNK as usize;
+    let data = pattern(4 * chunk + 100, 4);
+    let k = key("obj", data.len() as u64, data.len() as u64);
+    c.put(&k, 0, &data);
+    // Ranges inside a chunk, across two, at the block's end.
+    for r in [100..200, chunk - 10..chunk + 10, 4 * chunk..4 * chunk + 100] {
+        let got = c.get_range(&k, 0, r.start as u64..r.end as u64).unwrap();
+        assert_eq!(&got[..], &data[r.clone()], "{r:?}");
+    }
+    // Bytes read from the disk: the chunks, one, two and the last (100 bytes).
+    assert_eq!(
+        Metrics::get(&m.disk_hit_bytes_total),
+        (chunk + 2 * chunk + 100) as u64
+    );
+    // A flipped byte in chunk 2: ranges elsewhere still read (their chunks are intact)...
+    let path = c.files(&k.hash()).data;
+    let f = File::options().write(true).open(&path).unwrap();
+    f.write_all_at(&[data[2 * chunk + 5] ^ 1], (2 * chunk + 5) as u64)
+        .unwrap();
+    assert!(c.get_range(&k, 0, 100..200).is_some());
+    // ...and a range in chunk 2 is a miss, which drops the block.
+    let r = (2 * chunk) as u64..(2 * chunk + 10) as u64;
+    assert!(c.get_range(&k, 0, r).is_none());
+    assert_eq!(Metrics::get(&m.disk_corrupt_blocks_total), 1);
+    assert!(!c.contains(&k, 0));
 }

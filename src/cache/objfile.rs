@@ -3,13 +3,15 @@
 //! a table of the blocks held, each with its CRC32C, so no byte is served unchecked.
 //!
 //! `HASH` holds the data; `HASH.sums` starts with a header (magic, size, block size, the
-//! identity) followed by one 8-byte entry per block: CRC32C and length, length 0 while the
-//! block is not held. A block's data is written before its entry and its entry is cleared
+//! identity) followed by one entry per block: its length (0 while the block is not held) and
+//! the CRC32C of each 64 KiB chunk of it, so a random read checks only the chunks it reads,
+//! not its whole block. A block's data is written before its entry and its entry is cleared
 //! before its hole is punched, so an entry never names bytes that are not there (short of the
-//! disk lying, which the CRC catches).
+//! disk lying, which the CRCs catch).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -17,8 +19,9 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-const MAGIC: &[u8; 8] = b"LMOBJ002";
-const ENTRY: u64 = 8;
+const MAGIC: &[u8; 8] = b"LMOBJ003";
+/// The unit a CRC32C covers.
+pub const CHUNK: u64 = 64 << 10;
 
 /// What makes an object version's bytes what they are, and how it is cut into blocks.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -43,6 +46,16 @@ impl ObjectKey {
     pub fn block_len(&self, index: u64) -> u64 {
         let start = index * self.block_size;
         (start + self.block_size).min(self.size) - start.min(self.size)
+    }
+
+    /// Chunks of a full block.
+    fn chunks(&self) -> u64 {
+        self.block_size.div_ceil(CHUNK)
+    }
+
+    /// Bytes of one block's entry: length, then one CRC per chunk.
+    fn entry_len(&self) -> u64 {
+        4 + 4 * self.chunks()
     }
 
     fn header(&self) -> Vec<u8> {
@@ -92,20 +105,65 @@ fn open_table(files: &ObjectFiles, key: &ObjectKey, write: bool) -> io::Result<O
 }
 
 fn entry_at(key: &ObjectKey, index: u64) -> u64 {
-    28 + key.id.len() as u64 + index * ENTRY
+    28 + key.id.len() as u64 + index * key.entry_len()
 }
 
-fn read_entry(t: &File, key: &ObjectKey, index: u64) -> io::Result<(u32, u64)> {
-    let mut e = [0u8; ENTRY as usize];
-    match t.read_exact_at(&mut e, entry_at(key, index)) {
-        Ok(()) => {}
-        // Entries past the end were never written: not held.
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok((0, 0)),
-        Err(e) => return Err(e),
+/// One block's entry: its length (0: not held) and its chunks' CRCs.
+struct Entry {
+    len: u64,
+    crcs: Vec<u32>,
+}
+
+impl Entry {
+    fn parse(b: &[u8]) -> Entry {
+        let word = |i: usize| u32::from_le_bytes(b[i * 4..i * 4 + 4].try_into().unwrap());
+        Entry {
+            len: word(0) as u64,
+            crcs: (1..b.len() / 4).map(word).collect(),
+        }
     }
-    let crc = u32::from_le_bytes(e[..4].try_into().unwrap());
-    let len = u32::from_le_bytes(e[4..].try_into().unwrap()) as u64;
-    Ok((crc, len))
+
+    fn of(key: &ObjectKey, data: &[u8]) -> Vec<u8> {
+        let mut e = Vec::with_capacity(key.entry_len() as usize);
+        e.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        for i in 0..key.chunks() as usize {
+            let c = data.get(i * CHUNK as usize..).unwrap_or(&[]);
+            let c = &c[..c.len().min(CHUNK as usize)];
+            e.extend_from_slice(&crc32c::crc32c(c).to_le_bytes());
+        }
+        e
+    }
+
+    /// Checks `data`, the bytes of chunks `first..` of the block, against their CRCs.
+    fn check(&self, first: usize, data: &[u8]) -> io::Result<()> {
+        for (i, c) in data.chunks(CHUNK as usize).enumerate() {
+            if self.crcs.get(first + i) != Some(&crc32c::crc32c(c)) {
+                return Err(bad(&format!("chunk {} fails its checksum", first + i)));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_entry(t: &File, key: &ObjectKey, index: u64) -> io::Result<Entry> {
+    let mut e = vec![0u8; key.entry_len() as usize];
+    match t.read_exact_at(&mut e, entry_at(key, index)) {
+        Ok(()) => Ok(Entry::parse(&e)),
+        // Entries past the end were never written: not held.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Entry {
+            len: 0,
+            crcs: Vec::new(),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every entry of the table, `None` when the table is cut short of them.
+fn read_entries(t: &File, key: &ObjectKey) -> io::Result<Vec<Entry>> {
+    let n = key.entry_len() as usize;
+    let mut all = vec![0u8; key.blocks() as usize * n];
+    let got = t.read_at(&mut all, entry_at(key, 0))?;
+    Ok(all[..got - got % n].chunks(n).map(Entry::parse).collect())
 }
 
 /// The lengths of the blocks the table says are held (0: not held).
@@ -113,20 +171,11 @@ pub fn held_blocks(files: &ObjectFiles, key: &ObjectKey) -> io::Result<Vec<u64>>
     let Some(t) = open_table(files, key, false)? else {
         return Ok(Vec::new());
     };
-    let mut all = vec![0u8; (key.blocks() * ENTRY) as usize];
-    let n = t.read_at(&mut all, entry_at(key, 0))?;
+    let entries = read_entries(&t, key)?;
     Ok((0..key.blocks())
-        .map(|i| {
-            let at = (i * ENTRY) as usize;
-            if at + ENTRY as usize > n {
-                return 0;
-            }
-            let len = u32::from_le_bytes(all[at + 4..at + 8].try_into().unwrap()) as u64;
-            if len == key.block_len(i) {
-                len
-            } else {
-                0
-            }
+        .map(|i| match entries.get(i as usize) {
+            Some(e) if e.len == key.block_len(i) => e.len,
+            _ => 0,
         })
         .collect())
 }
@@ -154,27 +203,46 @@ pub fn read_key(sums: &Path) -> io::Result<ObjectKey> {
     })
 }
 
-/// Block `index` if the table holds it and its bytes match their CRC. `Ok(None)`: not held.
+/// Block `index` if the table holds it and its bytes match their CRCs. `Ok(None)`: not held.
 /// `Err`: files that must not be trusted.
 pub fn read_block(files: &ObjectFiles, key: &ObjectKey, index: u64) -> io::Result<Option<Bytes>> {
+    Ok(read_range(files, key, index, 0..key.block_len(index))?.map(|(b, _)| b))
+}
+
+/// Bytes `range` (offsets within block `index`) if the table holds the block, reading and
+/// checking only the chunks they fall in; with the count of bytes read from the disk.
+pub fn read_range(
+    files: &ObjectFiles,
+    key: &ObjectKey,
+    index: u64,
+    range: Range<u64>,
+) -> io::Result<Option<(Bytes, u64)>> {
     let Some(t) = open_table(files, key, false)? else {
         return Ok(None);
     };
-    let (crc, len) = read_entry(&t, key, index)?;
-    if len == 0 {
+    let entry = read_entry(&t, key, index)?;
+    if entry.len == 0 {
         return Ok(None);
     }
-    if len != key.block_len(index) {
+    if entry.len != key.block_len(index) || range.end > entry.len {
         return Err(bad("entry length does not match the block"));
     }
+    let first = range.start / CHUNK;
+    let span = first * CHUNK
+        ..range
+            .end
+            .div_ceil(CHUNK)
+            .saturating_mul(CHUNK)
+            .min(entry.len);
     let d = File::open(&files.data)?;
-    let mut data = vec![0u8; len as usize];
-    d.read_exact_at(&mut data, index * key.block_size)
+    let mut data = vec![0u8; (span.end - span.start) as usize];
+    d.read_exact_at(&mut data, index * key.block_size + span.start)
         .map_err(|_| bad("truncated data"))?;
-    if crc32c::crc32c(&data) != crc {
-        return Err(bad("checksum mismatch"));
-    }
-    Ok(Some(Bytes::from(data)))
+    entry.check(first as usize, &data)?;
+    let read = data.len() as u64;
+    let data = Bytes::from(data);
+    let wanted = (range.start - span.start) as usize..(range.end - span.start) as usize;
+    Ok(Some((data.slice(wanted), read)))
 }
 
 /// Writes block `index`: the data at its offset, then its entry. Creates the pair when absent
@@ -208,10 +276,7 @@ pub fn write_block(
         d.set_len(key.size)?;
     }
     d.write_all_at(data, index * key.block_size)?;
-    let mut e = [0u8; ENTRY as usize];
-    e[..4].copy_from_slice(&crc32c::crc32c(data).to_le_bytes());
-    e[4..].copy_from_slice(&(data.len() as u32).to_le_bytes());
-    table.write_all_at(&e, entry_at(key, index))
+    table.write_all_at(&Entry::of(key, data), entry_at(key, index))
 }
 
 fn create_table(files: &ObjectFiles, key: &ObjectKey) -> io::Result<File> {
@@ -249,7 +314,7 @@ fn create_table(files: &ObjectFiles, key: &ObjectKey) -> io::Result<File> {
 /// passthrough open uses the data file (see `DiskCache::evict_block`).
 pub fn punch_block(files: &ObjectFiles, key: &ObjectKey, index: u64) -> io::Result<()> {
     if let Some(t) = open_table(files, key, true)? {
-        t.write_all_at(&[0u8; ENTRY as usize], entry_at(key, index))?;
+        t.write_all_at(&vec![0u8; key.entry_len() as usize], entry_at(key, index))?;
     }
     let d = OpenOptions::new().write(true).open(&files.data)?;
     punch(&d, index * key.block_size, key.block_len(index))
@@ -289,17 +354,13 @@ pub fn is_complete(
     let Some(t) = open_table(files, key, false)? else {
         return Ok(false);
     };
-    let mut table = vec![0u8; (key.blocks() * ENTRY) as usize];
-    if t.read_at(&mut table, entry_at(key, 0))? < table.len() {
-        return Ok(false);
-    }
-    let entry = |i: u64| {
-        let at = (i * ENTRY) as usize;
-        let crc = u32::from_le_bytes(table[at..at + 4].try_into().unwrap());
-        let len = u32::from_le_bytes(table[at + 4..at + 8].try_into().unwrap()) as u64;
-        (crc, len)
+    let entries = read_entries(&t, key)?;
+    let held = |i: u64| {
+        entries
+            .get(i as usize)
+            .filter(|e| e.len == key.block_len(i))
     };
-    if (0..key.blocks()).any(|i| entry(i).1 != key.block_len(i)) {
+    if (0..key.blocks()).any(|i| held(i).is_none()) {
         return Ok(false);
     }
     if data.metadata()?.len() != key.size {
@@ -310,9 +371,10 @@ pub fn is_complete(
         for i in 0..key.blocks() {
             let len = key.block_len(i) as usize;
             data.read_exact_at(&mut buf[..len], i * key.block_size)?;
-            if crc32c::crc32c(&buf[..len]) != entry(i).0 {
-                return Err(bad(&format!("block {i} fails its checksum")));
-            }
+            held(i)
+                .expect("checked above")
+                .check(0, &buf[..len])
+                .map_err(|e| bad(&format!("block {i}: {e}")))?;
         }
     }
     Ok(true)

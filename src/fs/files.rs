@@ -22,8 +22,7 @@ use super::listing::EntryKind;
 use super::passthrough::{Backing, ReadSlot};
 use super::write::{Start, WriteHandle, MAX_FILE_SIZE};
 use super::{process, Attr, FsError, FsResult, LakeFs};
-use crate::metrics::Metrics;
-use crate::reader::{Complete, FileReader, ObjectVersion};
+use crate::reader::{FileReader, ObjectVersion};
 
 /// What an open file handle reads (and writes) through.
 #[derive(Clone)]
@@ -97,27 +96,13 @@ impl LakeFs {
         }
         self.getattr(ino).await?;
         let tracked = self.cfg.passthrough;
-        let mut slot = match (tracked, mode.write) {
+        let slot = match (tracked, mode.write) {
             (false, _) => None,
             (true, true) => Some(ReadSlot::Decided(self.iomodes.reserve_writer(ino)?)),
             (true, false) => Some(self.iomodes.reserve_reader(ino)),
         };
-        let plain = |fh: u64, keep_cache: bool, slot: Option<ReadSlot>| {
-            if let Some(slot) = slot {
-                let r = match slot {
-                    ReadSlot::Decided(r) => r,
-                    ReadSlot::Open(ino) => self.iomodes.settle(ino, None),
-                };
-                r.bind(fh);
-            }
-            Opened {
-                fh,
-                keep_cache,
-                passthrough: None,
-            }
-        };
         if let Some(fh) = self.open_on_writer(ino, mode).await? {
-            return Ok(plain(fh, true, slot));
+            return Ok(self.opened(fh, true, slot));
         }
         let (node, keep_cache) = {
             let mut t = self.inodes.lock().unwrap();
@@ -142,41 +127,14 @@ impl LakeFs {
         };
         let reader: Arc<dyn FileReader> = Arc::from(self.read_path.open(version.clone()));
         if !mode.write {
-            if let Some(ReadSlot::Open(ino)) = slot {
-                // Nobody has the file open: it may be read through the cache's file. A file
-                // checked before takes a few local calls; a first check reads the file whole,
-                // off this thread.
-                let candidate = match self.read_path.complete_file(&version, false) {
-                    Complete::File(f) => Some(f),
-                    Complete::No => None,
-                    Complete::NeedsCheck => {
-                        let (path, v) = (self.read_path.clone(), version.clone());
-                        match tokio::task::spawn_blocking(move || path.complete_file(&v, true))
-                            .await
-                        {
-                            Ok(Complete::File(f)) => Some(f),
-                            _ => None,
-                        }
-                    }
-                };
-                slot = Some(ReadSlot::Decided(self.iomodes.settle(ino, candidate)));
-            }
+            let slot = self.settle_read_open(slot, &version).await;
             let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
             self.files
                 .lock()
                 .unwrap()
                 .insert(fh, OpenFile::Read(reader));
             self.reading(fh, version);
-            let backing = match &slot {
-                Some(ReadSlot::Decided(r)) => r.backing(),
-                _ => None,
-            };
-            let mut opened = plain(fh, keep_cache, slot);
-            if backing.is_some() {
-                Metrics::add(&self.metrics().passthrough_opens_total, 1);
-            }
-            opened.passthrough = backing;
-            return Ok(opened);
+            return Ok(self.opened(fh, keep_cache, slot));
         }
         let start = if mode.truncate || size == 0 {
             Start::Empty
@@ -188,7 +146,7 @@ impl LakeFs {
             fresh.inherit_posix(p);
         }
         let (fh, w) = self.start_writer(ino, fresh.clone(), Some(reader), mode);
-        let opened = plain(fh, keep_cache, slot);
+        let opened = self.opened(fh, keep_cache, slot);
         if mode.truncate && !Arc::ptr_eq(&w, &fresh) {
             self.truncate_on_open(&w).await?;
         }

@@ -8,12 +8,14 @@
 //! the version they opened) and write opens fail with ETXTBSY, like writing a running program.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::FsError;
+use super::{FsError, LakeFs, Opened};
+use crate::metrics::Metrics;
+use crate::reader::{Complete, ObjectVersion};
 
 /// A cache file backing passthrough opens of one inode. `edge` is the FUSE layer's handle
 /// for it, made at the first open and dropped (closing it in the kernel) with the last.
@@ -39,7 +41,13 @@ struct Table {
 pub struct IoModes {
     table: Mutex<Table>,
     enabled: AtomicBool,
+    /// Large files being checked in the background (one check each).
+    checking: Arc<Mutex<HashSet<ObjectVersion>>>,
 }
+
+/// Files up to this size are checked before their first passthrough open (about 30 ms of
+/// disk); larger ones in the background.
+const CHECK_BEFORE_OPEN: u64 = 64 << 20;
 
 /// An open's place in the table, taken before the handle exists; given back on drop unless
 /// bound to the handle.
@@ -62,7 +70,13 @@ impl IoModes {
         IoModes {
             table: Mutex::new(Table::default()),
             enabled: AtomicBool::new(enabled),
+            checking: Arc::new(Mutex::new(HashSet::new())),
         }
+    }
+
+    /// Whether a background check of `v` may start (none running).
+    fn start_check(&self, v: &ObjectVersion) -> bool {
+        self.checking.lock().unwrap().insert(v.clone())
     }
 
     pub fn enabled(&self) -> bool {
@@ -209,6 +223,70 @@ impl Drop for Reservation<'_> {
         if !self.bound {
             let mut t = self.modes.table.lock().unwrap();
             IoModes::unreserve(&mut t, self.ino, self.backing.is_some());
+        }
+    }
+}
+
+impl LakeFs {
+    /// Settles the mode of a read open that found the file closed: through the cache's file
+    /// when the disk cache holds it whole. A file checked before takes a few local calls. A
+    /// file not checked yet is read whole and checked first, off the runtime: before this
+    /// open when it is small (the reader is about to read those bytes anyway), else in the
+    /// background while this open reads the normal way, so no open waits for a large file.
+    pub(super) async fn settle_read_open<'a>(
+        &'a self,
+        slot: Option<ReadSlot<'a>>,
+        version: &ObjectVersion,
+    ) -> Option<ReadSlot<'a>> {
+        let Some(ReadSlot::Open(ino)) = slot else {
+            return slot;
+        };
+        let candidate = match self.read_path.complete_file(version, false) {
+            Complete::File(f) => Some(f),
+            Complete::No => None,
+            Complete::NeedsCheck => {
+                let (path, v) = (self.read_path.clone(), version.clone());
+                let check = move || path.complete_file(&v, true);
+                if version.size <= CHECK_BEFORE_OPEN {
+                    match tokio::task::spawn_blocking(check).await {
+                        Ok(Complete::File(f)) => Some(f),
+                        _ => None,
+                    }
+                } else {
+                    if self.iomodes.start_check(version) {
+                        let (checking, v) = (self.iomodes.checking.clone(), version.clone());
+                        tokio::task::spawn_blocking(move || {
+                            // The file it opens is let go at once: the check is what counts.
+                            drop(check());
+                            checking.lock().unwrap().remove(&v);
+                        });
+                    }
+                    None
+                }
+            }
+        };
+        Some(ReadSlot::Decided(self.iomodes.settle(ino, candidate)))
+    }
+
+    /// The reply to an open whose handle `fh` exists: its reservation bound to it, and the
+    /// backing file when it is a passthrough one.
+    pub(super) fn opened(&self, fh: u64, keep_cache: bool, slot: Option<ReadSlot>) -> Opened {
+        let r = match slot {
+            None => None,
+            Some(ReadSlot::Decided(r)) => Some(r),
+            Some(ReadSlot::Open(ino)) => Some(self.iomodes.settle(ino, None)),
+        };
+        let passthrough = r.as_ref().and_then(|r| r.backing());
+        if let Some(r) = r {
+            r.bind(fh);
+        }
+        if passthrough.is_some() {
+            Metrics::add(&self.metrics().passthrough_opens_total, 1);
+        }
+        Opened {
+            fh,
+            keep_cache,
+            passthrough,
         }
     }
 }
