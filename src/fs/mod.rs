@@ -1,5 +1,5 @@
 //! The filesystem core: POSIX semantics over a [`Store`](crate::store::Store), with no FUSE in
-//! sight. `fuse.rs` translates kernel requests into calls here; unit tests call it directly.
+//! sight. `fuse/` translates kernel requests into calls here; unit tests call it directly.
 
 mod attrs;
 mod dirstream;
