@@ -573,6 +573,22 @@ fn a_walk_that_only_lists_leaves_no_kernel_inode_per_file() {
 
 /// Random 4 KiB `pread`s far apart in a 256 MiB file, through a real mount: the kernel asks for
 /// little more than each read, and the daemon fetches only that, never whole 8 MiB blocks.
+/// `n` offsets of 4 KiB reads in a file of `size` bytes (seeded by `x`), each more than
+/// 17 MiB from the one before: random reads, never a short seek or a sequential run.
+fn far_offsets(size: u64, mut x: u64, n: u64) -> Vec<u64> {
+    let mut out: Vec<u64> = Vec::new();
+    while (out.len() as u64) < n {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let off = (x >> 24) % (size - 4096);
+        if off.abs_diff(out.last().copied().unwrap_or(0)) > 17 << 20 {
+            out.push(off);
+        }
+    }
+    out
+}
+
 #[test]
 fn random_preads_fetch_about_the_bytes_they_read() {
     use std::os::unix::fs::FileExt;
@@ -584,21 +600,9 @@ fn random_preads_fetch_about_the_bytes_they_read() {
     let m = Mount::start(&url, &["--read-only", "--metrics-addr", "127.0.0.1:0"], &[])
         .unwrap_or_else(|o| panic!("mount failed: {o:?}"));
     let f = std::fs::File::open(m.path().join("big.bin")).unwrap();
-    let (reads, mut x) = (100u64, 11u64);
+    let reads = 100u64;
     let mut buf = vec![0u8; 4096];
-    let mut last = 0u64;
-    for _ in 0..reads {
-        // Each read more than 17 MiB from the one before: random, not a short seek.
-        let off = loop {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let off = (x >> 24) % (size - 4096);
-            if off.abs_diff(last) > 17 << 20 {
-                break off;
-            }
-        };
-        last = off;
+    for off in far_offsets(size, 11, reads) {
         f.read_exact_at(&mut buf, off).unwrap();
         assert_eq!(
             buf,
@@ -643,20 +647,9 @@ fn random_preads_of_a_cached_file_read_about_their_bytes_from_the_disk_cache() {
     )
     .unwrap_or_else(|o| panic!("mount failed: {o:?}"));
     let f = std::fs::File::open(m.path().join("big.bin")).unwrap();
-    let (reads, mut x, mut last) = (100u64, 5u64, 0u64);
+    let reads = 100u64;
     let mut buf = vec![0u8; 4096];
-    for _ in 0..reads {
-        // Far apart: random, never a sequential run.
-        let off = loop {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let off = (x >> 24) % (size - 4096);
-            if off.abs_diff(last) > 17 << 20 {
-                break off;
-            }
-        };
-        last = off;
+    for off in far_offsets(size, 5, reads) {
         f.read_exact_at(&mut buf, off).unwrap();
         assert!(
             buf == data[off as usize..off as usize + 4096],

@@ -152,6 +152,21 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Opens `path` through the mount until an open gets passthrough (a file over 64 MiB is
+    /// checked in the background after its first open), at most a minute; false if none did.
+    pub fn wait_passthrough(&self, path: &Path) -> bool {
+        let end = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < end {
+            let before = self.metric("passthrough_opens_total");
+            drop(std::fs::File::open(path).unwrap());
+            if self.metric("passthrough_opens_total") > before {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
     /// CPU seconds (user and system) the daemon has used so far.
     pub fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
