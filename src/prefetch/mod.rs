@@ -19,10 +19,12 @@ use crate::store::StoreResult;
 const INITIAL_WINDOW: u64 = 1 << 20;
 const SHORT_FORWARD: u64 = 16 << 20;
 const SHORT_BACKWARD: u64 = 1 << 20;
-/// A handle reading at random counts as sequential again only after this many reads in a row,
-/// each starting within `RESUME_GAP` of where the one before ended: a random reader's jump that
-/// happens to land near its last read must not fetch whole blocks and read ahead.
-const RESUME_AFTER: u32 = 2;
+/// A handle reading at random counts as sequential again only after this many bytes read in
+/// a row, each read starting within `RESUME_GAP` of where the one before ended: a random
+/// reader's jump that happens to land near its last read, or a record spanning a few pages (an
+/// LMDB value's overflow pages), must not fetch whole blocks and read ahead. A sequential
+/// reader gets there in two of the kernel's read-ahead requests.
+const RESUME_BYTES: u64 = 256 << 10;
 const RESUME_GAP: u64 = 128 << 10;
 
 pub struct PrefetchReadPath {
@@ -70,8 +72,8 @@ struct State {
     last_block: u64,
     /// How far past the current read to have blocks coming; 0 when reading randomly.
     window: u64,
-    /// Reads in a row that continued the one before, while reading randomly.
-    streak: u32,
+    /// Bytes read in a row, each read continuing the one before, while reading randomly.
+    streak: u64,
 }
 
 pub struct PrefetchReader {
@@ -88,8 +90,12 @@ impl PrefetchReader {
         let mut st = self.state.lock().unwrap();
         let sequential = if st.window == 0 {
             let continues = offset.abs_diff(st.last_end) <= RESUME_GAP;
-            st.streak = if continues { st.streak + 1 } else { 0 };
-            st.streak >= RESUME_AFTER
+            st.streak = if continues {
+                st.streak + (end - offset)
+            } else {
+                0
+            };
+            st.streak >= RESUME_BYTES
         } else {
             offset <= st.last_end + SHORT_FORWARD && offset + SHORT_BACKWARD >= st.last_end
         };

@@ -203,6 +203,42 @@ async fn a_random_reader_whose_jump_lands_near_its_last_read_still_fetches_only_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_random_reader_of_records_spanning_a_few_pages_still_fetches_only_its_bytes() {
+    // A database's get: a jump, then its record's 1 to 4 contiguous pages (LMDB overflow
+    // pages, an HDF5 chunk). The contiguous pages must not make the handle sequential, or its
+    // next short jump fetches a whole block and reads ahead.
+    for seed in 1..6u64 {
+        let r = rig(256 * MIB, 8 * MIB, 64 * MIB, 16 * MIB).await;
+        let h = r.path.open(r.obj.clone());
+        let (mut x, mut off, mut read) = (seed, 100 * MIB, 0u64);
+        for _ in 0..40 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let jump = (256 << 10) + (x >> 20) % (64 * MIB);
+            off = if x & 1 == 0 {
+                off + jump
+            } else {
+                off.saturating_sub(jump)
+            } % (r.obj.size - 4 * 4096);
+            for page in 0..1 + (x >> 40) % 4 {
+                let at = off + page * 4096;
+                let b = h.read(at, 4096).await.unwrap();
+                assert_eq!(&b[..], &r.data[at as usize..at as usize + 4096]);
+                read += 4096;
+            }
+        }
+        r.settle().await;
+        let fetched = Metrics::get(&r.cache.metrics().store_get_bytes_total);
+        // The first read of a handle may take its block (a fresh handle starts sequential).
+        assert!(
+            fetched <= 8 * MIB + 16 * MIB + 2 * read,
+            "seed {seed}: {fetched} bytes fetched for {read} bytes read in records"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_random_read_uses_a_block_already_held_and_a_sequential_one_reads_ahead_again() {
     let r = rig(64 * MIB, 8 * MIB, 64 * MIB, 16 * MIB).await;
     let h = r.path.open(r.obj.clone());
