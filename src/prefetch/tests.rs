@@ -169,6 +169,21 @@ async fn random_reads_fetch_their_own_bytes_not_whole_blocks() {
     }
 }
 
+/// The next offset of a random reader at `off`: a jump of 256 KiB to 64 MiB, either way,
+/// kept below `limit`. Advances the generator `x`.
+fn random_jump(x: &mut u64, off: u64, limit: u64) -> u64 {
+    *x = x
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let jump = (256 << 10) + (*x >> 20) % (64 * MIB);
+    let to = if *x & 1 == 0 {
+        off + jump
+    } else {
+        off.saturating_sub(jump)
+    };
+    to % limit
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_random_reader_whose_jump_lands_near_its_last_read_still_fetches_only_its_bytes() {
     // Jumps of any length, some of them short (a random reader's next record can be close).
@@ -179,16 +194,7 @@ async fn a_random_reader_whose_jump_lands_near_its_last_read_still_fetches_only_
         let mut off = 100 * MIB;
         let reads = 60;
         for _ in 0..reads {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            // A jump of 256 KiB to 64 MiB, either way.
-            let jump = (256 << 10) + (x >> 20) % (64 * MIB);
-            off = if x & 1 == 0 {
-                off + jump
-            } else {
-                off.saturating_sub(jump)
-            } % (r.obj.size - 4096);
+            off = random_jump(&mut x, off, r.obj.size - 4096);
             let b = h.read(off, 4096).await.unwrap();
             assert_eq!(&b[..], &r.data[off as usize..off as usize + 4096]);
         }
@@ -212,15 +218,7 @@ async fn a_random_reader_of_records_spanning_a_few_pages_still_fetches_only_its_
         let h = r.path.open(r.obj.clone());
         let (mut x, mut off, mut read) = (seed, 100 * MIB, 0u64);
         for _ in 0..40 {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let jump = (256 << 10) + (x >> 20) % (64 * MIB);
-            off = if x & 1 == 0 {
-                off + jump
-            } else {
-                off.saturating_sub(jump)
-            } % (r.obj.size - 4 * 4096);
+            off = random_jump(&mut x, off, r.obj.size - 4 * 4096);
             for page in 0..1 + (x >> 40) % 4 {
                 let at = off + page * 4096;
                 let b = h.read(at, 4096).await.unwrap();
