@@ -250,6 +250,20 @@ impl fmt::Display for LakeUrl {
 /// it holds a `=`) replaced by `(query not shown)`: error messages quote what the user gave,
 /// and a SAS pasted anywhere (a flag of the wrong kind, a config value of the wrong type) must
 /// not be printed back.
+/// `text` on one line: line breaks (and other control characters) in values quoted back, such
+/// as a path with a newline from a config file, shown escaped.
+pub fn one_line(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 pub fn hide_queries(text: &str) -> String {
     let ends = |c: char| c.is_whitespace() || "'\"`),>]".contains(c);
     let mut out = String::with_capacity(text.len());
@@ -271,6 +285,16 @@ pub fn hide_queries(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn one_line_escapes_line_breaks_and_keeps_the_rest() {
+        assert_eq!(
+            super::one_line("cannot read the manifest two\nlines: ü"),
+            "cannot read the manifest two\\nlines: ü"
+        );
+        assert_eq!(super::one_line("a\rb\tc"), "a\\rb\\tc");
+    }
+
     use super::*;
 
     #[test]

@@ -29,7 +29,10 @@ fn main() -> ExitCode {
                 Ok(lakemount::fstab::Helper::Fake) => return ExitCode::SUCCESS,
                 Err(e) => {
                     let e = lakemount::lake_url::hide_queries(&e);
-                    eprintln!("mount.lakemount: error: {e}");
+                    eprintln!(
+                        "mount.lakemount: error: {}",
+                        lakemount::lake_url::one_line(&e)
+                    );
                     return ExitCode::FAILURE;
                 }
             }
@@ -68,7 +71,7 @@ fn main() -> ExitCode {
             // One line: the chain of causes joined with ": ".
             // A value quoted back (a config file's) may be a SAS pasted in the wrong place.
             let line = lakemount::lake_url::hide_queries(&format!("{e:#}"));
-            eprintln!("lakemount: error: {line}");
+            eprintln!("lakemount: error: {}", lakemount::lake_url::one_line(&line));
             ExitCode::FAILURE
         }
     }

@@ -132,6 +132,13 @@ fn bad_config_files_and_flag_values_are_one_line_each() {
         &format!("lake = \"{lake}\"\nmountpoint = \"{mp}\"\ncache_sise = \"10G\"\n"),
     );
     let syntax = cfg("syntax.toml", "lake = \"az://myaccount/data\n");
+    // A value quoted back in the error holds a line break: still one line.
+    let two_lines = cfg("two-lines.toml", "manifest = '''two\nlines'''\n");
+    fails(
+        &["mount", "--config", &two_lines, mp],
+        &[],
+        "cannot read the manifest two\\nlines",
+    );
     let table = cfg("table.toml", "[mount\nlake = 1\n");
     let bad_value = cfg(
         "value.toml",

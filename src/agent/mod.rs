@@ -52,7 +52,7 @@ pub fn main(cli: AgentCli) -> ExitCode {
         Err(e) => {
             // One line: the chain of causes joined with ": ".
             let line = crate::lake_url::hide_queries(&format!("{e:#}"));
-            eprintln!("lake-agent: error: {line}");
+            eprintln!("lake-agent: error: {}", crate::lake_url::one_line(&line));
             let code = e.downcast_ref::<run::ExitError>().map_or(1, |x| x.code);
             ExitCode::from(code)
         }
