@@ -396,6 +396,8 @@ fn without_the_capability_reads_take_the_normal_path() {
         read_all();
         log_text().contains("passthrough reads are off")
     }));
+    // The refused open is not counted as a passthrough one.
+    assert_eq!(from_log(&log_text(), "passthrough_opens_total"), 0);
     read_all();
     // Each block fetched once; later opens read the normal way (page cache, disk cache).
     let blocks: usize = files.iter().map(|(_, d)| d.len().div_ceil(MIB)).sum();
@@ -466,4 +468,72 @@ fn opens_in_any_order_never_mix_kernel_modes() {
         .write(true)
         .open(&path)
         .is_ok()));
+}
+
+#[test]
+fn a_passthrough_handle_survives_dup_fork_and_its_file_being_replaced() {
+    // A reader reading through the cache file: its descriptor duplicated, its original closed,
+    // a forked child reading after the parent closed, and the file replaced by rename
+    // meanwhile (a checkpoint saver's `os.replace`). Every handle reads the version it opened;
+    // a new open reads the new file.
+    let (lake, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let files = lake_files(lake.path());
+    fill(lake.path(), cache.path(), &files[3..6]);
+    let staging = tempfile::tempdir().unwrap();
+    let st = staging.path().to_str().unwrap();
+    let m = mount(
+        lake.path(),
+        cache.path(),
+        &["--passthrough", "on", "--staging-dir", st],
+    );
+    // One cached file for each order of the replace: before the fork, between fork and the
+    // parent's close, after both.
+    for order in 0..3u64 {
+        let (name, old) = &files[3 + order as usize];
+        let path = m.path().join(name);
+        let before = metric(&m, "passthrough_opens_total");
+        let f = File::open(&path).unwrap();
+        assert_eq!(
+            metric(&m, "passthrough_opens_total"),
+            before + 1,
+            "order {order}: opened with passthrough"
+        );
+        let dup = f.try_clone().unwrap();
+        drop(f);
+        let new = pseudo_random(old.len(), 100 + order);
+        let tmp = m.path().join(format!("{name}.tmp{order}"));
+        let replace = || {
+            std::fs::write(&tmp, &new).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        };
+        if order == 0 {
+            replace();
+        }
+        // SAFETY: the child only reads through an inherited descriptor and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let mut got = vec![0u8; old.len()];
+            let ok = dup.read_exact_at(&mut got, 0).is_ok() && &got == old;
+            // SAFETY: leave the child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        if order == 1 {
+            replace();
+        }
+        drop(dup);
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "order {order}: the child read other bytes than the version it opened"
+        );
+        if order == 2 {
+            replace();
+        }
+        assert!(
+            std::fs::read(&path).unwrap() == new,
+            "order {order}: a new open reads the replacement"
+        );
+    }
 }

@@ -233,7 +233,12 @@ impl LakeFs {
 
     /// Passthrough for handle `fh` was refused by the kernel: it reads the normal way.
     pub fn passthrough_refused(&self, fh: u64, why: &str) {
-        self.iomodes.refused(fh, why);
+        if self.iomodes.refused(fh, why) {
+            // Counted when the open was decided; it reads the normal way after all.
+            self.metrics
+                .passthrough_opens_total
+                .fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Records the device number the kernel gave the mount (`st_dev` of its root).

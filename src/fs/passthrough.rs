@@ -159,18 +159,21 @@ impl IoModes {
     }
 
     /// Passthrough of `fh` was refused at the edge: it reads the normal way, and so does
-    /// every later open of the mount.
-    pub fn refused(&self, fh: u64, why: &str) {
+    /// every later open of the mount. True if `fh` was a passthrough handle.
+    pub fn refused(&self, fh: u64, why: &str) -> bool {
         self.disable(why);
         let mut t = self.table.lock().unwrap();
-        if let Some((ino, pt)) = t.by_fh.get_mut(&fh) {
-            if *pt {
-                *pt = false;
-                let ino = *ino;
-                Self::unreserve(&mut t, ino, true);
-                t.by_ino.entry(ino).or_default().plain += 1;
-            }
+        let Some((ino, pt)) = t.by_fh.get_mut(&fh) else {
+            return false;
+        };
+        if !*pt {
+            return false;
         }
+        *pt = false;
+        let ino = *ino;
+        Self::unreserve(&mut t, ino, true);
+        t.by_ino.entry(ino).or_default().plain += 1;
+        true
     }
 
     fn unreserve(t: &mut Table, ino: u64, passthrough: bool) {
@@ -364,7 +367,8 @@ mod tests {
     fn a_refused_passthrough_turns_it_off_and_counts_the_handle_as_normal() {
         let m = IoModes::new(true);
         m.settle(7, Some(file())).bind(1);
-        m.refused(1, "no capability");
+        assert!(m.refused(1, "no capability"));
+        assert!(!m.refused(1, "again"), "a normal handle now");
         assert!(!m.enabled());
         assert_eq!(m.passthrough_handles(7), 0);
         assert!(
