@@ -46,6 +46,15 @@ fn mount(lake: &Path, cache: &Path, extra: &[&str]) -> Mount {
         .unwrap_or_else(|o| panic!("mount failed: {o:?}"))
 }
 
+/// A writable mount with `--passthrough on` and its own staging directory (kept while the
+/// mount is).
+fn writable_passthrough_mount(lake: &Path, cache: &Path) -> (Mount, tempfile::TempDir) {
+    let staging = tempfile::tempdir().unwrap();
+    let st = staging.path().to_str().unwrap();
+    let m = mount(lake, cache, &["--passthrough", "on", "--staging-dir", st]);
+    (m, staging)
+}
+
 fn metric(m: &Mount, name: &str) -> u64 {
     from_log(&m.log_text(), name)
 }
@@ -418,13 +427,7 @@ fn opens_in_any_order_never_mix_kernel_modes() {
     let files = lake_files(lake.path());
     let (name, data) = &files[4];
     fill(lake.path(), cache.path(), &files[4..5]);
-    let staging = tempfile::tempdir().unwrap();
-    let st = staging.path().to_str().unwrap();
-    let m = mount(
-        lake.path(),
-        cache.path(),
-        &["--passthrough", "on", "--staging-dir", st],
-    );
+    let (m, _staging) = writable_passthrough_mount(lake.path(), cache.path());
     let path = m.path().join(name);
     let (mut x, mut open, mut busy) = (7u64, Vec::<File>::new(), 0);
     for step in 0..300 {
@@ -479,13 +482,7 @@ fn a_passthrough_handle_survives_dup_fork_and_its_file_being_replaced() {
     let (lake, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let files = lake_files(lake.path());
     fill(lake.path(), cache.path(), &files[3..6]);
-    let staging = tempfile::tempdir().unwrap();
-    let st = staging.path().to_str().unwrap();
-    let m = mount(
-        lake.path(),
-        cache.path(),
-        &["--passthrough", "on", "--staging-dir", st],
-    );
+    let (m, _staging) = writable_passthrough_mount(lake.path(), cache.path());
     // One cached file for each order of the replace: before the fork, between fork and the
     // parent's close, after both.
     for order in 0..3u64 {
