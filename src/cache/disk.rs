@@ -10,7 +10,7 @@
 //! Eviction is LRU by block within a run (a hole punched in the object's file); after a
 //! restart the order is rebuilt from the tables' modification times (touched on hits).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::ops::Range;
@@ -43,9 +43,38 @@ type BlockRef = (Arc<str>, u64);
 
 struct Index {
     lru: LruCache<BlockRef, u64>,
-    /// Each object with blocks held, and how many.
-    objects: HashMap<Arc<str>, (ObjectKey, u64)>,
+    /// Each object with blocks held.
+    objects: HashMap<Arc<str>, Held>,
     bytes: u64,
+}
+
+struct Held {
+    key: ObjectKey,
+    /// How many of its blocks.
+    blocks: u64,
+    /// Its table's modification time as last written: a hit writes it back only when it is
+    /// older than RECENCY_STEP, with no stat.
+    touched: SystemTime,
+}
+
+/// A data file's state when its bytes were last checked: a punched hole (fewer blocks
+/// allocated), a write (ctime) or a replacement (inode) changes it. Matching it, a
+/// passthrough open needs no table read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    ctime: (i64, i64),
+    allocated: u64,
+}
+
+impl Stamp {
+    fn of(m: &fs::Metadata) -> Stamp {
+        Stamp {
+            ino: m.ino(),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            allocated: m.blocks(),
+        }
+    }
 }
 
 pub struct DiskCache {
@@ -56,8 +85,9 @@ pub struct DiskCache {
     /// Total and available bytes of the cache's file system (a fake one in tests).
     space: SpaceProbe,
     index: Mutex<Index>,
-    /// Objects whose every byte this process checked and has not changed since.
-    verified: Mutex<HashSet<Arc<str>>>,
+    /// Objects whose every byte this process checked and has not changed since, with their
+    /// data file's state at the check.
+    verified: Mutex<HashMap<Arc<str>, Stamp>>,
     metrics: Arc<Metrics>,
     /// Writes handed to `write_behind` and not finished yet.
     pending: AtomicUsize,
@@ -133,7 +163,7 @@ impl DiskCache {
                 objects: HashMap::new(),
                 bytes: 0,
             }),
-            verified: Mutex::new(HashSet::new()),
+            verified: Mutex::new(HashMap::new()),
             metrics,
             pending: AtomicUsize::new(0),
         };
@@ -178,7 +208,7 @@ impl DiskCache {
         }
         found.sort_by_key(|(t, ..)| *t);
         let mut idx = self.index.lock().unwrap();
-        for (_, key, held) in found {
+        for (mtime, key, held) in found {
             let hash: Arc<str> = key.hash().into();
             let n = held.iter().filter(|l| **l > 0).count() as u64;
             if n == 0 {
@@ -190,7 +220,12 @@ impl DiskCache {
                     idx.lru.put((hash.clone(), i as u64), len);
                 }
             }
-            idx.objects.insert(hash, (key, n));
+            let held = Held {
+                key,
+                blocks: n,
+                touched: mtime,
+            };
+            idx.objects.insert(hash, held);
         }
         drop(idx);
         self.evict_to(self.capacity());
@@ -247,9 +282,13 @@ impl DiskCache {
         let files = self.files(&hash);
         match objfile::read_range(&files, key, index, range) {
             Ok(Some((data, read))) => {
-                self.index.lock().unwrap().lru.promote(&(hash, index));
+                self.index
+                    .lock()
+                    .unwrap()
+                    .lru
+                    .promote(&(hash.clone(), index));
                 Metrics::add(&self.metrics.disk_hit_bytes_total, read);
-                touch(&files.sums);
+                self.touch(&hash, &files);
                 Some(data)
             }
             Ok(None) => {
@@ -272,9 +311,9 @@ impl DiskCache {
         let mut idx = self.index.lock().unwrap();
         if let Some(len) = idx.lru.pop(&(hash.clone(), index)) {
             idx.bytes -= len;
-            if let Some((_, n)) = idx.objects.get_mut(hash) {
-                *n -= 1;
-                if *n == 0 {
+            if let Some(h) = idx.objects.get_mut(hash) {
+                h.blocks -= 1;
+                if h.blocks == 0 {
                     idx.objects.remove(hash);
                 }
             }
@@ -297,10 +336,18 @@ impl DiskCache {
             Ok(()) => {
                 let len = data.len() as u64;
                 let mut idx = self.index.lock().unwrap();
-                match idx.lru.put((hash.clone(), index), len) {
-                    Some(old) => idx.bytes -= old,
-                    None => idx.objects.entry(hash).or_insert((key.clone(), 0)).1 += 1,
+                let replaced = idx.lru.put((hash.clone(), index), len);
+                if let Some(old) = replaced {
+                    idx.bytes -= old;
                 }
+                let h = idx.objects.entry(hash).or_insert(Held {
+                    key: key.clone(),
+                    blocks: 0,
+                    touched: SystemTime::now(),
+                });
+                h.blocks += u64::from(replaced.is_none());
+                // The entry just written gave its table a fresh modification time.
+                h.touched = SystemTime::now();
                 idx.bytes += len;
                 drop(idx);
                 self.evict_to(self.capacity());
@@ -372,25 +419,27 @@ impl DiskCache {
             return Complete::No;
         }
         // Still the file in place (not one an eviction just unlinked).
-        let linked = data.metadata().is_ok_and(|m| m.nlink() > 0);
-        if !linked {
-            return Complete::No;
+        let meta = match data.metadata() {
+            Ok(m) if m.nlink() > 0 => m,
+            _ => return Complete::No,
+        };
+        // Taken under the lock: no hole can appear between it and the table read below.
+        let stamp = Stamp::of(&meta);
+        let known = self.verified.lock().unwrap().get(&hash).copied();
+        if known == Some(stamp) {
+            // Checked whole and untouched since: the table need not be read again (on a cold
+            // page cache, that read would double the disk reads of a small file's open).
+            self.hit_whole(&hash, key, &files);
+            return Complete::File(data);
         }
-        let verify = !self.verified.lock().unwrap().contains(&hash);
+        let verify = known.is_none();
         if verify && !may_verify {
             return Complete::NeedsCheck;
         }
         match objfile::is_complete(&files, key, &data, verify) {
             Ok(true) => {
-                if verify {
-                    self.verified.lock().unwrap().insert(hash.clone());
-                }
-                let mut idx = self.index.lock().unwrap();
-                for i in 0..key.blocks() {
-                    idx.lru.promote(&(hash.clone(), i));
-                }
-                drop(idx);
-                touch(&files.sums);
+                self.verified.lock().unwrap().insert(hash.clone(), stamp);
+                self.hit_whole(&hash, key, &files);
                 Complete::File(data)
             }
             Ok(false) => Complete::No,
@@ -407,6 +456,34 @@ impl DiskCache {
         }
     }
 
+    fn hit_whole(&self, hash: &Arc<str>, key: &ObjectKey, files: &ObjectFiles) {
+        let mut idx = self.index.lock().unwrap();
+        for i in 0..key.blocks() {
+            idx.lru.promote(&(hash.clone(), i));
+        }
+        drop(idx);
+        self.touch(hash, files);
+    }
+
+    /// Persists a hit's recency for the next index rebuild, coarsely: one timestamp write per
+    /// object per RECENCY_STEP, not one per hit, and no stat (a hit's open costs no disk
+    /// read of the table).
+    fn touch(&self, hash: &Arc<str>, files: &ObjectFiles) {
+        let now = SystemTime::now();
+        let stale = match self.index.lock().unwrap().objects.get_mut(hash) {
+            Some(h) if now.duration_since(h.touched).unwrap_or_default() > RECENCY_STEP => {
+                h.touched = now;
+                true
+            }
+            _ => false,
+        };
+        if stale {
+            if let Ok(f) = File::options().write(true).open(&files.sums) {
+                let _ = f.set_modified(now);
+            }
+        }
+    }
+
     /// Removes least recently used blocks until at most `target` bytes remain.
     fn evict_to(&self, target: u64) {
         loop {
@@ -419,7 +496,7 @@ impl DiskCache {
                     return;
                 };
                 let (hash, index) = (hash.clone(), *index);
-                let Some((key, _)) = idx.objects.get(&hash) else {
+                let Some(Held { key, .. }) = idx.objects.get(&hash) else {
                     // Not expected: an indexed block of an unknown object. Forget it.
                     let len = idx.lru.pop(&(hash, index)).unwrap_or(0);
                     idx.bytes -= len;
@@ -475,20 +552,6 @@ impl DiskCache {
         fs::remove_dir_all(&self.root)?;
         mkdir_private(&self.root)?;
         Ok(n)
-    }
-}
-
-/// Persists a hit's recency for the next index rebuild, coarsely: one timestamp write per
-/// object per RECENCY_STEP, not one per hit.
-fn touch(path: &Path) {
-    let now = SystemTime::now();
-    let stale = fs::metadata(path)
-        .and_then(|m| m.modified())
-        .is_ok_and(|m| now.duration_since(m).unwrap_or_default() > RECENCY_STEP);
-    if stale {
-        if let Ok(f) = File::options().write(true).open(path) {
-            let _ = f.set_modified(now);
-        }
     }
 }
 

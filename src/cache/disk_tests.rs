@@ -313,3 +313,65 @@ fn a_range_read_reads_and_checks_only_the_chunks_it_falls_in() {
     assert_eq!(Metrics::get(&m.disk_corrupt_blocks_total), 1);
     assert!(!c.contains(&k, 0));
 }
+
+#[test]
+fn a_change_another_process_makes_after_the_check_is_seen_by_the_next_passthrough_open() {
+    let d = tempfile::tempdir().unwrap();
+    let data = pattern(3 * 4096 + 100, 3);
+    let k = key("shared", data.len() as u64, 4096);
+    let fill = |c: &DiskCache, skip: Option<u64>| {
+        for i in (0..k.blocks()).filter(|i| Some(*i) != skip) {
+            let r = (i * 4096) as usize..((i + 1) * 4096).min(data.len() as u64) as usize;
+            c.put(&k, i, &data[r]);
+        }
+    };
+    for i in 0..k.blocks() {
+        for replace in [false, true] {
+            let mine = open(d.path(), 1 << 20);
+            fill(&mine, None);
+            drop(complete(&mine, &k).expect("complete and checked"));
+            // Another mount sharing the directory punches block i, or replaces the object
+            // with one missing it.
+            let other = open(d.path(), 1 << 20);
+            if replace {
+                other.drop_object(&k.hash().into(), &k);
+                fill(&other, Some(i));
+            } else {
+                other.drop_block(&k.hash().into(), &k, i);
+            }
+            assert!(
+                complete(&mine, &k).is_none(),
+                "block {i} gone (replaced: {replace}) but a passthrough open was given"
+            );
+            // Made whole again by the other mount: open, with every byte right.
+            fill(&other, None);
+            let f = complete(&mine, &k).expect("whole again");
+            let mut all = Vec::new();
+            io::Read::read_to_end(&mut &f, &mut all).unwrap();
+            assert_eq!(all, data);
+            drop(f);
+            other.drop_object(&k.hash().into(), &k);
+        }
+    }
+}
+
+#[test]
+fn a_checked_unchanged_file_opens_without_reading_its_table_again() {
+    let d = tempfile::tempdir().unwrap();
+    let data = pattern(2 * 4096, 4);
+    let k = key("quiet", data.len() as u64, 4096);
+    let c = open(d.path(), 1 << 20);
+    c.put(&k, 0, &data[..4096]);
+    c.put(&k, 1, &data[4096..]);
+    drop(complete(&c, &k).expect("complete"));
+    // The table moved away: an open that read it would find the object incomplete.
+    let sums = c.files(&k.hash()).sums;
+    fs::rename(&sums, sums.with_extension("moved")).unwrap();
+    assert!(complete(&c, &k).is_some(), "the table was read again");
+    // A change to the data file (a block written again) makes the next open read it.
+    c.put(&k, 1, &data[4096..]);
+    assert!(
+        complete(&c, &k).is_none(),
+        "the changed file's table was not read"
+    );
+}
