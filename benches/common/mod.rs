@@ -205,3 +205,47 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// A cache disk formatted as `lake-agent` formats a node's: ext4 with its journal, on a loop
+/// device over a sparse file, mounted at `path`; unmounted (and detached) on drop. A cache
+/// directory on the machine's own file system would measure that file system instead (one
+/// without a journal makes every new file scan for recently freed inodes).
+pub struct CacheDisk {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl CacheDisk {
+    pub fn new(gib: u64) -> CacheDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(gib << 30)
+            .unwrap();
+        let run = |c: &mut Command| {
+            let out = c.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{c:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-E", "nodiscard,lazy_itable_init=1"])
+            .arg(&img));
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&path));
+        CacheDisk { path, _dir: dir }
+    }
+}
+
+impl Drop for CacheDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}

@@ -10,7 +10,7 @@
 //! disk lying, which the CRCs catch).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -245,8 +245,9 @@ pub fn read_range(
     Ok(Some((data.slice(wanted), read)))
 }
 
-/// Writes block `index`: the data at its offset, then its entry. Creates the pair when absent
-/// (the table through a temporary file, so no reader sees half a header).
+/// Writes block `index`: the data at its offset, then its entry, so no table lists bytes not
+/// yet written. A new object's table appears whole, header and first entry together. The
+/// data file grows to its full length as its blocks land.
 pub fn write_block(
     files: &ObjectFiles,
     key: &ObjectKey,
@@ -254,33 +255,103 @@ pub fn write_block(
     data: &[u8],
 ) -> io::Result<()> {
     debug_assert_eq!(data.len() as u64, key.block_len(index));
-    let dir = files.data.parent().expect("object paths have a parent");
-    super::disk::mkdir_private(dir)?;
     let table = match open_table(files, key, true) {
-        Ok(Some(t)) => t,
-        Ok(None) => create_table(files, key)?,
+        Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
             // A damaged table (or an identity clash): start the object over.
             remove(files);
-            create_table(files, key)?
+            None
         }
         Err(e) => return Err(e),
     };
-    let d = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&files.data)?;
-    if d.metadata()?.len() != key.size {
-        d.set_len(key.size)?;
-    }
+    let open_data = || {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&files.data)
+    };
+    let d = match open_data() {
+        // The first object of its directory.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            super::disk::mkdir_private(files.data.parent().expect("object paths have a parent"))?;
+            open_data()?
+        }
+        r => r?,
+    };
     d.write_all_at(data, index * key.block_size)?;
-    table.write_all_at(&Entry::of(key, data), entry_at(key, index))
+    let entry = Entry::of(key, data);
+    match table {
+        Some(t) => t.write_all_at(&entry, entry_at(key, index)),
+        None => create_table(files, key, index, &entry),
+    }
 }
 
-fn create_table(files: &ObjectFiles, key: &ObjectKey) -> io::Result<File> {
+/// Makes the table of a new object listing block `index`: written in an unnamed file, then
+/// linked into place, so no reader sees half of it. A link, not a rename: when writers of two
+/// blocks (here or in another mount) create the table at once, the second must not replace
+/// the first and lose its entries; it writes its entry into the first's table instead.
+fn create_table(files: &ObjectFiles, key: &ObjectKey, index: u64, entry: &[u8]) -> io::Result<()> {
     let dir = files.sums.parent().expect("object paths have a parent");
+    let fill = |f: &File| {
+        f.write_all_at(&key.header(), 0)?;
+        f.write_all_at(entry, entry_at(key, index))
+    };
+    let linked = match unnamed_in(dir) {
+        Ok(f) => {
+            fill(&f)?;
+            let fd = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+            link_following(&fd, &files.sums)
+        }
+        // A file system without O_TMPFILE, or no /proc: a named temporary file.
+        Err(_) => named_then_linked(dir, files, fill),
+    };
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open_table(files, key, true)?
+            .ok_or(e)?
+            .write_all_at(entry, entry_at(key, index)),
+        Err(e) => Err(e),
+    }
+}
+
+fn unnamed_in(dir: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o600)
+        .open(dir)
+}
+
+/// `linkat` with AT_SYMLINK_FOLLOW: gives a name to an unnamed file through its /proc link.
+fn link_following(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: two valid NUL-terminated paths.
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn named_then_linked(
+    dir: &Path,
+    files: &ObjectFiles,
+    fill: impl Fn(&File) -> io::Result<()>,
+) -> io::Result<()> {
     let tmp = dir.join(format!(
         ".{}.tmp.{}.{:?}",
         files.sums.file_name().unwrap().to_string_lossy(),
@@ -288,23 +359,14 @@ fn create_table(files: &ObjectFiles, key: &ObjectKey) -> io::Result<File> {
         std::thread::current().id()
     ));
     let res = (|| {
-        let mut f = OpenOptions::new()
-            .read(true)
+        let f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(&key.header())?;
-        // A link, not a rename: when writers of two blocks (here or in another mount) create
-        // the table at once, the second must not replace the first and lose its entries.
-        match fs::hard_link(&tmp, &files.sums) {
-            Ok(()) => Ok(f),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                open_table(files, key, true)?.ok_or(e)
-            }
-            Err(e) => Err(e),
-        }
+        fill(&f)?;
+        fs::hard_link(&tmp, &files.sums)
     })();
     let _ = fs::remove_file(&tmp);
     res
@@ -378,4 +440,50 @@ pub fn is_complete(
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_made_either_way_lists_its_first_block_and_leaves_no_temporary_file() {
+        let key = ObjectKey {
+            id: "obj\netag".into(),
+            size: 3 * 4096,
+            block_size: 4096,
+        };
+        let data = vec![7u8; 4096];
+        for named in [false, true] {
+            let root = tempfile::tempdir().unwrap();
+            let files = ObjectFiles::new(root.path(), &key.hash());
+            let dir = files.sums.parent().unwrap();
+            fs::create_dir_all(dir).unwrap();
+            fs::write(&files.data, []).unwrap();
+            files_data_at(&files, &data, 4096);
+            let entry = Entry::of(&key, &data);
+            let fill = |f: &File| {
+                f.write_all_at(&key.header(), 0)?;
+                f.write_all_at(&entry, entry_at(&key, 1))
+            };
+            if named {
+                named_then_linked(dir, &files, fill).unwrap();
+                let again = named_then_linked(dir, &files, fill).unwrap_err();
+                assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+            } else {
+                create_table(&files, &key, 1, &entry).unwrap();
+            }
+            assert_eq!(held_blocks(&files, &key).unwrap(), vec![0, 4096, 0]);
+            let names: Vec<_> = fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names.len(), 2, "named: {named}: {names:?}");
+        }
+    }
+
+    fn files_data_at(files: &ObjectFiles, data: &[u8], at: u64) {
+        let f = OpenOptions::new().write(true).open(&files.data).unwrap();
+        f.write_all_at(data, at).unwrap();
+    }
 }
