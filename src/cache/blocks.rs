@@ -344,7 +344,7 @@ impl BlockCache {
             let _permit = self.budget.clone().take(len, || self.evict_one(true)).await;
             // On disk: only the chunks these bytes fall in are read and checked.
             let key = self.object_key(obj);
-            if let Some(disk) = self.disk.as_ref().filter(|d| d.contains(&key, index)) {
+            if let Some(disk) = self.disk.as_ref().filter(|d| d.may_hold(&key, index)) {
                 let (disk, r) = (
                     disk.clone(),
                     wide.start - block.start..wide.end - block.start,
@@ -534,8 +534,9 @@ impl BlockCache {
                 _permit: permit,
             })
         };
-        if let Some(disk) = &self.disk {
-            let (disk, key) = (disk.clone(), self.object_key(obj));
+        let key = self.object_key(obj);
+        if let Some(disk) = self.disk.as_ref().filter(|d| d.may_hold(&key, index)) {
+            let (disk, key) = (disk.clone(), key.clone());
             let hit = tokio::task::spawn_blocking(move || disk.get(&key, index))
                 .await
                 .map_err(|e| StoreError::Other(format!("disk cache task failed: {e}")))?;
@@ -547,7 +548,7 @@ impl BlockCache {
         let block = block(data);
         if let Some(disk) = &self.disk {
             // The pending write keeps the block (and its budget) until it lands.
-            disk.write_behind(self.object_key(obj), index, self.lease(block.clone()));
+            disk.write_behind(key, index, self.lease(block.clone()));
         }
         Ok(block)
     }

@@ -268,6 +268,20 @@ impl DiskCache {
         self.index.lock().unwrap().lru.contains(&(hash, index))
     }
 
+    /// Whether the block may be on disk: indexed here, or its object has a table, written by
+    /// another process sharing the directory (`lakemount warm`, another mount). One stat, on
+    /// the caller's thread: a block of a new object then costs no trip to a blocking thread.
+    pub fn may_hold(&self, key: &ObjectKey, index: u64) -> bool {
+        let hash: Arc<str> = key.hash().into();
+        let indexed = self
+            .index
+            .lock()
+            .unwrap()
+            .lru
+            .contains(&(hash.clone(), index));
+        indexed || self.files(&hash).sums.symlink_metadata().is_ok()
+    }
+
     /// The block's data if a valid copy is on disk. Anything wrong with it makes it a miss and
     /// drops it.
     pub fn get(&self, key: &ObjectKey, index: u64) -> Option<Bytes> {

@@ -298,14 +298,15 @@ fn create_table(files: &ObjectFiles, key: &ObjectKey, index: u64, entry: &[u8]) 
         f.write_all_at(&key.header(), 0)?;
         f.write_all_at(entry, entry_at(key, index))
     };
-    let linked = match unnamed_in(dir) {
-        Ok(f) => {
-            fill(&f)?;
-            let fd = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
-            link_following(&fd, &files.sums)
-        }
+    let unnamed = unnamed_in(dir).and_then(|f| {
+        fill(&f)?;
+        let fd = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+        link_following(&fd, &files.sums)
+    });
+    let linked = match unnamed {
         // A file system without O_TMPFILE, or no /proc: a named temporary file.
-        Err(_) => named_then_linked(dir, files, fill),
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => named_then_linked(dir, files, fill),
+        r => r,
     };
     match linked {
         Ok(()) => Ok(()),

@@ -590,3 +590,52 @@ async fn a_read_that_finds_no_memory_in_time_fails_saying_so_and_works_once_memo
     assert!(r.cache.budget_in_use() <= 2 * MIB);
     drop((b, c));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_another_process_put_in_the_shared_disk_cache_are_read_from_it() {
+    use crate::cache::disk::{CacheSize, DiskCache};
+    let base = rig(8 * MIB, MIB, 64 * MIB, 4 * MIB).await;
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let m = Arc::new(Metrics::default());
+        Arc::new(DiskCache::open(dir.path(), CacheSize::Bytes(1 << 30), m).unwrap())
+    };
+    // This mount's disk cache, opened before another process (`lakemount warm`, another
+    // mount) fills the directory: its index knows none of those blocks.
+    let mine = open();
+    let m = Arc::new(Metrics::default());
+    let cache = BlockCache::new(base.store.clone(), Some(mine), base.cache.config(), m);
+    let key = cache.object_key(&base.obj);
+    let other = open();
+    for i in 0..8 {
+        other.put(
+            &key,
+            i,
+            &base.data[(i * MIB) as usize..((i + 1) * MIB) as usize],
+        );
+    }
+    let path = PrefetchReadPath::new(cache.clone(), 4 * MIB);
+    // Random reads first (each its own bytes), then a whole sequential pass.
+    let h = path.open(base.obj.clone());
+    for off in [
+        5 * MIB + 100,
+        MIB + 7,
+        7 * MIB + 4000,
+        2 * MIB,
+        3 * MIB + 65_000,
+    ] {
+        let b = h.read(off, 4096).await.unwrap();
+        assert_eq!(&b[..], &base.data[off as usize..off as usize + 4096]);
+    }
+    let h = path.open(base.obj.clone());
+    let mut got = Vec::new();
+    while (got.len() as u64) < base.obj.size {
+        got.extend_from_slice(&h.read(got.len() as u64, 128 << 10).await.unwrap());
+    }
+    assert_eq!(got, base.data);
+    assert_eq!(
+        base.gets(),
+        0,
+        "blocks on the shared disk were fetched again"
+    );
+}
