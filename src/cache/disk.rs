@@ -191,8 +191,11 @@ impl DiskCache {
                     continue;
                 }
                 let Some(hash) = name.strip_suffix(".sums") else {
-                    // A data file without a table holds nothing anyone can trust.
-                    if !sub.path().join(format!("{name}.sums")).exists() {
+                    // A data file without a table holds nothing anyone can trust, unless it
+                    // is young: a writer (another mount, `warm`) writes a new object's first
+                    // block before linking its table.
+                    let orphan = !sub.path().join(format!("{name}.sums")).exists();
+                    if orphan && mtime.elapsed().unwrap_or_default() > STALE_TMP {
                         let _ = fs::remove_file(f.path());
                     }
                     continue;

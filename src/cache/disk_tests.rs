@@ -375,3 +375,27 @@ fn a_checked_unchanged_file_opens_without_reading_its_table_again() {
         "the changed file's table was not read"
     );
 }
+
+#[test]
+fn a_data_file_without_a_table_is_removed_at_open_only_once_it_is_old() {
+    let d = tempfile::tempdir().unwrap();
+    let k = key("orphan", 4096, 4096);
+    let c = open(d.path(), 1 << 20);
+    c.put(&k, 0, &pattern(4096, 2));
+    let files = c.files(&k.hash());
+    drop(c);
+    // As a writer leaves it between its first block's bytes and its table.
+    fs::remove_file(&files.sums).unwrap();
+    drop(open(d.path(), 1 << 20));
+    assert!(files.data.exists(), "a writer's new object was removed");
+    // As a writer that died there leaves it.
+    let old = SystemTime::now() - 2 * STALE_TMP;
+    File::options()
+        .write(true)
+        .open(&files.data)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    drop(open(d.path(), 1 << 20));
+    assert!(!files.data.exists(), "an orphan data file was kept");
+}
