@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use lru::LruCache;
 
+use super::known::{Known, Stamp};
 use super::objfile::{self, ObjectFiles, ObjectKey};
 pub use super::size::{fs_size, parse_bytes, CacheSize};
 use crate::metrics::Metrics;
@@ -57,26 +58,6 @@ struct Held {
     touched: SystemTime,
 }
 
-/// A data file's state when its bytes were last checked: a punched hole (fewer blocks
-/// allocated), a write (ctime) or a replacement (inode) changes it. Matching it, a
-/// passthrough open needs no table read.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    ino: u64,
-    ctime: (i64, i64),
-    allocated: u64,
-}
-
-impl Stamp {
-    fn of(m: &fs::Metadata) -> Stamp {
-        Stamp {
-            ino: m.ino(),
-            ctime: (m.ctime(), m.ctime_nsec()),
-            allocated: m.blocks(),
-        }
-    }
-}
-
 pub struct DiskCache {
     root: PathBuf,
     capacity: u64,
@@ -85,9 +66,8 @@ pub struct DiskCache {
     /// Total and available bytes of the cache's file system (a fake one in tests).
     space: SpaceProbe,
     index: Mutex<Index>,
-    /// Objects whose every byte this process checked and has not changed since, with their
-    /// data file's state at the check.
-    verified: Mutex<HashMap<Arc<str>, Stamp>>,
+    /// Files checked whole and entries read lately, while their files are unchanged.
+    known: Known,
     metrics: Arc<Metrics>,
     /// Writes handed to `write_behind` and not finished yet.
     pending: AtomicUsize,
@@ -163,7 +143,7 @@ impl DiskCache {
                 objects: HashMap::new(),
                 bytes: 0,
             }),
-            verified: Mutex::new(HashMap::new()),
+            known: Known::new(),
             metrics,
             pending: AtomicUsize::new(0),
         };
@@ -297,7 +277,7 @@ impl DiskCache {
     pub fn get_range(&self, key: &ObjectKey, index: u64, range: Range<u64>) -> Option<Bytes> {
         let hash: Arc<str> = key.hash().into();
         let files = self.files(&hash);
-        match objfile::read_range(&files, key, index, range) {
+        match self.read_known(&hash, &files, key, index, range) {
             Ok(Some((data, read))) => {
                 self.index
                     .lock()
@@ -324,6 +304,35 @@ impl DiskCache {
         }
     }
 
+    /// `objfile::read_range`, taking the block's entry from memory while its data file is
+    /// unchanged: a read then opens and reads no table.
+    fn read_known(
+        &self,
+        hash: &Arc<str>,
+        files: &ObjectFiles,
+        key: &ObjectKey,
+        index: u64,
+        range: Range<u64>,
+    ) -> io::Result<Option<(Bytes, u64)>> {
+        let Ok(data) = File::open(&files.data) else {
+            // The table decides what that means, as ever.
+            return objfile::read_range(files, key, index, range);
+        };
+        let stamp = Stamp::of(&data.metadata()?);
+        let entry = match self.known.entry(hash, index, stamp) {
+            Some(e) => e,
+            None => {
+                let Some(e) = objfile::held_entry(files, key, index)? else {
+                    return Ok(None);
+                };
+                let e = Arc::new(e);
+                self.known.remember(hash, index, stamp, e.clone());
+                e
+            }
+        };
+        objfile::read_checked(&data, key, index, &entry, range).map(Some)
+    }
+
     fn forget(&self, hash: &Arc<str>, index: u64) {
         let mut idx = self.index.lock().unwrap();
         if let Some(len) = idx.lru.pop(&(hash.clone(), index)) {
@@ -342,7 +351,7 @@ impl DiskCache {
     pub fn put(&self, key: &ObjectKey, index: u64, data: &[u8]) {
         let hash: Arc<str> = key.hash().into();
         let files = self.files(&hash);
-        self.verified.lock().unwrap().remove(&hash);
+        self.known.changed(&hash, Some(index), key.blocks());
         let mut result = objfile::write_block(&files, key, index, data);
         if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::ENOSPC)) {
             let held = self.stats().bytes;
@@ -442,7 +451,7 @@ impl DiskCache {
         };
         // Taken under the lock: no hole can appear between it and the table read below.
         let stamp = Stamp::of(&meta);
-        let known = self.verified.lock().unwrap().get(&hash).copied();
+        let known = self.known.checked(&hash);
         if known == Some(stamp) {
             // Checked whole and untouched since: the table need not be read again (on a cold
             // page cache, that read would double the disk reads of a small file's open).
@@ -455,7 +464,7 @@ impl DiskCache {
         }
         match objfile::is_complete(&files, key, &data, verify) {
             Ok(true) => {
-                self.verified.lock().unwrap().insert(hash.clone(), stamp);
+                self.known.set_checked(&hash, stamp);
                 self.hit_whole(&hash, key, &files);
                 Complete::File(data)
             }
@@ -531,7 +540,7 @@ impl DiskCache {
     /// open file's bytes as they are.
     fn drop_block(&self, hash: &Arc<str>, key: &ObjectKey, index: u64) {
         let files = self.files(hash);
-        self.verified.lock().unwrap().remove(hash);
+        self.known.changed(hash, Some(index), key.blocks());
         let punched = match File::options().write(true).open(&files.data) {
             Ok(f) if flock(&f, libc::LOCK_EX) => objfile::punch_block(&files, key, index).is_ok(),
             Ok(_) => false,
@@ -551,7 +560,7 @@ impl DiskCache {
 
     fn drop_object(&self, hash: &Arc<str>, key: &ObjectKey) {
         objfile::remove(&self.files(hash));
-        self.verified.lock().unwrap().remove(hash);
+        self.known.changed(hash, None, key.blocks());
         for i in 0..key.blocks() {
             self.forget(hash, i);
         }
@@ -565,7 +574,7 @@ impl DiskCache {
         idx.objects.clear();
         idx.bytes = 0;
         drop(idx);
-        self.verified.lock().unwrap().clear();
+        self.known.clear();
         fs::remove_dir_all(&self.root)?;
         mkdir_private(&self.root)?;
         Ok(n)

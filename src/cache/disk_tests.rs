@@ -399,3 +399,31 @@ fn a_data_file_without_a_table_is_removed_at_open_only_once_it_is_old() {
     drop(open(d.path(), 1 << 20));
     assert!(!files.data.exists(), "an orphan data file was kept");
 }
+
+#[test]
+fn a_read_takes_its_entry_from_memory_until_anyone_changes_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    let data = pattern(3 * 4096, 6);
+    let k = key("memo", data.len() as u64, 4096);
+    let mine = open(d.path(), 1 << 20);
+    for i in 0..3u64 {
+        mine.put(&k, i, &data[(i * 4096) as usize..((i + 1) * 4096) as usize]);
+    }
+    for i in 0..3u64 {
+        assert!(mine.get_range(&k, i, 100..200).is_some());
+    }
+    // The table moved away: reads of unchanged blocks do not need it.
+    let sums = mine.files(&k.hash()).sums;
+    fs::rename(&sums, sums.with_extension("moved")).unwrap();
+    let got = mine.get_range(&k, 1, 0..4096).expect("entry from memory");
+    assert_eq!(&got[..], &data[4096..8192]);
+    fs::rename(sums.with_extension("moved"), &sums).unwrap();
+    // Another mount sharing the directory punches block 1: this one's next read of it is a
+    // plain miss (the table is read again), not zeros failing their checksum.
+    let other = open(d.path(), 1 << 20);
+    other.drop_block(&k.hash().into(), &k, 1);
+    assert!(mine.get_range(&k, 1, 0..4096).is_none());
+    assert_eq!(Metrics::get(&mine.metrics.disk_corrupt_blocks_total), 0);
+    let got = mine.get_range(&k, 2, 0..4096).expect("block 2 still held");
+    assert_eq!(&got[..], &data[8192..]);
+}

@@ -109,7 +109,7 @@ fn entry_at(key: &ObjectKey, index: u64) -> u64 {
 }
 
 /// One block's entry: its length (0: not held) and its chunks' CRCs.
-struct Entry {
+pub struct Entry {
     len: u64,
     crcs: Vec<u32>,
 }
@@ -217,6 +217,15 @@ pub fn read_range(
     index: u64,
     range: Range<u64>,
 ) -> io::Result<Option<(Bytes, u64)>> {
+    let Some(entry) = held_entry(files, key, index)? else {
+        return Ok(None);
+    };
+    let d = File::open(&files.data)?;
+    read_checked(&d, key, index, &entry, range).map(Some)
+}
+
+/// The entry of block `index` if the table holds the block.
+pub fn held_entry(files: &ObjectFiles, key: &ObjectKey, index: u64) -> io::Result<Option<Entry>> {
     let Some(t) = open_table(files, key, false)? else {
         return Ok(None);
     };
@@ -224,7 +233,22 @@ pub fn read_range(
     if entry.len == 0 {
         return Ok(None);
     }
-    if entry.len != key.block_len(index) || range.end > entry.len {
+    if entry.len != key.block_len(index) {
+        return Err(bad("entry length does not match the block"));
+    }
+    Ok(Some(entry))
+}
+
+/// Bytes `range` of block `index` from the object's data file, reading only the chunks they
+/// fall in and checking them against `entry`.
+pub fn read_checked(
+    data: &File,
+    key: &ObjectKey,
+    index: u64,
+    entry: &Entry,
+    range: Range<u64>,
+) -> io::Result<(Bytes, u64)> {
+    if range.end > entry.len {
         return Err(bad("entry length does not match the block"));
     }
     let first = range.start / CHUNK;
@@ -234,15 +258,14 @@ pub fn read_range(
             .div_ceil(CHUNK)
             .saturating_mul(CHUNK)
             .min(entry.len);
-    let d = File::open(&files.data)?;
-    let mut data = vec![0u8; (span.end - span.start) as usize];
-    d.read_exact_at(&mut data, index * key.block_size + span.start)
+    let mut buf = vec![0u8; (span.end - span.start) as usize];
+    data.read_exact_at(&mut buf, index * key.block_size + span.start)
         .map_err(|_| bad("truncated data"))?;
-    entry.check(first as usize, &data)?;
-    let read = data.len() as u64;
-    let data = Bytes::from(data);
+    entry.check(first as usize, &buf)?;
+    let read = buf.len() as u64;
+    let buf = Bytes::from(buf);
     let wanted = (range.start - span.start) as usize..(range.end - span.start) as usize;
-    Ok(Some((data.slice(wanted), read)))
+    Ok((buf.slice(wanted), read))
 }
 
 /// Writes block `index`: the data at its offset, then its entry, so no table lists bytes not
