@@ -4,7 +4,7 @@
 //! Epoch = `find | xargs -P8 cat`; the second epoch runs with page caches dropped. Epoch one is
 //! measured three times on fresh mounts, alternating with curl; medians are compared.
 //!
-//!   cargo bench --bench epoch_azurite
+//!   cargo bench --bench epoch_azurite        (root: FUSE, and the cache's loop disk)
 
 #[allow(dead_code)]
 #[path = "../tests/common/azurite.rs"]

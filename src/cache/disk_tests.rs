@@ -21,6 +21,23 @@ fn complete(c: &DiskCache, k: &ObjectKey) -> Option<File> {
     }
 }
 
+/// Puts every block of `data`, the bytes of `k`, except block `skip`.
+fn put_all(c: &DiskCache, k: &ObjectKey, data: &[u8], skip: Option<u64>) {
+    for i in (0..k.blocks()).filter(|i| Some(*i) != skip) {
+        let r = (i * k.block_size) as usize..((i + 1) * k.block_size).min(k.size) as usize;
+        c.put(k, i, &data[r]);
+    }
+}
+
+/// A cache in `dir` holding all `blocks` 4 KiB blocks of object `id`, and those bytes.
+fn cached(dir: &Path, id: &str, blocks: u64, seed: u8) -> (DiskCache, ObjectKey, Vec<u8>) {
+    let data = pattern(blocks as usize * 4096, seed);
+    let k = key(id, data.len() as u64, 4096);
+    let c = open(dir, 1 << 20);
+    put_all(&c, &k, &data, None);
+    (c, k, data)
+}
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31) ^ seed)
@@ -319,12 +336,7 @@ fn a_change_another_process_makes_after_the_check_is_seen_by_the_next_passthroug
     let d = tempfile::tempdir().unwrap();
     let data = pattern(3 * 4096 + 100, 3);
     let k = key("shared", data.len() as u64, 4096);
-    let fill = |c: &DiskCache, skip: Option<u64>| {
-        for i in (0..k.blocks()).filter(|i| Some(*i) != skip) {
-            let r = (i * 4096) as usize..((i + 1) * 4096).min(data.len() as u64) as usize;
-            c.put(&k, i, &data[r]);
-        }
-    };
+    let fill = |c: &DiskCache, skip: Option<u64>| put_all(c, &k, &data, skip);
     for i in 0..k.blocks() {
         for replace in [false, true] {
             let mine = open(d.path(), 1 << 20);
@@ -358,11 +370,7 @@ fn a_change_another_process_makes_after_the_check_is_seen_by_the_next_passthroug
 #[test]
 fn a_checked_unchanged_file_opens_without_reading_its_table_again() {
     let d = tempfile::tempdir().unwrap();
-    let data = pattern(2 * 4096, 4);
-    let k = key("quiet", data.len() as u64, 4096);
-    let c = open(d.path(), 1 << 20);
-    c.put(&k, 0, &data[..4096]);
-    c.put(&k, 1, &data[4096..]);
+    let (c, k, data) = cached(d.path(), "quiet", 2, 4);
     drop(complete(&c, &k).expect("complete"));
     // The table moved away: an open that read it would find the object incomplete.
     let sums = c.files(&k.hash()).sums;
@@ -403,12 +411,7 @@ fn a_data_file_without_a_table_is_removed_at_open_only_once_it_is_old() {
 #[test]
 fn a_read_takes_its_entry_from_memory_until_anyone_changes_the_file() {
     let d = tempfile::tempdir().unwrap();
-    let data = pattern(3 * 4096, 6);
-    let k = key("memo", data.len() as u64, 4096);
-    let mine = open(d.path(), 1 << 20);
-    for i in 0..3u64 {
-        mine.put(&k, i, &data[(i * 4096) as usize..((i + 1) * 4096) as usize]);
-    }
+    let (mine, k, data) = cached(d.path(), "memo", 3, 6);
     for i in 0..3u64 {
         assert!(mine.get_range(&k, i, 100..200).is_some());
     }
