@@ -249,6 +249,71 @@ fn two_mounts_share_one_cache_dir() {
 }
 
 #[test]
+fn pages_read_at_random_serve_the_next_mount_and_warm_completes_their_blocks() {
+    use std::os::unix::fs::FileExt;
+    let az = Azurite::start();
+    az.create_container(CONTAINER);
+    let data = pseudo_random(16 << 20, 11);
+    az.put_blob(CONTAINER, "db/data.mdb", &data);
+    let cache = tempfile::tempdir().unwrap();
+    // A database's gets: 4 KiB pages far apart, in no order.
+    let offsets: Vec<u64> = [13u64, 2, 9, 5, 15, 7, 11, 3]
+        .iter()
+        .map(|m| m * (1 << 20) + m * 4096 + 123)
+        .collect();
+    let preads = |m: &Mount| {
+        let f = std::fs::File::open(m.path().join("db/data.mdb")).unwrap();
+        let mut buf = vec![0u8; 4096];
+        for &off in &offsets {
+            f.read_exact_at(&mut buf, off).unwrap();
+            assert!(
+                buf[..] == data[off as usize..off as usize + 4096],
+                "at {off}"
+            );
+        }
+    };
+    {
+        let m = mount(&az, cache.path(), &[]);
+        preads(&m);
+        let fetched = metric(&m, "store_get_bytes_total");
+        assert!(
+            fetched < 4 << 20,
+            "{fetched} bytes fetched for 8 random reads"
+        );
+    }
+    let stats = lakemount(
+        &[
+            "cache",
+            "stats",
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+        ],
+        &[],
+    )
+    .output()
+    .unwrap();
+    let stats = String::from_utf8_lossy(&stats.stdout).to_string();
+    assert!(stats.contains("partly held:"), "{stats}");
+    {
+        let m = mount(&az, cache.path(), &[]);
+        preads(&m);
+        assert_eq!(
+            metric(&m, "store_get_requests_total"),
+            0,
+            "pages kept in the disk cache were fetched again"
+        );
+        assert!(metric(&m, "disk_hit_bytes_total") >= 8 * 4096);
+    }
+    // Pages are not blocks: warm fetches every block not held whole.
+    let summary = warm(&az, cache.path());
+    assert!(!summary.contains("(16.0 MiB already cached)"), "{summary}");
+    let m = mount(&az, cache.path(), &[]);
+    assert_eq!(sha256_file(&m.path().join("db/data.mdb")), sha256(&data));
+    assert_eq!(metric(&m, "store_get_requests_total"), 0);
+    assert_eq!(metric(&m, "disk_corrupt_blocks_total"), 0);
+}
+
+#[test]
 fn warm_of_a_directory_with_no_files_is_an_error() {
     let az = Azurite::start();
     dataset(&az);

@@ -28,6 +28,12 @@ pub fn stats(dir: &Path) -> Result<()> {
     let s = open_existing(dir)?.stats();
     println!("cache directory: {}", dir.display());
     println!("blocks:          {}", s.blocks);
+    if s.partial > 0 {
+        println!(
+            "partly held:     {} (pages random reads fetched)",
+            s.partial
+        );
+    }
     println!(
         "bytes:           {} ({:.1} MiB)",
         s.bytes,

@@ -316,10 +316,11 @@ impl BlockCache {
 
     /// Bytes `range` of `obj` (within one block) for a reader that reads at random: from the
     /// block when it is held or coming, else only these bytes (widened to whole 4 KiB pages)
-    /// from the disk cache (the 64 KiB chunks they fall in) or straight from the store. A random reader would use little of a whole block, so
-    /// fetching one per read multiplies the bytes sent by up to block size / read size; the
-    /// kernel keeps what it reads in its page cache. The bytes count against the memory
-    /// budget while they are fetched.
+    /// from the disk cache (the 64 KiB chunks or the kept pages they fall in) or straight
+    /// from the store. A random reader would use little of a whole block, so fetching one per
+    /// read multiplies the bytes sent by up to block size / read size. Pages fetched are kept
+    /// in the disk cache for the next random reader (the kernel keeps them in its page cache
+    /// meanwhile). The bytes count against the memory budget until they are written there.
     pub async fn get_range(
         self: &Arc<Self>,
         obj: &ObjectVersion,
@@ -335,18 +336,19 @@ impl BlockCache {
             let from = (range.start - block.start) as usize;
             return Ok(lease.slice(from..from + (range.end - range.start) as usize));
         }
-        const PAGE: u64 = 4096;
+        use super::pages::PAGE;
         let wide = (range.start / PAGE * PAGE).max(block.start)
             ..range.end.div_ceil(PAGE).saturating_mul(PAGE).min(block.end);
         let len = wide.end - wide.start;
         let total = self.cfg.retry.total;
         let fetched = tokio::time::timeout(total, async {
-            let _permit = self.budget.clone().take(len, || self.evict_one(true)).await;
+            let permit = self.budget.clone().take(len, || self.evict_one(true)).await;
             // On disk: only the chunks these bytes fall in are read and checked.
             let key = self.object_key(obj);
             if let Some(disk) = self.disk.as_ref().filter(|d| d.may_hold(&key, index)) {
-                let (disk, r) = (
+                let (disk, key, r) = (
                     disk.clone(),
+                    key.clone(),
                     wide.start - block.start..wide.end - block.start,
                 );
                 let hit = tokio::task::spawn_blocking(move || disk.get_range(&key, index, r))
@@ -356,7 +358,17 @@ impl BlockCache {
                     return Ok(bytes);
                 }
             }
-            self.get_with_retry(obj, index, wide.clone()).await
+            let data = self.get_with_retry(obj, index, wide.clone()).await?;
+            if let Some(disk) = &self.disk {
+                let kept = self.lease(Arc::new(Block {
+                    data: data.clone(),
+                    prefetched: false,
+                    used: AtomicBool::new(true),
+                    _permit: permit,
+                }));
+                disk.pages_behind(key, index, wide.start - block.start, kept);
+            }
+            Ok(data)
         })
         .await
         .unwrap_or_else(|_| {

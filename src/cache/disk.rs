@@ -7,6 +7,9 @@
 //! miss and is dropped. A complete object's file is what a passthrough open reads (see
 //! `open_complete`). Files are 0600 in 0700 directories.
 //!
+//! A block not held whole may hold pages a random reader fetched (see `pages`); it takes its
+//! place in the eviction order like a whole block, counting the bytes of its pages.
+//!
 //! Eviction is LRU by block within a run (a hole punched in the object's file); after a
 //! restart the order is rebuilt from the tables' modification times (touched on hits).
 
@@ -15,7 +18,7 @@ use std::fs::{self, File};
 use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +29,7 @@ use lru::LruCache;
 
 use super::known::{Known, Stamp};
 use super::objfile::{self, ObjectFiles, ObjectKey};
+use super::pages;
 pub use super::size::{fs_size, parse_bytes, CacheSize};
 use crate::metrics::Metrics;
 
@@ -42,8 +46,16 @@ type SpaceProbe = Box<dyn Fn() -> io::Result<(u64, u64)> + Send + Sync>;
 /// A cached block: its object's hash and its index.
 type BlockRef = (Arc<str>, u64);
 
+/// What the disk holds of a block.
+#[derive(Clone, Copy)]
+struct Slot {
+    bytes: u64,
+    /// All of it, listed in the table; else some pages.
+    whole: bool,
+}
+
 struct Index {
-    lru: LruCache<BlockRef, u64>,
+    lru: LruCache<BlockRef, Slot>,
     /// Each object with blocks held.
     objects: HashMap<Arc<str>, Held>,
     bytes: u64,
@@ -51,7 +63,7 @@ struct Index {
 
 struct Held {
     key: ObjectKey,
-    /// How many of its blocks.
+    /// How many of its blocks, whole or in part.
     blocks: u64,
     /// Its table's modification time as last written: a hit writes it back only when it is
     /// older than RECENCY_STEP, with no stat.
@@ -84,7 +96,10 @@ pub enum Complete {
 /// What `lakemount cache stats` reports.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct DiskStats {
+    /// Blocks held whole.
     pub blocks: u64,
+    /// Blocks of which only pages a random reader fetched are held.
+    pub partial: u64,
     pub bytes: u64,
     pub capacity: u64,
 }
@@ -151,70 +166,6 @@ impl DiskCache {
         Ok(cache)
     }
 
-    /// Reads every table (no data) and orders the blocks held oldest first.
-    fn rebuild(&self) -> io::Result<()> {
-        let mut found: Vec<(SystemTime, ObjectKey, Vec<u64>)> = Vec::new();
-        for sub in fs::read_dir(&self.root)? {
-            let sub = sub?;
-            if !sub.file_type()?.is_dir() {
-                continue;
-            }
-            for f in fs::read_dir(sub.path())? {
-                let f = f?;
-                let name = f.file_name().to_string_lossy().into_owned();
-                let Ok(meta) = f.metadata() else { continue };
-                let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                if name.contains(".tmp") {
-                    if mtime.elapsed().unwrap_or_default() > STALE_TMP {
-                        let _ = fs::remove_file(f.path());
-                    }
-                    continue;
-                }
-                let Some(hash) = name.strip_suffix(".sums") else {
-                    // A data file without a table holds nothing anyone can trust, unless it
-                    // is young: a writer (another mount, `warm`) writes a new object's first
-                    // block before linking its table.
-                    let orphan = !sub.path().join(format!("{name}.sums")).exists();
-                    if orphan && mtime.elapsed().unwrap_or_default() > STALE_TMP {
-                        let _ = fs::remove_file(f.path());
-                    }
-                    continue;
-                };
-                let files = ObjectFiles::new(&self.root, hash);
-                match objfile::read_key(&files.sums)
-                    .and_then(|k| objfile::held_blocks(&files, &k).map(|held| (k, held)))
-                {
-                    Ok((key, held)) if key.hash() == hash => found.push((mtime, key, held)),
-                    _ => objfile::remove(&files),
-                }
-            }
-        }
-        found.sort_by_key(|(t, ..)| *t);
-        let mut idx = self.index.lock().unwrap();
-        for (mtime, key, held) in found {
-            let hash: Arc<str> = key.hash().into();
-            let n = held.iter().filter(|l| **l > 0).count() as u64;
-            if n == 0 {
-                continue;
-            }
-            for (i, len) in held.into_iter().enumerate() {
-                if len > 0 {
-                    idx.bytes += len;
-                    idx.lru.put((hash.clone(), i as u64), len);
-                }
-            }
-            let held = Held {
-                key,
-                blocks: n,
-                touched: mtime,
-            };
-            idx.objects.insert(hash, held);
-        }
-        drop(idx);
-        self.evict_to(self.capacity());
-        Ok(())
-    }
-
     /// The most the cache may hold now: fixed, or (with `free:PCT`) what it holds plus the
     /// space above the reserve.
     pub fn capacity(&self) -> u64 {
@@ -234,8 +185,10 @@ impl DiskCache {
     pub fn stats(&self) -> DiskStats {
         let capacity = self.capacity();
         let idx = self.index.lock().unwrap();
+        let whole = idx.lru.iter().filter(|(_, s)| s.whole).count() as u64;
         DiskStats {
-            blocks: idx.lru.len() as u64,
+            blocks: whole,
+            partial: idx.lru.len() as u64 - whole,
             bytes: idx.bytes,
             capacity,
         }
@@ -245,13 +198,14 @@ impl DiskCache {
         ObjectFiles::new(&self.root, hash)
     }
 
-    /// Whether a block is indexed (it may still turn out corrupt when read).
+    /// Whether a block is indexed whole (it may still turn out corrupt when read).
     pub fn contains(&self, key: &ObjectKey, index: u64) -> bool {
         let hash: Arc<str> = key.hash().into();
-        self.index.lock().unwrap().lru.contains(&(hash, index))
+        let idx = self.index.lock().unwrap();
+        idx.lru.peek(&(hash, index)).is_some_and(|s| s.whole)
     }
 
-    /// Whether the block may be on disk: indexed here, or its object has a table, written by
+    /// Whether the block (or pages of it) may be on disk: indexed here, or its object has a table, written by
     /// another process sharing the directory (`lakemount warm`, another mount). One stat, on
     /// the caller's thread: a block of a new object then costs no trip to a blocking thread.
     pub fn may_hold(&self, key: &ObjectKey, index: u64) -> bool {
@@ -273,11 +227,16 @@ impl DiskCache {
 
     /// Bytes `range` (offsets within block `index`) if the block is on disk, reading and
     /// checking only the 64 KiB chunks they fall in: what a random reader needs, not its
-    /// whole block. A bad chunk drops the block, as in `get`.
+    /// whole block; or if every page they fall in was kept. A bad chunk or page drops the
+    /// block, as in `get`.
     pub fn get_range(&self, key: &ObjectKey, index: u64, range: Range<u64>) -> Option<Bytes> {
         let hash: Arc<str> = key.hash().into();
         let files = self.files(&hash);
-        match self.read_known(&hash, &files, key, index, range) {
+        let read = match self.read_known(&hash, &files, key, index, range.clone()) {
+            Ok(None) => pages::read(&files, key, index, range),
+            r => r,
+        };
+        match read {
             Ok(Some((data, read))) => {
                 self.index
                     .lock()
@@ -288,10 +247,6 @@ impl DiskCache {
                 self.touch(&hash, &files);
                 Some(data)
             }
-            Ok(None) => {
-                self.forget(&hash, index);
-                None
-            }
             Err(e) => {
                 tracing::warn!(
                     "disk cache: dropping bad block {index} of {}: {e}",
@@ -299,6 +254,14 @@ impl DiskCache {
                 );
                 Metrics::add(&self.metrics.disk_corrupt_blocks_total, 1);
                 self.drop_block(&hash, key, index);
+                None
+            }
+            Ok(None) => {
+                // Gone (another process evicted it): forget it. Pages not all kept: a miss,
+                // and the pages that are stay counted.
+                if self.contains(key, index) {
+                    self.forget(&hash, index);
+                }
                 None
             }
         }
@@ -335,8 +298,8 @@ impl DiskCache {
 
     fn forget(&self, hash: &Arc<str>, index: u64) {
         let mut idx = self.index.lock().unwrap();
-        if let Some(len) = idx.lru.pop(&(hash.clone(), index)) {
-            idx.bytes -= len;
+        if let Some(slot) = idx.lru.pop(&(hash.clone(), index)) {
+            idx.bytes -= slot.bytes;
             if let Some(h) = idx.objects.get_mut(hash) {
                 h.blocks -= 1;
                 if h.blocks == 0 {
@@ -349,32 +312,71 @@ impl DiskCache {
     /// Stores a block. A full disk evicts older blocks and tries once more; failing that the
     /// block is simply not cached (readers never see a cache write error).
     pub fn put(&self, key: &ObjectKey, index: u64, data: &[u8]) {
+        let len = data.len() as u64;
+        self.keep(key, index, len, true, |files| {
+            objfile::write_block(files, key, index, data).map(|()| len)
+        });
+    }
+
+    /// Keeps pages of block `index` a random reader fetched: `data`, from `offset` (a page
+    /// boundary) to a page boundary or the block's end. Nothing to do when the block is held
+    /// whole.
+    pub fn put_pages(&self, key: &ObjectKey, index: u64, offset: u64, data: &[u8]) {
+        if self.contains(key, index) {
+            return;
+        }
+        self.keep(key, index, data.len() as u64, false, |files| {
+            pages::write(files, key, index, offset, data)
+        });
+    }
+
+    /// Writes (with `write`, which says how many bytes it added) `len` bytes of block
+    /// `index`, all of it when `whole`, and counts them.
+    fn keep(
+        &self,
+        key: &ObjectKey,
+        index: u64,
+        len: u64,
+        whole: bool,
+        write: impl Fn(&ObjectFiles) -> io::Result<u64>,
+    ) {
         let hash: Arc<str> = key.hash().into();
         let files = self.files(&hash);
         self.known.changed(&hash, Some(index), key.blocks());
-        let mut result = objfile::write_block(&files, key, index, data);
+        let mut result = write(&files);
         if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::ENOSPC)) {
-            let held = self.stats().bytes;
-            self.evict_to(held.saturating_sub(held / 4 + data.len() as u64));
-            result = objfile::write_block(&files, key, index, data);
+            let held = self.index.lock().unwrap().bytes;
+            self.evict_to(held.saturating_sub(held / 4 + len));
+            result = write(&files);
         }
         match result {
-            Ok(()) => {
-                let len = data.len() as u64;
+            Ok(added) => {
                 let mut idx = self.index.lock().unwrap();
-                let replaced = idx.lru.put((hash.clone(), index), len);
-                if let Some(old) = replaced {
-                    idx.bytes -= old;
+                let at = (hash.clone(), index);
+                let fresh = !idx.lru.contains(&at);
+                let slot = idx.lru.get_or_insert_mut(at, || Slot {
+                    bytes: 0,
+                    whole: false,
+                });
+                let before = slot.bytes;
+                if whole {
+                    *slot = Slot {
+                        bytes: added,
+                        whole: true,
+                    };
+                } else if !slot.whole {
+                    slot.bytes += added;
                 }
+                let after = slot.bytes;
+                idx.bytes = idx.bytes - before + after;
                 let h = idx.objects.entry(hash).or_insert(Held {
                     key: key.clone(),
                     blocks: 0,
                     touched: SystemTime::now(),
                 });
-                h.blocks += u64::from(replaced.is_none());
-                // The entry just written gave its table a fresh modification time.
+                h.blocks += u64::from(fresh);
+                // The bytes just written gave its table a fresh modification time.
                 h.touched = SystemTime::now();
-                idx.bytes += len;
                 drop(idx);
                 self.evict_to(self.capacity());
             }
@@ -405,11 +407,26 @@ impl DiskCache {
         index: u64,
         data: impl AsRef<[u8]> + Send + 'static,
     ) {
+        self.behind(move |me| me.put(&key, index, data.as_ref()));
+    }
+
+    /// `put_pages` from a blocking-pool thread, as `write_behind`.
+    pub fn pages_behind(
+        self: &Arc<Self>,
+        key: ObjectKey,
+        index: u64,
+        offset: u64,
+        data: impl AsRef<[u8]> + Send + 'static,
+    ) {
+        self.behind(move |me| me.put_pages(&key, index, offset, data.as_ref()));
+    }
+
+    fn behind(self: &Arc<Self>, job: impl FnOnce(&DiskCache) + Send + 'static) {
         self.pending.fetch_add(1, Ordering::SeqCst);
         let me = self.clone();
         tokio::task::spawn_blocking(move || {
-            me.put(&key, index, data.as_ref());
-            drop(data);
+            // The job owns its data, and lets go of it (and its memory budget) when done.
+            job(&me);
             me.pending.fetch_sub(1, Ordering::SeqCst);
         });
     }
@@ -425,70 +442,6 @@ impl DiskCache {
             std::thread::sleep(Duration::from_millis(10));
         }
         true
-    }
-
-    /// The data file of `key` if every block of it is here, for a passthrough open: read-only,
-    /// holding a shared lock so that no eviction (here or in another mount sharing the
-    /// directory) punches a hole in it while it is open. Its every byte is checked against the
-    /// table the first time in this process and again after any change this process made;
-    /// without `may_verify` such a file answers `NeedsCheck` (the check reads the whole file:
-    /// the caller does it off its thread). A block that fails is dropped and the answer is
-    /// `No`: the reader takes the normal path.
-    pub fn open_complete(&self, key: &ObjectKey, may_verify: bool) -> Complete {
-        let hash: Arc<str> = key.hash().into();
-        let files = self.files(&hash);
-        let Ok(data) = File::open(&files.data) else {
-            return Complete::No;
-        };
-        // Locked before the table is read: a hole punched after the check cannot happen.
-        if !flock(&data, libc::LOCK_SH) {
-            return Complete::No;
-        }
-        // Still the file in place (not one an eviction just unlinked).
-        let meta = match data.metadata() {
-            Ok(m) if m.nlink() > 0 => m,
-            _ => return Complete::No,
-        };
-        // Taken under the lock: no hole can appear between it and the table read below.
-        let stamp = Stamp::of(&meta);
-        let known = self.known.checked(&hash);
-        if known == Some(stamp) {
-            // Checked whole and untouched since: the table need not be read again (on a cold
-            // page cache, that read would double the disk reads of a small file's open).
-            self.hit_whole(&hash, key, &files);
-            return Complete::File(data);
-        }
-        let verify = known.is_none();
-        if verify && !may_verify {
-            return Complete::NeedsCheck;
-        }
-        match objfile::is_complete(&files, key, &data, verify) {
-            Ok(true) => {
-                self.known.set_checked(&hash, stamp);
-                self.hit_whole(&hash, key, &files);
-                Complete::File(data)
-            }
-            Ok(false) => Complete::No,
-            Err(e) => {
-                tracing::warn!(
-                    "disk cache: {} fails its check, dropped: {e}",
-                    files.data.display()
-                );
-                Metrics::add(&self.metrics.disk_corrupt_blocks_total, 1);
-                drop(data);
-                self.drop_object(&hash, key);
-                Complete::No
-            }
-        }
-    }
-
-    fn hit_whole(&self, hash: &Arc<str>, key: &ObjectKey, files: &ObjectFiles) {
-        let mut idx = self.index.lock().unwrap();
-        for i in 0..key.blocks() {
-            idx.lru.promote(&(hash.clone(), i));
-        }
-        drop(idx);
-        self.touch(hash, files);
     }
 
     /// Persists a hit's recency for the next index rebuild, coarsely: one timestamp write per
@@ -524,8 +477,8 @@ impl DiskCache {
                 let (hash, index) = (hash.clone(), *index);
                 let Some(Held { key, .. }) = idx.objects.get(&hash) else {
                     // Not expected: an indexed block of an unknown object. Forget it.
-                    let len = idx.lru.pop(&(hash, index)).unwrap_or(0);
-                    idx.bytes -= len;
+                    let gone = idx.lru.pop(&(hash, index)).map_or(0, |s| s.bytes);
+                    idx.bytes -= gone;
                     continue;
                 };
                 (hash, index, key.clone())
@@ -581,6 +534,10 @@ impl DiskCache {
     }
 }
 
+#[path = "disk_complete.rs"]
+mod complete;
+#[path = "disk_rebuild.rs"]
+mod rebuild;
 #[cfg(test)]
 #[path = "disk_tests.rs"]
 mod tests;

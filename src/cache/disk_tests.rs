@@ -1,5 +1,5 @@
 use super::*;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::sync::atomic::AtomicU64;
 
 fn open(dir: &Path, cap: u64) -> DiskCache {
@@ -429,4 +429,68 @@ fn a_read_takes_its_entry_from_memory_until_anyone_changes_the_file() {
     assert_eq!(Metrics::get(&mine.metrics.disk_corrupt_blocks_total), 0);
     let got = mine.get_range(&k, 2, 0..4096).expect("block 2 still held");
     assert_eq!(&got[..], &data[8192..]);
+}
+
+#[test]
+fn kept_pages_count_against_the_capacity_survive_a_reopen_and_give_way_to_whole_blocks() {
+    let d = tempfile::tempdir().unwrap();
+    let data = pattern(4 * 16384, 3);
+    let k = key("pages", data.len() as u64, 16384);
+    let at = |i: u64, from: u64| (i * 16384 + from) as usize;
+    let c = open(d.path(), 64 << 10);
+    c.put_pages(&k, 0, 4096, &data[at(0, 4096)..at(0, 12288)]);
+    c.put_pages(&k, 2, 8192, &data[at(2, 8192)..at(2, 12288)]);
+    assert_eq!(c.stats().bytes, 3 * 4096);
+    assert!(!c.contains(&k, 0), "pages are not the whole block");
+    assert_eq!(
+        &c.get_range(&k, 0, 5000..9000).unwrap()[..],
+        &data[at(0, 5000)..at(0, 9000)]
+    );
+    assert!(
+        c.get_range(&k, 0, 100..5000).is_none(),
+        "page 0 was not kept"
+    );
+    assert!(c.get(&k, 0).is_none());
+    assert_eq!(c.stats().bytes, 3 * 4096, "a miss forgets no kept page");
+    drop(c);
+
+    let c = open(d.path(), 64 << 10);
+    assert_eq!(c.stats().bytes, 3 * 4096, "counted again at the next open");
+    assert_eq!(
+        &c.get_range(&k, 2, 8192..12288).unwrap()[..],
+        &data[at(2, 8192)..at(2, 12288)]
+    );
+    // A whole block written over its pages is counted once.
+    c.put(&k, 0, &data[..16384]);
+    assert!(c.contains(&k, 0));
+    assert_eq!(c.stats().bytes, 16384 + 4096);
+    // At capacity, block 2's page is the least recently used: it goes first, whole.
+    c.put(&key("other", 49152, 49152), 0, &[7u8; 49152]);
+    assert_eq!(c.stats().bytes, 16384 + 49152);
+    assert!(c.get_range(&k, 2, 8192..12288).is_none());
+    let files = c.files(&k.hash());
+    assert_eq!(pages::held(&files, &k).unwrap(), vec![0; 4]);
+    assert_eq!(&c.get(&k, 0).unwrap()[..], &data[..16384]);
+}
+
+#[test]
+fn a_flipped_byte_in_a_kept_page_is_a_miss_and_drops_the_pages() {
+    let d = tempfile::tempdir().unwrap();
+    let data = pattern(4 * 16384, 5);
+    let k = key("flip", data.len() as u64, 16384);
+    let c = open(d.path(), 1 << 20);
+    c.put_pages(&k, 1, 0, &data[16384..16384 + 8192]);
+    let f = File::options()
+        .write(true)
+        .open(c.files(&k.hash()).data)
+        .unwrap();
+    f.write_all_at(&[data[16384 + 5000] ^ 1], 16384 + 5000)
+        .unwrap();
+    assert!(c.get_range(&k, 1, 4096..8192).is_none());
+    assert_eq!(Metrics::get(&c.metrics.disk_corrupt_blocks_total), 1);
+    assert_eq!(c.stats().bytes, 0);
+    assert!(
+        c.get_range(&k, 1, 0..4096).is_none(),
+        "the other page of the block went with it"
+    );
 }

@@ -7,4 +7,5 @@ pub mod disk;
 mod known;
 pub mod meta;
 pub mod objfile;
+pub mod pages;
 mod size;

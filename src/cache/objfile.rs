@@ -7,7 +7,8 @@
 //! the CRC32C of each 64 KiB chunk of it, so a random read checks only the chunks it reads,
 //! not its whole block. A block's data is written before its entry and its entry is cleared
 //! before its hole is punched, so an entry never names bytes that are not there (short of the
-//! disk lying, which the CRCs catch).
+//! disk lying, which the CRCs catch). After the entries, from the next 4 KiB boundary, the
+//! table holds the CRCs of pages kept of blocks not held whole (see `pages`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -83,12 +84,16 @@ impl ObjectFiles {
     }
 }
 
-fn bad(why: &str) -> io::Error {
+pub(super) fn bad(why: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why.to_string())
 }
 
 /// A table that does not exist is `Ok(None)`; one for another object or cut short is an error.
-fn open_table(files: &ObjectFiles, key: &ObjectKey, write: bool) -> io::Result<Option<File>> {
+pub(super) fn open_table(
+    files: &ObjectFiles,
+    key: &ObjectKey,
+    write: bool,
+) -> io::Result<Option<File>> {
     let f = match OpenOptions::new().read(true).write(write).open(&files.sums) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -104,7 +109,7 @@ fn open_table(files: &ObjectFiles, key: &ObjectKey, write: bool) -> io::Result<O
     Ok(Some(f))
 }
 
-fn entry_at(key: &ObjectKey, index: u64) -> u64 {
+pub(super) fn entry_at(key: &ObjectKey, index: u64) -> u64 {
     28 + key.id.len() as u64 + index * key.entry_len()
 }
 
@@ -278,16 +283,34 @@ pub fn write_block(
     data: &[u8],
 ) -> io::Result<()> {
     debug_assert_eq!(data.len() as u64, key.block_len(index));
-    let table = match open_table(files, key, true) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-            // A damaged table (or an identity clash): start the object over.
-            remove(files);
-            None
+    let table = table_for_writing(files, key)?;
+    open_data(files)?.write_all_at(data, index * key.block_size)?;
+    let entry = Entry::of(key, data);
+    match table {
+        Some(t) => {
+            t.write_all_at(&entry, entry_at(key, index))?;
+            // Pages a random reader kept of this block are now part of it: free their CRCs.
+            super::pages::forget_block(&t, key, index)
         }
-        Err(e) => return Err(e),
-    };
-    let open_data = || {
+        None => create_table(files, key, entry_at(key, index), &entry),
+    }
+}
+
+/// The object's table, open for writing; `None` when there is none yet. A damaged one (or
+/// an identity clash) is removed with its data: the object starts over.
+pub(super) fn table_for_writing(files: &ObjectFiles, key: &ObjectKey) -> io::Result<Option<File>> {
+    match open_table(files, key, true) {
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            remove(files);
+            Ok(None)
+        }
+        r => r,
+    }
+}
+
+/// The data file, open for writing, created (with its directory) when missing.
+pub(super) fn open_data(files: &ObjectFiles) -> io::Result<File> {
+    let open = || {
         OpenOptions::new()
             .write(true)
             .create(true)
@@ -295,31 +318,31 @@ pub fn write_block(
             .mode(0o600)
             .open(&files.data)
     };
-    let d = match open_data() {
+    match open() {
         // The first object of its directory.
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             super::disk::mkdir_private(files.data.parent().expect("object paths have a parent"))?;
-            open_data()?
+            open()
         }
-        r => r?,
-    };
-    d.write_all_at(data, index * key.block_size)?;
-    let entry = Entry::of(key, data);
-    match table {
-        Some(t) => t.write_all_at(&entry, entry_at(key, index)),
-        None => create_table(files, key, index, &entry),
+        r => r,
     }
 }
 
-/// Makes the table of a new object listing block `index`: written in an unnamed file, then
-/// linked into place, so no reader sees half of it. A link, not a rename: when writers of two
-/// blocks (here or in another mount) create the table at once, the second must not replace
-/// the first and lose its entries; it writes its entry into the first's table instead.
-fn create_table(files: &ObjectFiles, key: &ObjectKey, index: u64, entry: &[u8]) -> io::Result<()> {
+/// Makes the table of a new object with `bytes` (an entry, or page CRCs) at offset `at`:
+/// written in an unnamed file, then linked into place, so no reader sees half of it. A link,
+/// not a rename: when writers of two blocks (here or in another mount) create the table at
+/// once, the second must not replace the first and lose its entries; it writes its bytes into
+/// the first's table instead.
+pub(super) fn create_table(
+    files: &ObjectFiles,
+    key: &ObjectKey,
+    at: u64,
+    bytes: &[u8],
+) -> io::Result<()> {
     let dir = files.sums.parent().expect("object paths have a parent");
     let fill = |f: &File| {
         f.write_all_at(&key.header(), 0)?;
-        f.write_all_at(entry, entry_at(key, index))
+        f.write_all_at(bytes, at)
     };
     let unnamed = unnamed_in(dir).and_then(|f| {
         fill(&f)?;
@@ -335,7 +358,7 @@ fn create_table(files: &ObjectFiles, key: &ObjectKey, index: u64, entry: &[u8]) 
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open_table(files, key, true)?
             .ok_or(e)?
-            .write_all_at(entry, entry_at(key, index)),
+            .write_all_at(bytes, at),
         Err(e) => Err(e),
     }
 }
@@ -396,17 +419,19 @@ fn named_then_linked(
     res
 }
 
-/// Drops block `index`: its entry first, then its bytes (a hole). The caller makes sure no
-/// passthrough open uses the data file (see `DiskCache::evict_block`).
+/// Drops block `index`, whole or the pages of it held: its entry and page CRCs first, then
+/// its bytes (a hole). The caller makes sure no passthrough open uses the data file (see
+/// `DiskCache::drop_block`).
 pub fn punch_block(files: &ObjectFiles, key: &ObjectKey, index: u64) -> io::Result<()> {
     if let Some(t) = open_table(files, key, true)? {
         t.write_all_at(&vec![0u8; key.entry_len() as usize], entry_at(key, index))?;
+        super::pages::forget_block(&t, key, index)?;
     }
     let d = OpenOptions::new().write(true).open(&files.data)?;
     punch(&d, index * key.block_size, key.block_len(index))
 }
 
-fn punch(f: &File, offset: u64, len: u64) -> io::Result<()> {
+pub(super) fn punch(f: &File, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: fallocate on a descriptor we own; no memory is passed.
     let r = unsafe {
         libc::fallocate(
@@ -495,7 +520,7 @@ mod tests {
                 let again = named_then_linked(dir, &files, fill).unwrap_err();
                 assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
             } else {
-                create_table(&files, &key, 1, &entry).unwrap();
+                create_table(&files, &key, entry_at(&key, 1), &entry).unwrap();
             }
             assert_eq!(held_blocks(&files, &key).unwrap(), vec![0, 4096, 0]);
             let names: Vec<_> = fs::read_dir(dir)

@@ -639,3 +639,83 @@ async fn blocks_another_process_put_in_the_shared_disk_cache_are_read_from_it() 
         "blocks on the shared disk were fetched again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_a_random_reader_fetched_serve_the_next_mount_and_a_sequential_pass_completes_them() {
+    use crate::cache::disk::{CacheSize, DiskCache};
+    let base = rig(8 * MIB, MIB, 64 * MIB, 4 * MIB).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A mount: its own disk cache on the shared directory and its own block cache.
+    let mount = || {
+        let m = Arc::new(Metrics::default());
+        let disk =
+            Arc::new(DiskCache::open(dir.path(), CacheSize::Bytes(1 << 30), m.clone()).unwrap());
+        let cache = BlockCache::new(
+            base.store.clone(),
+            Some(disk.clone()),
+            base.cache.config(),
+            m,
+        );
+        (disk, PrefetchReadPath::new(cache.clone(), 4 * MIB), cache)
+    };
+    // Every fetch of `cache` finished and written to `disk`.
+    let quiet = |disk: &DiskCache, cache: &BlockCache| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while cache.fetches_in_flight() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fetches never finished"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(disk.wait_idle(Duration::from_secs(10)));
+    };
+    let offsets = [
+        5 * MIB + 100,
+        MIB + 7,
+        7 * MIB + 4000,
+        2 * MIB,
+        3 * MIB + 65_000,
+        MIB + 300_000,
+    ];
+    let random_reads = |path: Arc<PrefetchReadPath>| {
+        let h = path.open(base.obj.clone());
+        let data = &base.data;
+        async move {
+            for off in offsets {
+                let b = h.read(off, 4096).await.unwrap();
+                assert_eq!(&b[..], &data[off as usize..off as usize + 4096]);
+            }
+        }
+    };
+    let (disk, path, cache) = mount();
+    random_reads(path.clone()).await;
+    quiet(&disk, &cache);
+    let key = base.cache.object_key(&base.obj);
+    let whole = (0..8).filter(|i| disk.contains(&key, *i)).count() as u64;
+    assert!(
+        whole <= 3,
+        "random reads fetched their pages, not {whole} blocks"
+    );
+    let fetched = base.gets();
+    drop((disk, path, cache));
+
+    let (disk, path, cache) = mount();
+    random_reads(path.clone()).await;
+    assert_eq!(
+        base.gets(),
+        fetched,
+        "the next mount fetched kept pages again"
+    );
+    // A sequential pass fetches each block not held whole once, and the cache holds them all.
+    let h = path.open(base.obj.clone());
+    let mut got = Vec::new();
+    while (got.len() as u64) < base.obj.size {
+        got.extend_from_slice(&h.read(got.len() as u64, 128 << 10).await.unwrap());
+    }
+    assert_eq!(got, base.data);
+    quiet(&disk, &cache);
+    assert_eq!(base.gets(), fetched + 8 - whole);
+    assert!((0..8).all(|i| disk.contains(&key, i)), "every block whole");
+    assert_eq!(disk.stats().bytes, base.obj.size, "pages counted once");
+}
