@@ -83,6 +83,17 @@ fn warm(az: &Azurite, cache: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// What `lakemount cache stats` prints for `cache`.
+fn cache_stats(cache: &Path) -> String {
+    let out = lakemount(
+        &["cache", "stats", "--cache-dir", cache.to_str().unwrap()],
+        &[],
+    )
+    .output()
+    .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 fn check_all(m: &Mount, files: &[(String, Vec<u8>)]) {
     for (k, v) in files {
         assert_eq!(sha256_file(&m.path().join(k)), sha256(v), "{k}");
@@ -96,18 +107,7 @@ fn warmed_data_is_served_with_zero_data_gets() {
     let cache = tempfile::tempdir().unwrap();
     let summary = warm(&az, cache.path());
     assert!(summary.contains("4 files"), "{summary}");
-    let stats = lakemount(
-        &[
-            "cache",
-            "stats",
-            "--cache-dir",
-            cache.path().to_str().unwrap(),
-        ],
-        &[],
-    )
-    .output()
-    .unwrap();
-    let stats = String::from_utf8_lossy(&stats.stdout).to_string();
+    let stats = cache_stats(cache.path());
     assert!(
         stats.contains("blocks:          9"),
         "6 + 1 + 2 blocks of 1 MiB: {stats}"
@@ -281,18 +281,7 @@ fn pages_read_at_random_serve_the_next_mount_and_warm_completes_their_blocks() {
             "{fetched} bytes fetched for 8 random reads"
         );
     }
-    let stats = lakemount(
-        &[
-            "cache",
-            "stats",
-            "--cache-dir",
-            cache.path().to_str().unwrap(),
-        ],
-        &[],
-    )
-    .output()
-    .unwrap();
-    let stats = String::from_utf8_lossy(&stats.stdout).to_string();
+    let stats = cache_stats(cache.path());
     assert!(stats.contains("partly held:"), "{stats}");
     {
         let m = mount(&az, cache.path(), &[]);
