@@ -494,3 +494,71 @@ fn a_flipped_byte_in_a_kept_page_is_a_miss_and_drops_the_pages() {
         "the other page of the block went with it"
     );
 }
+
+#[test]
+fn pages_and_blocks_written_read_and_evicted_at_once_by_two_mounts_never_read_wrong() {
+    // Two caches on one directory (two mounts, or a mount and `warm`), small enough that
+    // eviction runs all the time, each with threads keeping pages, writing whole blocks and
+    // reading ranges of the same objects at once.
+    let d = tempfile::tempdir().unwrap();
+    let objects: Vec<(ObjectKey, Vec<u8>)> = (0..3)
+        .map(|o| {
+            let data = pattern(6 * 16384 + 5000, 40 + o as u8);
+            (key(&format!("o{o}"), data.len() as u64, 16384), data)
+        })
+        .collect();
+    let caches = [open(d.path(), 96 << 10), open(d.path(), 96 << 10)];
+    let (served, wrong) = (AtomicU64::new(0), AtomicU64::new(0));
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (c, objects, served, wrong) = (&caches[t as usize % 2], &objects, &served, &wrong);
+            s.spawn(move || {
+                let mut x = t + 1;
+                for _ in 0..6000 {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let (k, data) = &objects[(x >> 60) as usize % objects.len()];
+                    let i = (x >> 40) % k.blocks();
+                    let len = k.block_len(i);
+                    let block = &data[(i * k.block_size) as usize..][..len as usize];
+                    match (x >> 20) % 4 {
+                        0 => c.put(k, i, block),
+                        1 => {
+                            let first = (x >> 8) % len.div_ceil(4096);
+                            let to = ((first + 1 + (x >> 4) % 3) * 4096).min(len);
+                            c.put_pages(
+                                k,
+                                i,
+                                first * 4096,
+                                &block[(first * 4096) as usize..to as usize],
+                            );
+                        }
+                        _ => {
+                            let start = (x >> 8) % len;
+                            let end = (start + 1 + (x >> 30) % 9000).min(len);
+                            if let Some(b) = c.get_range(k, i, start..end) {
+                                served.fetch_add(1, Ordering::Relaxed);
+                                if b[..] != block[start as usize..end as usize] {
+                                    wrong.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(
+        wrong.load(Ordering::Relaxed),
+        0,
+        "a read served wrong bytes"
+    );
+    assert!(
+        served.load(Ordering::Relaxed) > 100,
+        "the reads were mostly misses"
+    );
+    for c in &caches {
+        assert!(c.stats().bytes <= 96 << 10);
+    }
+}
