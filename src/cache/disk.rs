@@ -232,11 +232,7 @@ impl DiskCache {
     pub fn get_range(&self, key: &ObjectKey, index: u64, range: Range<u64>) -> Option<Bytes> {
         let hash: Arc<str> = key.hash().into();
         let files = self.files(&hash);
-        let read = match self.read_known(&hash, &files, key, index, range.clone()) {
-            Ok(None) => pages::read(&files, key, index, range),
-            r => r,
-        };
-        match read {
+        match self.read_known(&hash, &files, key, index, range) {
             Ok(Some((data, read))) => {
                 self.index
                     .lock()
@@ -268,7 +264,8 @@ impl DiskCache {
     }
 
     /// `objfile::read_range`, taking the block's entry from memory while its data file is
-    /// unchanged: a read then opens and reads no table.
+    /// unchanged: a read then opens and reads no table. A block not held whole is read from
+    /// its kept pages, if they cover the range.
     fn read_known(
         &self,
         hash: &Arc<str>,
@@ -286,7 +283,7 @@ impl DiskCache {
             Some(e) => e,
             None => {
                 let Some(e) = objfile::held_entry(files, key, index)? else {
-                    return Ok(None);
+                    return pages::read(files, &data, key, index, range);
                 };
                 let e = Arc::new(e);
                 self.known.remember(hash, index, stamp, e.clone());

@@ -98,10 +98,12 @@ pub fn write(
 }
 
 /// Bytes `range` (offsets within block `index`) if every page they fall in is held, each
-/// page read and checked against its CRC; with the count of bytes read from the disk.
-/// `Ok(None)`: some page is not held. `Err`: a page fails its check.
+/// page read from `data` (the object's data file, open) and checked against its CRC; with the
+/// count of bytes read from the disk. `Ok(None)`: some page is not held. `Err`: a page fails
+/// its check.
 pub fn read(
     files: &ObjectFiles,
+    data: &File,
     key: &ObjectKey,
     index: u64,
     range: Range<u64>,
@@ -118,14 +120,8 @@ pub fn read(
     if range.end > span.end {
         return Err(bad("pages past the block's end"));
     }
-    let d = match File::open(&files.data) {
-        Ok(d) => d,
-        // Removed since the table was opened: gone, not bad.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
     let mut buf = vec![0u8; (span.end - span.start) as usize];
-    d.read_exact_at(&mut buf, index * key.block_size + span.start)
+    data.read_exact_at(&mut buf, index * key.block_size + span.start)
         .map_err(|_| bad("truncated data"))?;
     for (i, (c, w)) in buf.chunks(PAGE as usize).zip(&words).enumerate() {
         if crc32c::crc32c(c) != *w {
