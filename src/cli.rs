@@ -374,7 +374,8 @@ pub struct TimeoutArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
-    /// Blocks, bytes and capacity of a disk block cache.
+    /// Blocks held whole, blocks held in part (pages random reads fetched) and bytes of a disk
+    /// block cache.
     Stats {
         #[arg(long, value_name = "DIR")]
         cache_dir: PathBuf,
