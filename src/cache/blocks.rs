@@ -337,8 +337,10 @@ impl BlockCache {
             return Ok(lease.slice(from..from + (range.end - range.start) as usize));
         }
         use super::pages::PAGE;
-        let wide = (range.start / PAGE * PAGE).max(block.start)
-            ..range.end.div_ceil(PAGE).saturating_mul(PAGE).min(block.end);
+        // Whole pages of the block (counted from its start, as the disk cache keeps them).
+        let (from, to) = (range.start - block.start, range.end - block.start);
+        let wide = block.start + from / PAGE * PAGE
+            ..(block.start + to.div_ceil(PAGE).saturating_mul(PAGE)).min(block.end);
         let len = wide.end - wide.start;
         let total = self.cfg.retry.total;
         let fetched = tokio::time::timeout(total, async {

@@ -642,8 +642,16 @@ async fn blocks_another_process_put_in_the_shared_disk_cache_are_read_from_it() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_a_random_reader_fetched_serve_the_next_mount_and_a_sequential_pass_completes_them() {
+    // Also with blocks that are no whole number of pages.
+    for block in [MIB, MIB - 1000] {
+        pages_kept_then_completed(block).await;
+    }
+}
+
+async fn pages_kept_then_completed(block: u64) {
     use crate::cache::disk::{CacheSize, DiskCache};
-    let base = rig(8 * MIB, MIB, 64 * MIB, 4 * MIB).await;
+    let base = rig(8 * MIB, block, 64 * MIB, 4 * MIB).await;
+    let blocks = base.obj.size.div_ceil(block);
     let dir = tempfile::tempdir().unwrap();
     // A mount: its own disk cache on the shared directory and its own block cache.
     let mount = || {
@@ -692,7 +700,7 @@ async fn pages_a_random_reader_fetched_serve_the_next_mount_and_a_sequential_pas
     random_reads(path.clone()).await;
     quiet(&disk, &cache);
     let key = base.cache.object_key(&base.obj);
-    let whole = (0..8).filter(|i| disk.contains(&key, *i)).count() as u64;
+    let whole = (0..blocks).filter(|i| disk.contains(&key, *i)).count() as u64;
     assert!(
         whole <= 3,
         "random reads fetched their pages, not {whole} blocks"
@@ -715,7 +723,10 @@ async fn pages_a_random_reader_fetched_serve_the_next_mount_and_a_sequential_pas
     }
     assert_eq!(got, base.data);
     quiet(&disk, &cache);
-    assert_eq!(base.gets(), fetched + 8 - whole);
-    assert!((0..8).all(|i| disk.contains(&key, i)), "every block whole");
+    assert_eq!(base.gets(), fetched + blocks - whole, "block size {block}");
+    assert!(
+        (0..blocks).all(|i| disk.contains(&key, i)),
+        "every block whole"
+    );
     assert_eq!(disk.stats().bytes, base.obj.size, "pages counted once");
 }
