@@ -4,7 +4,7 @@
 //!
 //! Jobs: writes kept open; close/reopen with mmap and cache invalidation; close/reopen after
 //! almost every op (fsx's `-c 1`), all over files of several 1 MiB blocks. About 20,000 ops per
-//! lake; `LAKEMOUNT_SOAK=N` multiplies the ops by N.
+//! lake, through a mount with a disk cache; `LAKEMOUNT_SOAK=N` multiplies the ops by N.
 
 mod common;
 
@@ -87,7 +87,14 @@ fn fsx(job: &Job, seed: u64, file: &Path, work: &Path) {
 }
 
 fn exercise(lake: &Lake) {
-    let m = lake.mount(&["--block-size", "1M"]);
+    // With a disk cache: reads after a reopen come from it, random ones keep their pages there.
+    let cache = tempfile::tempdir().unwrap();
+    let m = lake.mount(&[
+        "--block-size",
+        "1M",
+        "--cache-dir",
+        cache.path().to_str().unwrap(),
+    ]);
     let work = tempfile::tempdir().unwrap();
     let local = tempfile::tempdir().unwrap();
     for (i, job) in JOBS.iter().enumerate() {
