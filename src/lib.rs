@@ -84,6 +84,19 @@ pub fn raise_open_file_limit() {
     }
 }
 
+/// The soft limit of open files of this process.
+pub fn open_file_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid rlimit out-buffer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+}
+
 /// Keeps the daemon's resident memory near what its caches account for. Block buffers (MiB
 /// each, 8 by default) come from the heap below a fixed mmap threshold: a fresh mmap per block
 /// would cost page faults and zeroing (a quarter of the disk-cache read rate here). The

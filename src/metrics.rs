@@ -44,6 +44,7 @@ counters! {
     store_list_requests_total: "Listing pages requested from the store (directory listings and lookups).",
     store_head_requests_total: "Property requests (single-name lookups) sent to the store.",
     passthrough_opens_total: "Opens whose reads go from the kernel straight to a file of the disk cache (FUSE passthrough).",
+    passthrough_backings_reused_total: "Passthrough opens that named a cache file kept registered with the kernel since an earlier open, opening no file.",
 }
 
 impl Metrics {

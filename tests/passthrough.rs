@@ -534,3 +534,66 @@ fn a_passthrough_handle_survives_dup_fork_and_its_file_being_replaced() {
         );
     }
 }
+
+#[test]
+fn a_reopened_file_names_its_registered_cache_file_again_until_it_is_evicted() {
+    // A data loader's epochs: every file opened, read and closed, then again. A cache file
+    // stays registered with the kernel after its last close, so the next open names it again
+    // without opening a file; it reads the same bytes. An eviction meanwhile takes it away:
+    // the next open reads from the lake.
+    let (lake, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let files = lake_files(lake.path());
+    let held = &files[1..6];
+    fill(lake.path(), cache.path(), held);
+    // Room for those five files (4.01 MiB in 7 blocks) and not for a sixth of 2 MiB more.
+    let m = mount(
+        lake.path(),
+        cache.path(),
+        &["--read-only", "--cache-size", "7M"],
+    );
+    for (name, data) in held {
+        check(&m.path().join(name), data);
+    }
+    let opens = metric(&m, "passthrough_opens_total");
+    assert!(opens >= 2 * held.len() as u64, "{opens} passthrough opens");
+    let (reused, gets) = (
+        metric(&m, "passthrough_backings_reused_total"),
+        metric(&m, "store_get_requests_total"),
+    );
+    for epoch in 0..3 {
+        for (name, data) in held {
+            check(&m.path().join(name), data);
+        }
+        let again = metric(&m, "passthrough_backings_reused_total") - reused;
+        assert_eq!(
+            again,
+            2 * held.len() as u64 * (epoch + 1),
+            "epoch {epoch}: every open (two a file) names the registered file again"
+        );
+    }
+    assert_eq!(metric(&m, "store_get_requests_total"), gets);
+    // A new file of 2 blocks pushes the least recently used blocks out: files held by no
+    // handle, only by the kernel's registration, are unlinked whole.
+    let extra = pseudo_random(2 * MIB, 99);
+    std::fs::write(lake.path().join("extra.bin"), &extra).unwrap();
+    assert_eq!(std::fs::read(m.path().join("extra.bin")).unwrap(), extra);
+    assert!(wait_for(Duration::from_secs(10), || {
+        metric(&m, "disk_evictions_total") > 0
+    }));
+    let (reused, gets) = (
+        metric(&m, "passthrough_backings_reused_total"),
+        metric(&m, "store_get_requests_total"),
+    );
+    for (name, data) in held {
+        check(&m.path().join(name), data);
+    }
+    let reused_now = metric(&m, "passthrough_backings_reused_total") - reused;
+    let fetched = metric(&m, "store_get_requests_total") - gets;
+    assert!(
+        fetched > 0 && reused_now < 2 * held.len() as u64,
+        "evicted files are read from the lake ({fetched} GETs), not through their old cache \
+         files ({reused_now} of {} opens reused)",
+        2 * held.len()
+    );
+    assert_eq!(metric(&m, "disk_corrupt_blocks_total"), 0);
+}

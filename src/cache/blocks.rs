@@ -204,6 +204,15 @@ impl BlockCache {
         }
     }
 
+    /// Whether `file`, given by `complete_on_disk` for `obj` and open since, is unchanged
+    /// (see `DiskCache::still_complete`).
+    pub fn still_complete_on_disk(&self, obj: &ObjectVersion, file: &std::fs::File) -> bool {
+        match &self.disk {
+            Some(disk) => disk.still_complete(&self.object_key(obj), file),
+            None => false,
+        }
+    }
+
     pub fn block_range(&self, size: u64, index: u64) -> Range<u64> {
         block_range(self.cfg.block_size, size, index)
     }

@@ -66,6 +66,22 @@ impl DiskCache {
         }
     }
 
+    /// Whether `data`, a file `open_complete` gave for `key` and open ever since (so its
+    /// shared lock has kept evictions from punching it), may serve another passthrough open:
+    /// still in place (not unlinked by an eviction) and unchanged since this process checked
+    /// it. One `fstat`: no path to open, no table to read.
+    pub fn still_complete(&self, key: &ObjectKey, data: &File) -> bool {
+        let hash: Arc<str> = key.hash().into();
+        let Ok(meta) = data.metadata() else {
+            return false;
+        };
+        if meta.nlink() == 0 || self.known.checked(&hash) != Some(Stamp::of(&meta)) {
+            return false;
+        }
+        self.hit_whole(&hash, key, &self.files(&hash));
+        true
+    }
+
     fn hit_whole(&self, hash: &Arc<str>, key: &ObjectKey, files: &ObjectFiles) {
         let mut idx = self.index.lock().unwrap();
         for i in 0..key.blocks() {

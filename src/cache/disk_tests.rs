@@ -385,6 +385,29 @@ fn a_checked_unchanged_file_opens_without_reading_its_table_again() {
 }
 
 #[test]
+fn a_file_held_open_since_its_check_serves_again_only_while_unchanged_and_linked() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, k, data) = cached(d.path(), "idle", 2, 4);
+    let held = complete(&c, &k).expect("complete");
+    assert!(c.still_complete(&k, &held));
+    let other = open(d.path(), 1 << 20);
+    other.put(&k, 1, &data[4096..]);
+    assert!(!c.still_complete(&k, &held), "changed by another process");
+    let held = complete(&c, &k).expect("whole");
+    assert!(c.still_complete(&k, &held));
+    c.put(&k, 0, &data[..4096]);
+    assert!(!c.still_complete(&k, &held), "changed by this process");
+    let held = complete(&c, &k).expect("whole");
+    // Evicted while held: unlinked whole, as the held lock keeps it from being punched.
+    c.drop_block(&k.hash().into(), &k, 0);
+    assert!(!c.files(&k.hash()).data.exists());
+    assert!(!c.still_complete(&k, &held), "evicted");
+    let mut all = Vec::new();
+    io::Read::read_to_end(&mut &held, &mut all).unwrap();
+    assert_eq!(all, data, "a handle on it still reads every byte");
+}
+
+#[test]
 fn a_data_file_without_a_table_is_removed_at_open_only_once_it_is_old() {
     let d = tempfile::tempdir().unwrap();
     let k = key("orphan", 4096, 4096);

@@ -211,7 +211,13 @@ impl LakeFs {
             warned: Mutex::new(HashSet::new()),
             device: std::sync::OnceLock::new(),
             readers: Mutex::new(HashMap::new()),
-            iomodes: passthrough::IoModes::new(cfg_passthrough),
+            iomodes: passthrough::IoModes::new(
+                cfg_passthrough,
+                passthrough::IdleBackings::new(
+                    passthrough::IDLE_BACKINGS.min(crate::open_file_limit() / 2),
+                    passthrough::IDLE_BACKING_BYTES,
+                ),
+            ),
             metrics: Arc::new(Metrics::default()),
         }
     }

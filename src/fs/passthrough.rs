@@ -6,12 +6,18 @@
 //! fails with EIO. So a file is opened with passthrough only when no handle has it open the
 //! normal way; while passthrough handles are open, read opens join them (same backing file:
 //! the version they opened) and write opens fail with ETXTBSY, like writing a running program.
+//!
+//! A backing file outlives its last handle, idle, so that the next open of the file (the next
+//! epoch) names it again without opening and registering a file: see `IdleBackings`.
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
 
 use super::{FsError, LakeFs, Opened};
 use crate::metrics::Metrics;
@@ -22,6 +28,23 @@ use crate::reader::{Complete, ObjectVersion};
 pub struct Backing {
     pub file: File,
     pub edge: Mutex<Option<Box<dyn Any + Send>>>,
+    /// The object version whose bytes the file holds.
+    version: ObjectVersion,
+}
+
+impl Backing {
+    pub fn new(file: File, version: ObjectVersion) -> Arc<Backing> {
+        Arc::new(Backing {
+            file,
+            edge: Mutex::new(None),
+            version,
+        })
+    }
+
+    /// Registered with the kernel (an open named it).
+    fn registered(&self) -> bool {
+        self.edge.lock().unwrap().is_some()
+    }
 }
 
 #[derive(Default)]
@@ -31,11 +54,83 @@ struct Modes {
     backing: Option<Arc<Backing>>,
 }
 
-#[derive(Default)]
 struct Table {
     by_ino: HashMap<u64, Modes>,
     /// Each handle's inode and whether it is a passthrough one.
     by_fh: HashMap<u64, (u64, bool)>,
+    idle: IdleBackings,
+}
+
+/// Backing files of inodes with no handle open, still registered with the kernel, least
+/// recently closed first out. A small file's open otherwise costs more than its read: opening
+/// the cache file, locking and registering it, and closing both at release. Reused only for
+/// the same object version, and only while the disk cache finds the file unchanged since its
+/// check (`ReadPath::still_complete`). Each holds a descriptor and the file's shared lock: an
+/// eviction meanwhile unlinks the file instead of punching it, so the bytes of idle files
+/// are bounded too, and a file larger than that bound is not kept.
+pub struct IdleBackings {
+    lru: LruCache<u64, Arc<Backing>>,
+    bytes: u64,
+    max_bytes: u64,
+}
+
+/// Idle backing files at most: one descriptor each (and a registration in the kernel). Also
+/// at most half the descriptors the process may open.
+pub const IDLE_BACKINGS: usize = 16_384;
+/// Bytes of idle backing files at most: the disk space evictions may have to leave allocated
+/// until their files leave the idle set.
+pub const IDLE_BACKING_BYTES: u64 = 1 << 30;
+
+impl IdleBackings {
+    pub fn new(max_files: usize, max_bytes: u64) -> IdleBackings {
+        IdleBackings {
+            lru: LruCache::new(NonZeroUsize::new(max_files.max(1)).unwrap()),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// Keeps `b` for `ino`; returns what has to go (to be dropped outside any lock: dropping
+    /// a backing closes it in the kernel).
+    fn keep(&mut self, ino: u64, b: Arc<Backing>) -> Vec<Arc<Backing>> {
+        let size = b.version.size;
+        if size > self.max_bytes || !b.registered() {
+            return vec![b];
+        }
+        let mut out = Vec::new();
+        if let Some((_, old)) = self.lru.push(ino, b) {
+            self.bytes -= old.version.size;
+            out.push(old);
+        }
+        self.bytes += size;
+        while self.bytes > self.max_bytes {
+            let Some((_, old)) = self.lru.pop_lru() else {
+                break;
+            };
+            self.bytes -= old.version.size;
+            out.push(old);
+        }
+        out
+    }
+
+    fn take(&mut self, ino: u64) -> Option<Arc<Backing>> {
+        let b = self.lru.pop(&ino)?;
+        self.bytes -= b.version.size;
+        Some(b)
+    }
+
+    fn clear(&mut self) -> Vec<Arc<Backing>> {
+        self.bytes = 0;
+        let mut out = Vec::new();
+        while let Some((_, b)) = self.lru.pop_lru() {
+            out.push(b);
+        }
+        out
+    }
+
+    fn len(&self) -> usize {
+        self.lru.len()
+    }
 }
 
 pub struct IoModes {
@@ -66,9 +161,13 @@ pub enum ReadSlot<'a> {
 }
 
 impl IoModes {
-    pub fn new(enabled: bool) -> IoModes {
+    pub fn new(enabled: bool, idle: IdleBackings) -> IoModes {
         IoModes {
-            table: Mutex::new(Table::default()),
+            table: Mutex::new(Table {
+                by_ino: HashMap::new(),
+                by_fh: HashMap::new(),
+                idle,
+            }),
             enabled: AtomicBool::new(enabled),
             checking: Arc::new(Mutex::new(HashSet::new())),
         }
@@ -89,6 +188,8 @@ impl IoModes {
         if self.enabled.swap(false, Ordering::Relaxed) {
             tracing::warn!("passthrough reads are off: {why}");
         }
+        let gone = self.table.lock().unwrap().idle.clear();
+        drop(gone);
     }
 
     fn reserve(&self, ino: u64, t: &mut Table, backing: Option<Arc<Backing>>) -> Reservation<'_> {
@@ -114,7 +215,24 @@ impl IoModes {
         if t.by_ino.get(&ino).is_some_and(|m| m.passthrough > 0) {
             return Err(FsError(libc::ETXTBSY));
         }
-        Ok(self.reserve(ino, &mut t, None))
+        // The file is about to change: its idle backing would not be reused.
+        let gone = t.idle.take(ino);
+        let r = self.reserve(ino, &mut t, None);
+        drop(t);
+        drop(gone);
+        Ok(r)
+    }
+
+    /// The idle backing file of `ino` for `version`, taken out of the idle set, when no
+    /// handle has the inode open. One for another version is dropped.
+    pub fn take_idle(&self, ino: u64, version: &ObjectVersion) -> Option<Arc<Backing>> {
+        let mut t = self.table.lock().unwrap();
+        if t.by_ino.contains_key(&ino) {
+            return None;
+        }
+        let b = t.idle.take(ino)?;
+        drop(t);
+        (b.version == *version).then_some(b)
     }
 
     /// A read open: joins the mode the file's open handles are in, if any.
@@ -133,20 +251,18 @@ impl IoModes {
 
     /// Settles a read open that found the file closed, with the cache file it may use (None:
     /// not complete in the cache). Handles opened meanwhile decide the mode.
-    pub fn settle(&self, ino: u64, candidate: Option<File>) -> Reservation<'_> {
+    pub fn settle(&self, ino: u64, candidate: Option<Arc<Backing>>) -> Reservation<'_> {
         let mut t = self.table.lock().unwrap();
         let backing = match t.by_ino.get(&ino) {
             Some(m) if m.passthrough > 0 => m.backing.clone(),
             Some(m) if m.plain > 0 => None,
             _ if !self.enabled() => None,
-            _ => candidate.map(|file| {
-                Arc::new(Backing {
-                    file,
-                    edge: Mutex::new(None),
-                })
-            }),
+            _ => candidate.clone(),
         };
-        self.reserve(ino, &mut t, backing)
+        let r = self.reserve(ino, &mut t, backing);
+        drop(t);
+        drop(candidate);
+        r
     }
 
     /// The last close of handle `fh`.
@@ -155,7 +271,9 @@ impl IoModes {
         let Some((ino, passthrough)) = t.by_fh.remove(&fh) else {
             return;
         };
-        Self::unreserve(&mut t, ino, passthrough);
+        let gone = Self::unreserve(&mut t, ino, passthrough);
+        drop(t);
+        drop(gone);
     }
 
     /// Passthrough of `fh` was refused at the edge: it reads the normal way, and so does
@@ -171,19 +289,25 @@ impl IoModes {
         }
         *pt = false;
         let ino = *ino;
-        Self::unreserve(&mut t, ino, true);
+        let gone = Self::unreserve(&mut t, ino, true);
         t.by_ino.entry(ino).or_default().plain += 1;
+        drop(t);
+        drop(gone);
         true
     }
 
-    fn unreserve(t: &mut Table, ino: u64, passthrough: bool) {
+    /// Gives back a handle's place; the inode's backing file goes idle with its last
+    /// passthrough handle. Returns what is to be dropped once the table's lock is let go.
+    #[must_use]
+    fn unreserve(t: &mut Table, ino: u64, passthrough: bool) -> Vec<Arc<Backing>> {
         let Some(m) = t.by_ino.get_mut(&ino) else {
-            return;
+            return Vec::new();
         };
+        let mut idle = None;
         if passthrough {
             m.passthrough -= 1;
             if m.passthrough == 0 {
-                m.backing = None;
+                idle = m.backing.take();
             }
         } else {
             m.plain -= 1;
@@ -191,6 +315,18 @@ impl IoModes {
         if m.plain == 0 && m.passthrough == 0 {
             t.by_ino.remove(&ino);
         }
+        match idle {
+            // Kept only while no handle has the inode open (a refused open turns the handle
+            // into a normal one, which must not find a backing kept for its inode).
+            Some(b) if !t.by_ino.contains_key(&ino) => t.idle.keep(ino, b),
+            Some(b) => vec![b],
+            None => Vec::new(),
+        }
+    }
+
+    /// Idle backing files held now.
+    pub fn idle_backings(&self) -> usize {
+        self.table.lock().unwrap().idle.len()
     }
 
     /// Passthrough handles of `ino` open now.
@@ -225,7 +361,9 @@ impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if !self.bound {
             let mut t = self.modes.table.lock().unwrap();
-            IoModes::unreserve(&mut t, self.ino, self.backing.is_some());
+            let gone = IoModes::unreserve(&mut t, self.ino, self.backing.is_some());
+            drop(t);
+            drop(gone);
         }
     }
 }
@@ -244,6 +382,12 @@ impl LakeFs {
         let Some(ReadSlot::Open(ino)) = slot else {
             return slot;
         };
+        if let Some(b) = self.iomodes.take_idle(ino, version) {
+            if self.read_path.still_complete(version, &b.file) {
+                Metrics::add(&self.metrics().passthrough_backings_reused_total, 1);
+                return Some(ReadSlot::Decided(self.iomodes.settle(ino, Some(b))));
+            }
+        }
         let candidate = match self.read_path.complete_file(version, false) {
             Complete::File(f) => Some(f),
             Complete::No => None,
@@ -268,6 +412,7 @@ impl LakeFs {
                 }
             }
         };
+        let candidate = candidate.map(|f| Backing::new(f, version.clone()));
         Some(ReadSlot::Decided(self.iomodes.settle(ino, candidate)))
     }
 
@@ -295,89 +440,5 @@ impl LakeFs {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn file() -> File {
-        tempfile::tempfile().unwrap()
-    }
-
-    #[test]
-    fn a_file_open_the_normal_way_is_not_given_passthrough() {
-        let m = IoModes::new(true);
-        let ReadSlot::Open(ino) = m.reserve_reader(7) else {
-            panic!("no handles yet")
-        };
-        let plain = m.settle(ino, None);
-        assert!(plain.backing().is_none());
-        plain.bind(1);
-        let ReadSlot::Decided(r) = m.reserve_reader(7) else {
-            panic!("a plain handle is open")
-        };
-        assert!(r.backing().is_none(), "joins the plain handle");
-        r.bind(2);
-        m.release(1);
-        m.release(2);
-        assert!(matches!(m.reserve_reader(7), ReadSlot::Open(7)));
-    }
-
-    #[test]
-    fn passthrough_handles_share_one_backing_and_keep_writers_out() {
-        let m = IoModes::new(true);
-        let first = m.settle(7, Some(file()));
-        let b = first.backing().expect("passthrough");
-        first.bind(1);
-        // A candidate found at the same time as the first loses: one backing per inode.
-        let late = m.settle(7, Some(file()));
-        assert!(Arc::ptr_eq(&late.backing().unwrap(), &b));
-        late.bind(2);
-        let ReadSlot::Decided(joined) = m.reserve_reader(7) else {
-            panic!("decided by the open handles")
-        };
-        assert!(Arc::ptr_eq(&joined.backing().unwrap(), &b));
-        drop(joined);
-        assert_eq!(
-            m.passthrough_handles(7),
-            2,
-            "an unbound reservation gives its place back"
-        );
-        assert_eq!(m.reserve_writer(7).err(), Some(FsError(libc::ETXTBSY)));
-        m.release(1);
-        m.release(2);
-        drop(b);
-        assert!(m.reserve_writer(7).is_ok(), "no readers left");
-    }
-
-    #[test]
-    fn a_writer_open_keeps_new_readers_off_passthrough() {
-        let m = IoModes::new(true);
-        m.reserve_writer(7).unwrap().bind(1);
-        let ReadSlot::Decided(r) = m.reserve_reader(7) else {
-            panic!("a writer is open")
-        };
-        assert!(r.backing().is_none());
-        // A reader that found the file closed and then a writer opened: normal mode.
-        let m = IoModes::new(true);
-        assert!(matches!(m.reserve_reader(8), ReadSlot::Open(8)));
-        m.reserve_writer(8).unwrap().bind(3);
-        assert!(m.settle(8, Some(file())).backing().is_none());
-    }
-
-    #[test]
-    fn a_refused_passthrough_turns_it_off_and_counts_the_handle_as_normal() {
-        let m = IoModes::new(true);
-        m.settle(7, Some(file())).bind(1);
-        assert!(m.refused(1, "no capability"));
-        assert!(!m.refused(1, "again"), "a normal handle now");
-        assert!(!m.enabled());
-        assert_eq!(m.passthrough_handles(7), 0);
-        assert!(
-            m.reserve_writer(7).is_ok(),
-            "the handle is a normal one now"
-        );
-        let ReadSlot::Decided(r) = m.reserve_reader(9) else {
-            panic!("passthrough is off")
-        };
-        assert!(r.backing().is_none());
-    }
-}
+#[path = "passthrough_tests.rs"]
+mod tests;

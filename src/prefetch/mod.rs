@@ -46,6 +46,10 @@ impl ReadPath for PrefetchReadPath {
         self.cache.complete_on_disk(object, may_verify)
     }
 
+    fn still_complete(&self, object: &ObjectVersion, file: &std::fs::File) -> bool {
+        self.cache.still_complete_on_disk(object, file)
+    }
+
     fn open(&self, object: ObjectVersion) -> Box<dyn FileReader> {
         Box::new(PrefetchReader {
             cache: self.cache.clone(),

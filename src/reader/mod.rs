@@ -34,6 +34,12 @@ pub trait ReadPath: Send + Sync {
     fn complete_file(&self, _object: &ObjectVersion, _may_verify: bool) -> Complete {
         Complete::No
     }
+
+    /// Whether `file`, which `complete_file` gave for `object` and which has stayed open
+    /// since, may serve another passthrough open: unchanged since its check.
+    fn still_complete(&self, _object: &ObjectVersion, _file: &std::fs::File) -> bool {
+        false
+    }
 }
 
 /// Reads straight from the store: one ranged GET per read call.
