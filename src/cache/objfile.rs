@@ -263,14 +263,44 @@ pub fn read_checked(
             .div_ceil(CHUNK)
             .saturating_mul(CHUNK)
             .min(entry.len);
-    let mut buf = vec![0u8; (span.end - span.start) as usize];
-    data.read_exact_at(&mut buf, index * key.block_size + span.start)
-        .map_err(|_| bad("truncated data"))?;
+    let buf = read_fresh(
+        data,
+        (span.end - span.start) as usize,
+        index * key.block_size + span.start,
+    )
+    .map_err(|_| bad("truncated data"))?;
     entry.check(first as usize, &buf)?;
     let read = buf.len() as u64;
     let buf = Bytes::from(buf);
     let wanted = (range.start - span.start) as usize..(range.end - span.start) as usize;
     Ok((buf.slice(wanted), read))
+}
+
+/// `len` bytes of `f` at `offset` in a new buffer, not zero-filled first: a block read from
+/// the cache is overwritten whole at once, and filling it with zeros before cost as much as
+/// its checksum.
+pub fn read_fresh(f: &File, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    let mut done = 0;
+    while done < len {
+        let spare = &mut buf.spare_capacity_mut()[done..len];
+        let at = libc::off_t::try_from(offset + done as u64).map_err(|_| bad("offset"))?;
+        // SAFETY: pread writes at most `spare.len()` bytes into memory this buffer owns.
+        let n = unsafe { libc::pread(f.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at) };
+        match n {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n if n < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            n => done += n as usize,
+        }
+    }
+    // SAFETY: pread wrote all `len` bytes above.
+    unsafe { buf.set_len(len) };
+    Ok(buf)
 }
 
 /// Writes block `index`: the data at its offset, then its entry, so no table lists bytes not
@@ -478,13 +508,11 @@ pub fn is_complete(
         return Err(bad("data file of the wrong length"));
     }
     if verify {
-        let mut buf = vec![0u8; key.block_size.min(key.size) as usize];
         for i in 0..key.blocks() {
-            let len = key.block_len(i) as usize;
-            data.read_exact_at(&mut buf[..len], i * key.block_size)?;
+            let buf = read_fresh(data, key.block_len(i) as usize, i * key.block_size)?;
             held(i)
                 .expect("checked above")
-                .check(0, &buf[..len])
+                .check(0, &buf)
                 .map_err(|e| bad(&format!("block {i}: {e}")))?;
         }
     }
@@ -529,6 +557,19 @@ mod tests {
                 .collect();
             assert_eq!(names.len(), 2, "named: {named}: {names:?}");
         }
+    }
+
+    #[test]
+    fn a_fresh_read_returns_exactly_the_bytes_there_or_an_error_past_the_end() {
+        let f = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        f.write_all_at(&data, 0).unwrap();
+        for (len, at) in [(0, 0), (1, 0), (4096, 1), (9_000, 1_000), (10_000, 0)] {
+            let got = read_fresh(&f, len, at as u64).unwrap();
+            assert_eq!(got, &data[at..at + len], "{len} at {at}");
+        }
+        let e = read_fresh(&f, 2, 9_999).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     fn files_data_at(files: &ObjectFiles, data: &[u8], at: u64) {

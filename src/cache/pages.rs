@@ -120,9 +120,12 @@ pub fn read(
     if range.end > span.end {
         return Err(bad("pages past the block's end"));
     }
-    let mut buf = vec![0u8; (span.end - span.start) as usize];
-    data.read_exact_at(&mut buf, index * key.block_size + span.start)
-        .map_err(|_| bad("truncated data"))?;
+    let buf = super::objfile::read_fresh(
+        data,
+        (span.end - span.start) as usize,
+        index * key.block_size + span.start,
+    )
+    .map_err(|_| bad("truncated data"))?;
     for (i, (c, w)) in buf.chunks(PAGE as usize).zip(&words).enumerate() {
         if crc32c::crc32c(c) != *w {
             return Err(bad(&format!(
