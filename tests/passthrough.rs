@@ -597,3 +597,62 @@ fn a_reopened_file_names_its_registered_cache_file_again_until_it_is_evicted() {
     );
     assert_eq!(metric(&m, "disk_corrupt_blocks_total"), 0);
 }
+
+#[test]
+fn a_mapping_left_after_its_file_is_closed_keeps_reading_right_bytes_while_the_cache_evicts() {
+    // A program maps a cached file, closes its descriptor and goes on reading the mapping
+    // (the kernel reads the cache file behind it), while other reads make the cache evict
+    // that file. Its pages must never turn into a punched hole's zeros.
+    let (lake, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Larger than what stays registered after a close: only the mapping refers to it.
+    let big = pseudo_random(9 * MIB + 77, 5);
+    std::fs::write(lake.path().join("big.bin"), &big).unwrap();
+    let other = pseudo_random(8 * MIB, 6);
+    std::fs::write(lake.path().join("other.bin"), &other).unwrap();
+    fill(
+        lake.path(),
+        cache.path(),
+        &[("big.bin".into(), big.clone())],
+    );
+    let m = mount(
+        lake.path(),
+        cache.path(),
+        &["--read-only", "--cache-size", "12M", "--max-memory", "64M"],
+    );
+    let path = m.path().join("big.bin");
+    let before = metric(&m, "passthrough_opens_total");
+    let f = File::open(&path).unwrap();
+    assert!(
+        metric(&m, "passthrough_opens_total") > before,
+        "opened with passthrough"
+    );
+    // SAFETY: a read-only mapping, unmapped below; the descriptor is closed at once.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            big.len(),
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    drop(f);
+    // SAFETY: the mapping is big.len() bytes long and stays mapped until the munmap below.
+    let mapped = unsafe { std::slice::from_raw_parts(p as *const u8, big.len()) };
+    assert!(mapped == &big[..], "read through the mapping");
+    // 8 MiB more into a 12 MiB cache: blocks of big.bin must go.
+    assert_eq!(std::fs::read(m.path().join("other.bin")).unwrap(), other);
+    assert!(wait_for(Duration::from_secs(10), || {
+        metric(&m, "disk_evictions_total") > 0
+    }));
+    // A punched hole also drops the pages it covered: they are read from the file again.
+    let wrong = (0..big.len()).step_by(4096).find(|&i| mapped[i] != big[i]);
+    // SAFETY: unmapping what was mapped above.
+    unsafe { libc::munmap(p, big.len()) };
+    assert_eq!(
+        wrong, None,
+        "the mapping read other bytes after an eviction"
+    );
+}

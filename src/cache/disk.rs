@@ -485,14 +485,20 @@ impl DiskCache {
         }
     }
 
-    /// Drops one block: a hole in the object's file, unless a passthrough open (of any
-    /// process) holds the file: then the whole object goes, by unlinking, which leaves the
-    /// open file's bytes as they are.
+    /// Drops one block: a hole in the object's file, unless the file is held whole or a
+    /// passthrough open (of any process) holds it: then the whole object goes, by unlinking,
+    /// which leaves the bytes of whoever still reads the file as they are. A file held whole
+    /// may have been opened with passthrough and mapped by a program that then closed it: a
+    /// hole would turn its mapped pages into zeros. Checked under the exclusive lock, which
+    /// keeps any new passthrough open away meanwhile.
     fn drop_block(&self, hash: &Arc<str>, key: &ObjectKey, index: u64) {
         let files = self.files(hash);
         self.known.changed(hash, Some(index), key.blocks());
         let punched = match File::options().write(true).open(&files.data) {
-            Ok(f) if flock(&f, libc::LOCK_EX) => objfile::punch_block(&files, key, index).is_ok(),
+            Ok(f) if flock(&f, libc::LOCK_EX) => {
+                !objfile::is_complete(&files, key, &f, false).unwrap_or(true)
+                    && objfile::punch_block(&files, key, index).is_ok()
+            }
             Ok(_) => false,
             // No data file: nothing to punch, the block is gone.
             Err(_) => true,

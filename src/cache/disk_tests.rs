@@ -106,10 +106,12 @@ fn corrupt_or_truncated_blocks_are_misses_and_dropped() {
     let d = tempfile::tempdir().unwrap();
     let m = Arc::new(Metrics::default());
     let c = DiskCache::open(d.path(), CacheSize::Bytes(1 << 20), m.clone()).unwrap();
-    let data = pattern(8192, 3);
-    let k = key("id", 8192, 4096);
+    // Not held whole (its third block is missing): a bad block is dropped alone. A file held
+    // whole is dropped whole (`eviction_never_punches_a_file_held_whole_...`).
+    let data = pattern(3 * 4096, 3);
+    let k = key("id", 3 * 4096, 4096);
     c.put(&k, 0, &data[..4096]);
-    c.put(&k, 1, &data[4096..]);
+    c.put(&k, 1, &data[4096..8192]);
     let files = c.files(&k.hash());
     // A flipped byte in every position class: first block, last byte of the object.
     for at in [5usize, 8191] {
@@ -126,7 +128,7 @@ fn corrupt_or_truncated_blocks_are_misses_and_dropped() {
     f.set_len(6000).unwrap();
     assert!(c.get(&k, 1).is_none(), "truncated");
     // A table cut short: nothing of the object can be trusted.
-    c.put(&k, 1, &data[4096..]);
+    c.put(&k, 1, &data[4096..8192]);
     let t = fs::read(&files.sums).unwrap();
     fs::write(&files.sums, &t[..10]).unwrap();
     assert!(c.get(&k, 0).is_none(), "truncated table");
@@ -158,7 +160,7 @@ fn a_flipped_byte_anywhere_in_a_complete_object_keeps_it_from_passthrough() {
 }
 
 #[test]
-fn eviction_does_not_punch_a_file_a_passthrough_open_holds() {
+fn eviction_never_punches_a_file_held_whole_or_open_with_passthrough() {
     let d = tempfile::tempdir().unwrap();
     let data = pattern(8192, 5);
     let k = key("held", 8192, 4096);
@@ -175,13 +177,21 @@ fn eviction_does_not_punch_a_file_a_passthrough_open_holds() {
     assert_eq!(all, data);
     assert_eq!(c.stats().bytes, 4096);
     drop(held);
-    // Not held: one block is punched out, the file stays.
+    // Held whole but not open: unlinked whole all the same (a reader may still map it).
     c.put(&k, 0, &data[..4096]);
     c.put(&k, 1, &data[4096..]);
     c.put(&key("third", 4096, 4096), 0, &pattern(4096, 8));
-    assert_eq!(c.stats().blocks, 2);
-    assert!(c.files(&k.hash()).data.exists());
-    assert!(c.contains(&k, 1) && !c.contains(&k, 0));
+    assert!(!c.files(&k.hash()).data.exists());
+    assert!(!c.contains(&k, 0) && !c.contains(&k, 1));
+    // Not held whole: one block is punched out, the file stays.
+    let part = key("part", 3 * 4096, 4096);
+    let d = tempfile::tempdir().unwrap();
+    let c = open(d.path(), 8192);
+    c.put(&part, 0, &pattern(4096, 1));
+    c.put(&part, 1, &pattern(4096, 2));
+    c.put(&key("fourth", 4096, 4096), 0, &pattern(4096, 9));
+    assert!(c.files(&part.hash()).data.exists());
+    assert!(c.contains(&part, 1) && !c.contains(&part, 0));
 }
 
 #[test]
@@ -434,7 +444,11 @@ fn a_data_file_without_a_table_is_removed_at_open_only_once_it_is_old() {
 #[test]
 fn a_read_takes_its_entry_from_memory_until_anyone_changes_the_file() {
     let d = tempfile::tempdir().unwrap();
-    let (mine, k, data) = cached(d.path(), "memo", 3, 6);
+    // Its fourth block is not held: blocks of a file held whole are never punched alone.
+    let data = pattern(4 * 4096, 6);
+    let k = key("memo", data.len() as u64, 4096);
+    let mine = open(d.path(), 1 << 20);
+    put_all(&mine, &k, &data, Some(3));
     for i in 0..3u64 {
         assert!(mine.get_range(&k, i, 100..200).is_some());
     }
@@ -451,7 +465,7 @@ fn a_read_takes_its_entry_from_memory_until_anyone_changes_the_file() {
     assert!(mine.get_range(&k, 1, 0..4096).is_none());
     assert_eq!(Metrics::get(&mine.metrics.disk_corrupt_blocks_total), 0);
     let got = mine.get_range(&k, 2, 0..4096).expect("block 2 still held");
-    assert_eq!(&got[..], &data[8192..]);
+    assert_eq!(&got[..], &data[8192..12288]);
 }
 
 #[test]

@@ -216,6 +216,7 @@ impl LakeFs {
                 passthrough::IdleBackings::new(
                     passthrough::IDLE_BACKINGS.min(crate::open_file_limit() / 2),
                     passthrough::IDLE_BACKING_BYTES,
+                    passthrough::IDLE_BACKING_FILE,
                 ),
             ),
             metrics: Arc::new(Metrics::default()),

@@ -65,13 +65,15 @@ struct Table {
 /// recently closed first out. A small file's open otherwise costs more than its read: opening
 /// the cache file, locking and registering it, and closing both at release. Reused only for
 /// the same object version, and only while the disk cache finds the file unchanged since its
-/// check (`ReadPath::still_complete`). Each holds a descriptor and the file's shared lock: an
-/// eviction meanwhile unlinks the file instead of punching it, so the bytes of idle files
-/// are bounded too, and a file larger than that bound is not kept.
+/// check (`ReadPath::still_complete`). Each holds a descriptor and the file's shared lock; a
+/// file evicted meanwhile is unlinked and its space comes back only when it leaves the set, so
+/// the bytes of idle files are bounded too, and only small files are kept (for a large one the
+/// open is a small part of reading it anyway).
 pub struct IdleBackings {
     lru: LruCache<u64, Arc<Backing>>,
     bytes: u64,
     max_bytes: u64,
+    max_file: u64,
 }
 
 /// Idle backing files at most: one descriptor each (and a registration in the kernel). Also
@@ -80,13 +82,16 @@ pub const IDLE_BACKINGS: usize = 16_384;
 /// Bytes of idle backing files at most: the disk space evictions may have to leave allocated
 /// until their files leave the idle set.
 pub const IDLE_BACKING_BYTES: u64 = 1 << 30;
+/// The largest file kept idle: a default block.
+pub const IDLE_BACKING_FILE: u64 = 8 << 20;
 
 impl IdleBackings {
-    pub fn new(max_files: usize, max_bytes: u64) -> IdleBackings {
+    pub fn new(max_files: usize, max_bytes: u64, max_file: u64) -> IdleBackings {
         IdleBackings {
             lru: LruCache::new(NonZeroUsize::new(max_files.max(1)).unwrap()),
             bytes: 0,
             max_bytes,
+            max_file,
         }
     }
 
@@ -94,7 +99,7 @@ impl IdleBackings {
     /// a backing closes it in the kernel).
     fn keep(&mut self, ino: u64, b: Arc<Backing>) -> Vec<Arc<Backing>> {
         let size = b.version.size;
-        if size > self.max_bytes || !b.registered() {
+        if size > self.max_file.min(self.max_bytes) || !b.registered() {
             return vec![b];
         }
         let mut out = Vec::new();

@@ -25,7 +25,7 @@ fn file() -> Arc<Backing> {
 }
 
 fn modes() -> IoModes {
-    IoModes::new(true, IdleBackings::new(4, 1000))
+    IoModes::new(true, IdleBackings::new(4, 1000, 1000))
 }
 
 #[test]
@@ -170,7 +170,7 @@ fn a_write_open_or_passthrough_turned_off_drops_idle_backings() {
 
 #[test]
 fn idle_backings_are_bounded_by_count_and_bytes_and_unregistered_ones_are_not_kept() {
-    let mut idle = IdleBackings::new(2, 1000);
+    let mut idle = IdleBackings::new(2, 1000, 700);
     let (a, b, c) = (backing(100, true), backing(100, true), backing(100, true));
     assert!(idle.keep(1, a.clone()).is_empty());
     assert!(idle.keep(2, b.clone()).is_empty());
@@ -186,8 +186,10 @@ fn idle_backings_are_bounded_by_count_and_bytes_and_unregistered_ones_are_not_ke
     let out = idle.keep(4, u.clone());
     assert!(out.len() == 1 && Arc::ptr_eq(&out[0], &u));
     assert!(idle.take(4).is_none());
-    // Larger than the byte bound: not kept.
-    assert_eq!(idle.keep(5, backing(1001, true)).len(), 1);
+    // Larger than a file may be, or than all may be: not kept.
+    assert_eq!(idle.keep(5, backing(701, true)).len(), 1);
+    assert_eq!(IdleBackings::new(2, 100, 700).keep(5, c.clone()).len(), 0);
+    assert_eq!(IdleBackings::new(2, 99, 700).keep(5, c.clone()).len(), 1);
     // Bytes: 100 + 600 + 600 > 1000, so the least recent goes until it fits.
     let big = backing(600, true);
     assert!(idle.keep(6, big.clone()).is_empty());
