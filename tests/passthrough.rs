@@ -601,58 +601,90 @@ fn a_reopened_file_names_its_registered_cache_file_again_until_it_is_evicted() {
 #[test]
 fn a_mapping_left_after_its_file_is_closed_keeps_reading_right_bytes_while_the_cache_evicts() {
     // A program maps a cached file, closes its descriptor and goes on reading the mapping
-    // (the kernel reads the cache file behind it), while other reads make the cache evict
-    // that file. Its pages must never turn into a punched hole's zeros.
-    let (lake, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    // Larger than what stays registered after a close: only the mapping refers to it.
-    let big = pseudo_random(9 * MIB + 77, 5);
-    std::fs::write(lake.path().join("big.bin"), &big).unwrap();
-    let other = pseudo_random(8 * MIB, 6);
-    std::fs::write(lake.path().join("other.bin"), &other).unwrap();
-    fill(
-        lake.path(),
-        cache.path(),
-        &[("big.bin".into(), big.clone())],
-    );
-    let m = mount(
-        lake.path(),
-        cache.path(),
-        &["--read-only", "--cache-size", "12M", "--max-memory", "64M"],
-    );
-    let path = m.path().join("big.bin");
-    let before = metric(&m, "passthrough_opens_total");
-    let f = File::open(&path).unwrap();
-    assert!(
-        metric(&m, "passthrough_opens_total") > before,
-        "opened with passthrough"
-    );
-    // SAFETY: a read-only mapping, unmapped below; the descriptor is closed at once.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            big.len(),
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            std::os::fd::AsRawFd::as_raw_fd(&f),
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
-    drop(f);
-    // SAFETY: the mapping is big.len() bytes long and stays mapped until the munmap below.
-    let mapped = unsafe { std::slice::from_raw_parts(p as *const u8, big.len()) };
-    assert!(mapped == &big[..], "read through the mapping");
-    // 8 MiB more into a 12 MiB cache: blocks of big.bin must go.
-    assert_eq!(std::fs::read(m.path().join("other.bin")).unwrap(), other);
-    assert!(wait_for(Duration::from_secs(10), || {
-        metric(&m, "disk_evictions_total") > 0
-    }));
-    // A punched hole also drops the pages it covered: they are read from the file again.
-    let wrong = (0..big.len()).step_by(4096).find(|&i| mapped[i] != big[i]);
-    // SAFETY: unmapping what was mapped above.
-    unsafe { libc::munmap(p, big.len()) };
-    assert_eq!(
-        wrong, None,
-        "the mapping read other bytes after an eviction"
-    );
+    // (the kernel reads the cache file behind it), while the cache evicts that file: through
+    // this mount's reads of another file, or a second mount's sharing the cache directory.
+    // Its pages must never turn into a punched hole's zeros. Objects of many blocks and of
+    // one, shared and private mappings. The file (9 MiB) is too large to stay registered after
+    // its close: only the mapping refers to the cache file.
+    for (block, other_mount, shared) in [
+        ("1M", false, true),
+        ("1M", true, false),
+        ("16M", false, false),
+        ("16M", true, true),
+    ] {
+        let case = format!("{block} blocks, evicted by another mount: {other_mount}");
+        let (lake, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let big = pseudo_random(9 * MIB + 77, 5);
+        std::fs::write(lake.path().join("big.bin"), &big).unwrap();
+        let other = pseudo_random(24 * MIB, 6);
+        std::fs::write(lake.path().join("other.bin"), &other).unwrap();
+        let lake_url = format!("file://{}", lake.path().display());
+        let args = [
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+            "--block-size",
+            block,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--read-only",
+            "--cache-size",
+            "32M",
+            "--max-memory",
+            "64M",
+        ];
+        let start = || Mount::start(&lake_url, &args, &[]).expect("mount");
+        let m = start();
+        assert_eq!(std::fs::read(m.path().join("big.bin")).unwrap(), big);
+        let path = m.path().join("big.bin");
+        let mut f = None;
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                let before = metric(&m, "passthrough_opens_total");
+                f = Some(File::open(&path).unwrap());
+                metric(&m, "passthrough_opens_total") > before
+            }),
+            "{case}: never opened with passthrough"
+        );
+        let f = f.unwrap();
+        let flags = if shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+        // SAFETY: a read-only mapping, unmapped below; the descriptor is closed at once.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                big.len(),
+                libc::PROT_READ,
+                flags,
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        drop(f);
+        // SAFETY: the mapping is big.len() bytes long and stays mapped until the munmap.
+        let mapped = unsafe { std::slice::from_raw_parts(p as *const u8, big.len()) };
+        assert!(mapped == &big[..], "{case}: read through the mapping");
+        let second = other_mount.then(start);
+        let reader = second.as_ref().unwrap_or(&m);
+        // 24 MiB more into a 32 MiB cache: big.bin must go.
+        assert!(std::fs::read(reader.path().join("other.bin")).unwrap() == other);
+        assert!(
+            wait_for(Duration::from_secs(10), || metric(
+                reader,
+                "disk_evictions_total"
+            ) > 0),
+            "{case}: nothing evicted"
+        );
+        // A punched hole also drops the pages it covered: they would be read from it again.
+        let wrong = (0..big.len()).step_by(4096).find(|&i| mapped[i] != big[i]);
+        // SAFETY: unmapping what was mapped above.
+        unsafe { libc::munmap(p, big.len()) };
+        assert_eq!(
+            wrong, None,
+            "{case}: the mapping read other bytes after an eviction"
+        );
+    }
 }
