@@ -18,7 +18,7 @@ use std::fs::{self, File};
 use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -496,7 +496,10 @@ impl DiskCache {
         self.known.changed(hash, Some(index), key.blocks());
         let punched = match File::options().write(true).open(&files.data) {
             Ok(f) if flock(&f, libc::LOCK_EX) => {
-                !objfile::is_complete(&files, key, &f, false).unwrap_or(true)
+                // Also not a file another process just unlinked: its readers keep it.
+                let linked = f.metadata().is_ok_and(|m| m.nlink() > 0);
+                linked
+                    && matches!(objfile::is_complete(&files, key, &f, false), Ok(false))
                     && objfile::punch_block(&files, key, index).is_ok()
             }
             Ok(_) => false,
