@@ -499,7 +499,7 @@ impl DiskCache {
                 // Also not a file another process just unlinked: its readers keep it.
                 let linked = f.metadata().is_ok_and(|m| m.nlink() > 0);
                 linked
-                    && matches!(objfile::is_complete(&files, key, &f, false), Ok(false))
+                    && !objfile::may_be_whole(&files, key, &f)
                     && objfile::punch_block(&files, key, index).is_ok()
             }
             Ok(_) => false,
