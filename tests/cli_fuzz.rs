@@ -42,7 +42,20 @@ fn run_bounded(mut cmd: Command, dir: &Path) -> Option<Output> {
     Some(child.wait_with_output().unwrap())
 }
 
-/// The checks every generated case must pass.
+/// A record of the log a `-v` or `-vv` run asks for: `2026-01-02T03:04:05.678Z DEBUG ...`.
+fn is_log_record(line: &str) -> bool {
+    let b = line.as_bytes();
+    b.len() > 20
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[10] == b'T'
+        && ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"]
+            .iter()
+            .any(|l| line.split_whitespace().nth(1) == Some(l))
+}
+
+/// The checks every generated case must pass. A verbose run (`-v`, `-vv`) may log before its
+/// error line; the log's records are set aside before the error is counted.
 fn judge(program: &str, what: &str, out: Option<Output>) -> Result<(), TestCaseError> {
     let out =
         out.ok_or_else(|| TestCaseError::fail(format!("{what}: still running after {LIMIT:?}")))?;
@@ -60,7 +73,12 @@ fn judge(program: &str, what: &str, out: Option<Output>) -> Result<(), TestCaseE
         "{what}: a signature was printed:\n{stdout}{stderr}"
     );
     if code == Some(1) {
-        let lines: Vec<&str> = stderr.trim_end().lines().collect();
+        let verbose = what.contains("\"-v\"") || what.contains("\"-vv\"");
+        let lines: Vec<&str> = stderr
+            .trim_end()
+            .lines()
+            .filter(|l| !(verbose && is_log_record(l)))
+            .collect();
         prop_assert_eq!(lines.len(), 1, "{}: not one line:\n{}", what, stderr);
         let prefix = format!("{program}: error: ");
         prop_assert!(lines[0].starts_with(&prefix), "{what}: {stderr}");
