@@ -62,39 +62,36 @@ pub fn init_logging(default: &str) {
         .init();
 }
 
-/// Raises the soft limit of open files to the hard one: the daemon holds a descriptor per
-/// file being written (and per cache file read), and systemd's default soft limit of 1,024
-/// is soon reached by training jobs. Call first thing in `main`.
-pub fn raise_open_file_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid rlimit out-buffer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                tracing::debug!(
-                    "cannot raise RLIMIT_NOFILE: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
-    }
-}
-
-/// The soft limit of open files of this process.
-pub fn open_file_limit() -> usize {
+/// This process's limits of open files (soft, hard), if the kernel tells.
+fn nofile() -> Option<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit with a valid rlimit out-buffer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 1024;
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0).then_some(lim)
+}
+
+/// Raises the soft limit of open files to the hard one: the daemon holds a descriptor per
+/// file being written (and per cache file read), and systemd's default soft limit of 1,024
+/// is soon reached by training jobs. Call first thing in `main`.
+pub fn raise_open_file_limit() {
+    let Some(mut lim) = nofile().filter(|l| l.rlim_cur < l.rlim_max) else {
+        return;
+    };
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit with a valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        tracing::debug!(
+            "cannot raise RLIMIT_NOFILE: {}",
+            std::io::Error::last_os_error()
+        );
     }
-    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+}
+
+/// The soft limit of open files of this process (1,024 if unknown).
+pub fn open_file_limit() -> usize {
+    nofile().map_or(1024, |l| usize::try_from(l.rlim_cur).unwrap_or(usize::MAX))
 }
 
 /// Keeps the daemon's resident memory near what its caches account for. Block buffers (MiB
