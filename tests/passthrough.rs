@@ -688,3 +688,59 @@ fn a_mapping_left_after_its_file_is_closed_keeps_reading_right_bytes_while_the_c
         );
     }
 }
+
+#[test]
+fn a_file_changed_after_its_last_close_is_never_read_through_its_old_cache_file() {
+    // A cached file read through passthrough and closed keeps its cache file registered. Then
+    // the file changes: written over in place through the mount, replaced by a rename through
+    // the mount (a checkpoint saver), or replaced in the lake behind the mount. The next
+    // reads see the new bytes, never the old cache file's.
+    for change in ["in place", "rename over", "in the lake"] {
+        let (lake, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let old = pseudo_random(2 * MIB + 5, 11);
+        std::fs::write(lake.path().join("f.bin"), &old).unwrap();
+        fill(lake.path(), cache.path(), &[("f.bin".into(), old.clone())]);
+        let staging = tempfile::tempdir().unwrap();
+        let st = staging.path().to_str().unwrap();
+        let m = mount(
+            lake.path(),
+            cache.path(),
+            &[
+                "--passthrough",
+                "on",
+                "--staging-dir",
+                st,
+                "--metadata-ttl",
+                "0",
+            ],
+        );
+        let path = m.path().join("f.bin");
+        // Read and closed twice: the second open names the registered file again.
+        check(&path, &old);
+        check(&path, &old);
+        assert!(
+            metric(&m, "passthrough_backings_reused_total") > 0,
+            "{change}: the idle cache file was not reused"
+        );
+        let new = pseudo_random(2 * MIB + 6, 12);
+        match change {
+            "in place" => std::fs::write(&path, &new).unwrap(),
+            "rename over" => {
+                let tmp = m.path().join("f.bin.tmp");
+                std::fs::write(&tmp, &new).unwrap();
+                std::fs::rename(&tmp, &path).unwrap();
+            }
+            _ => std::fs::write(lake.path().join("f.bin"), &new).unwrap(),
+        }
+        // Through the mount the change is seen at once; from the lake once the listing is
+        // asked again (a TTL of 0). Every read is one version whole, never a mix.
+        let seen = wait_for(Duration::from_secs(10), || {
+            let got = std::fs::read(&path).unwrap();
+            assert!(got == old || got == new, "{change}: a mix of versions");
+            got == new
+        });
+        assert!(seen, "{change}: the old cache file was still read");
+        check(&path, &new);
+        check(&path, &new);
+    }
+}
