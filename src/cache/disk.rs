@@ -20,13 +20,14 @@ use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use lru::LruCache;
 
+use super::filler::Filler;
 use super::known::{Known, Stamp};
 use super::objfile::{self, ObjectFiles, ObjectKey};
 use super::pages;
@@ -81,8 +82,8 @@ pub struct DiskCache {
     /// Files checked whole and entries read lately, while their files are unchanged.
     known: Known,
     metrics: Arc<Metrics>,
-    /// Writes handed to `write_behind` and not finished yet.
-    pending: AtomicUsize,
+    /// Runs `write_behind` and `pages_behind` writes, and counts those not finished yet.
+    filler: Filler,
 }
 
 /// Whether an object is here whole, for a passthrough open.
@@ -160,7 +161,7 @@ impl DiskCache {
             }),
             known: Known::new(),
             metrics,
-            pending: AtomicUsize::new(0),
+            filler: Filler::default(),
         };
         cache.rebuild()?;
         Ok(cache)
@@ -395,8 +396,8 @@ impl DiskCache {
         }
     }
 
-    /// Stores a block from a blocking-pool thread, so a slow or full cache disk never delays
-    /// the reader that fetched it. Needs a tokio runtime.
+    /// Stores a block from a fill thread (see `filler`), so a slow or full cache disk never
+    /// delays the reader that fetched it, nor does writing it take CPU from readers.
     /// `data` is held until then: a block's lease, so the memory budget counts it.
     pub fn write_behind(
         self: &Arc<Self>,
@@ -407,7 +408,7 @@ impl DiskCache {
         self.behind(move |me| me.put(&key, index, data.as_ref()));
     }
 
-    /// `put_pages` from a blocking-pool thread, as `write_behind`.
+    /// `put_pages` from a fill thread, as `write_behind`.
     pub fn pages_behind(
         self: &Arc<Self>,
         key: ObjectKey,
@@ -419,26 +420,15 @@ impl DiskCache {
     }
 
     fn behind(self: &Arc<Self>, job: impl FnOnce(&DiskCache) + Send + 'static) {
-        self.pending.fetch_add(1, Ordering::SeqCst);
         let me = self.clone();
-        tokio::task::spawn_blocking(move || {
-            // The job owns its data, and lets go of it (and its memory budget) when done.
-            job(&me);
-            me.pending.fetch_sub(1, Ordering::SeqCst);
-        });
+        // The job owns its data, and lets go of it (and its memory budget) when done.
+        self.filler.run(move || job(&me));
     }
 
     /// Waits (polling, at most `limit`) until every `write_behind` has landed; false on timeout.
     /// Called at unmount so blocks fetched last are not lost with the daemon.
     pub fn wait_idle(&self, limit: Duration) -> bool {
-        let end = std::time::Instant::now() + limit;
-        while self.pending.load(Ordering::SeqCst) > 0 {
-            if std::time::Instant::now() > end {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        true
+        self.filler.wait_idle(limit)
     }
 
     /// Persists a hit's recency for the next index rebuild, coarsely: one timestamp write per

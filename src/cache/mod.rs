@@ -4,6 +4,7 @@ pub mod admin;
 pub mod blocks;
 pub mod budget;
 pub mod disk;
+mod filler;
 mod known;
 pub mod meta;
 pub mod objfile;
