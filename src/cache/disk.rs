@@ -490,7 +490,7 @@ impl DiskCache {
                 let linked = f.metadata().is_ok_and(|m| m.nlink() > 0);
                 linked
                     && !objfile::may_be_whole(&files, key, &f)
-                    && objfile::punch_block(&files, key, index).is_ok()
+                    && objfile::punch_block(&files, key, index, &f).is_ok()
             }
             Ok(_) => false,
             // No data file: nothing to punch, the block is gone.

@@ -92,3 +92,44 @@ impl DiskCache {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{key, open, pattern};
+    use super::super::OLD_SUBDIR;
+    use super::*;
+    use std::fs::File;
+
+    #[test]
+    fn the_old_layout_is_removed_at_open() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join(OLD_SUBDIR).join("ab")).unwrap();
+        fs::write(d.path().join(OLD_SUBDIR).join("ab").join("abcd"), b"old").unwrap();
+        let _c = open(d.path(), 1 << 20);
+        assert!(!d.path().join(OLD_SUBDIR).exists());
+    }
+
+    #[test]
+    fn a_data_file_without_a_table_is_removed_at_open_only_once_it_is_old() {
+        let d = tempfile::tempdir().unwrap();
+        let k = key("orphan", 4096, 4096);
+        let c = open(d.path(), 1 << 20);
+        c.put(&k, 0, &pattern(4096, 2));
+        let files = c.files(&k.hash());
+        drop(c);
+        // As a writer leaves it between its first block's bytes and its table.
+        fs::remove_file(&files.sums).unwrap();
+        drop(open(d.path(), 1 << 20));
+        assert!(files.data.exists(), "a writer's new object was removed");
+        // As a writer that died there leaves it.
+        let old = SystemTime::now() - 2 * STALE_TMP;
+        File::options()
+            .write(true)
+            .open(&files.data)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        drop(open(d.path(), 1 << 20));
+        assert!(!files.data.exists(), "an orphan data file was kept");
+    }
+}

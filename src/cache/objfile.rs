@@ -450,15 +450,20 @@ fn named_then_linked(
 }
 
 /// Drops block `index`, whole or the pages of it held: its entry and page CRCs first, then
-/// its bytes (a hole). The caller makes sure no passthrough open uses the data file (see
-/// `DiskCache::drop_block`).
-pub fn punch_block(files: &ObjectFiles, key: &ObjectKey, index: u64) -> io::Result<()> {
+/// its bytes (a hole) in `data`, the data file the caller opened, locked and found partial
+/// (see `DiskCache::drop_block`): the hole goes into the inode that was checked, never into
+/// one that took its place at the path meanwhile.
+pub fn punch_block(
+    files: &ObjectFiles,
+    key: &ObjectKey,
+    index: u64,
+    data: &File,
+) -> io::Result<()> {
     if let Some(t) = open_table(files, key, true)? {
         t.write_all_at(&vec![0u8; key.entry_len() as usize], entry_at(key, index))?;
         super::pages::forget_block(&t, key, index)?;
     }
-    let d = OpenOptions::new().write(true).open(&files.data)?;
-    punch(&d, index * key.block_size, key.block_len(index))
+    punch(data, index * key.block_size, key.block_len(index))
 }
 
 pub(super) fn punch(f: &File, offset: u64, len: u64) -> io::Result<()> {
@@ -483,11 +488,15 @@ pub fn remove(files: &ObjectFiles) {
     let _ = fs::remove_file(&files.data);
 }
 
-/// Whether the object's data file may hold it whole. Certainly not when the file is shorter
-/// than the object (its last block never landed: data lands before its entry), or when it has
-/// a hole in a block the table does not list: one `fstat`, one `lseek` and one entry, the
-/// answer for a partly cached file. Otherwise every entry is read. (A hole in a listed block
-/// is possible on file systems that store written zeros as holes.)
+/// Whether the object's data file may hold it whole, and so may be read by a passthrough
+/// reader (or a mapping left after one): such a file is never punched. Told from the inode
+/// itself, not from its table alone: the table at the path may be missing or changing while
+/// another mount removes or rewrites the object, and a missing table is no evidence that the
+/// file open here is partial. Certainly partial: a file shorter than its object (its last
+/// block never landed: data lands before its entry), or one with a hole in a block that a
+/// readable table does not list. A file as long as its object with no hole has every byte
+/// written: it may be whole. One `fstat`, one `lseek`, and one entry for a file with a hole.
+/// (A hole in a listed block is possible on file systems that store written zeros as holes.)
 pub fn may_be_whole(files: &ObjectFiles, key: &ObjectKey, data: &File) -> bool {
     match data.metadata() {
         Ok(m) if m.len() < key.size => return false,
@@ -496,13 +505,14 @@ pub fn may_be_whole(files: &ObjectFiles, key: &ObjectKey, data: &File) -> bool {
     }
     // SAFETY: lseek on a descriptor we own.
     let hole = unsafe { libc::lseek(data.as_raw_fd(), 0, libc::SEEK_HOLE) };
-    if hole >= 0 && (hole as u64) < key.size {
-        let index = hole as u64 / key.block_size;
-        if matches!(held_entry(files, key, index), Ok(None)) {
-            return false;
-        }
+    if hole < 0 || hole as u64 >= key.size {
+        return true;
     }
-    is_complete(files, key, data, false).unwrap_or(true)
+    let index = hole as u64 / key.block_size;
+    match open_table(files, key, false) {
+        Ok(Some(t)) => !matches!(read_entry(&t, key, index), Ok(e) if e.len == 0),
+        _ => true,
+    }
 }
 
 /// Whether `data` (the object's data file, open) holds the complete object: every block in

@@ -93,10 +93,11 @@ proptest! {
                     flipped.retain(|(i, _)| *i != index);
                 }
                 Op::Punch { index } => {
-                    match objfile::punch_block(&files, &key, index) {
+                    match OpenOptions::new().write(true).open(&files.data) {
+                        Ok(d) => objfile::punch_block(&files, &key, index, &d).unwrap(),
                         // Nothing written yet: nothing to punch.
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        r => r.unwrap(),
+                        Err(e) => panic!("{e}"),
                     }
                     held[index as usize].clear();
                     flipped.retain(|(i, _)| *i != index);
