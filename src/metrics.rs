@@ -33,6 +33,7 @@ macro_rules! counters {
 counters! {
     memory_hit_bytes_total: "Bytes read by applications that came from the memory block cache.",
     disk_hit_bytes_total: "Bytes read from the local disk block cache (whole blocks, or the 64 KiB checksum chunks of a random read).",
+    disk_reads_inline_total: "Disk cache reads answered from the page cache on the request's own thread, with no wait for the disk.",
     store_get_requests_total: "Ranged GET requests sent to the store for file data.",
     store_get_bytes_total: "Bytes of file data fetched from the store.",
     store_get_retries_total: "Ranged GETs retried after a transient failure, a short body or a timeout.",

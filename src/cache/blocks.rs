@@ -357,11 +357,11 @@ impl BlockCache {
             // On disk: only the chunks these bytes fall in are read and checked.
             let key = self.object_key(obj);
             if let Some(disk) = self.disk.as_ref().filter(|d| d.may_hold(&key, index)) {
-                let (disk, key, r) = (
-                    disk.clone(),
-                    key.clone(),
-                    wide.start - block.start..wide.end - block.start,
-                );
+                let r = wide.start - block.start..wide.end - block.start;
+                if let Some(bytes) = disk.get_range_cached(&key, index, r.clone()) {
+                    return Ok(bytes);
+                }
+                let (disk, key) = (disk.clone(), key.clone());
                 let hit = tokio::task::spawn_blocking(move || disk.get_range(&key, index, r))
                     .await
                     .map_err(|e| StoreError::Other(format!("disk cache task failed: {e}")))?;
@@ -562,6 +562,9 @@ impl BlockCache {
         // new object's miss then costs no trip to a blocking thread, which on a busy node
         // delays the fetch it precedes.
         if let Some(disk) = self.disk.as_ref().filter(|d| d.may_hold(&key, index)) {
+            if let Some(data) = disk.get_range_cached(&key, index, 0..key.block_len(index)) {
+                return Ok(block(data));
+            }
             let (disk, key) = (disk.clone(), key.clone());
             let hit = tokio::task::spawn_blocking(move || disk.get(&key, index))
                 .await
@@ -579,3 +582,7 @@ impl BlockCache {
         Ok(block)
     }
 }
+
+#[cfg(test)]
+#[path = "blocks_tests.rs"]
+mod tests;

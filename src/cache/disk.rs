@@ -105,6 +105,12 @@ pub struct DiskStats {
     pub capacity: u64,
 }
 
+fn write_recency(files: &ObjectFiles, at: SystemTime) {
+    if let Ok(f) = File::options().write(true).open(&files.sums) {
+        let _ = f.set_modified(at);
+    }
+}
+
 pub(crate) fn mkdir_private(p: &Path) -> io::Result<()> {
     fs::DirBuilder::new().recursive(true).mode(0o700).create(p)
 }
@@ -435,18 +441,21 @@ impl DiskCache {
     /// object per RECENCY_STEP, not one per hit, and no stat (a hit's open costs no disk
     /// read of the table).
     fn touch(&self, hash: &Arc<str>, files: &ObjectFiles) {
+        if let Some(now) = self.recency_due(hash) {
+            write_recency(files, now);
+        }
+    }
+
+    /// The time to write back as `hash`'s recency, when the last one is older than
+    /// RECENCY_STEP (it counts as written from now on).
+    fn recency_due(&self, hash: &Arc<str>) -> Option<SystemTime> {
         let now = SystemTime::now();
-        let stale = match self.index.lock().unwrap().objects.get_mut(hash) {
+        match self.index.lock().unwrap().objects.get_mut(hash) {
             Some(h) if now.duration_since(h.touched).unwrap_or_default() > RECENCY_STEP => {
                 h.touched = now;
-                true
+                Some(now)
             }
-            _ => false,
-        };
-        if stale {
-            if let Ok(f) = File::options().write(true).open(&files.sums) {
-                let _ = f.set_modified(now);
-            }
+            _ => None,
         }
     }
 
@@ -532,6 +541,10 @@ impl DiskCache {
 
 #[path = "disk_complete.rs"]
 mod complete;
+#[path = "disk_nowait.rs"]
+mod nowait;
+#[cfg(test)]
+pub(crate) use nowait::inline_reads_work_in;
 #[path = "disk_rebuild.rs"]
 mod rebuild;
 #[cfg(test)]

@@ -253,6 +253,19 @@ pub fn read_checked(
     entry: &Entry,
     range: Range<u64>,
 ) -> io::Result<(Bytes, u64)> {
+    read_checked_with(data, key, index, entry, range, 0)
+}
+
+/// `read_checked` with `preadv2` flags: with `RWF_NOWAIT`, bytes not in the page cache are
+/// an error (`WouldBlock`), not a wait for the disk.
+pub fn read_checked_with(
+    data: &File,
+    key: &ObjectKey,
+    index: u64,
+    entry: &Entry,
+    range: Range<u64>,
+    flags: libc::c_int,
+) -> io::Result<(Bytes, u64)> {
     if range.end > entry.len {
         return Err(bad("entry length does not match the block"));
     }
@@ -263,12 +276,16 @@ pub fn read_checked(
             .div_ceil(CHUNK)
             .saturating_mul(CHUNK)
             .min(entry.len);
-    let buf = read_fresh(
+    let buf = read_fresh_with(
         data,
         (span.end - span.start) as usize,
         index * key.block_size + span.start,
+        flags,
     )
-    .map_err(|_| bad("truncated data"))?;
+    .map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock => e,
+        _ => bad("truncated data"),
+    })?;
     entry.check(first as usize, &buf)?;
     let read = buf.len() as u64;
     let buf = Bytes::from(buf);
@@ -280,13 +297,27 @@ pub fn read_checked(
 /// the cache is overwritten whole at once, and filling it with zeros before cost as much as
 /// its checksum.
 pub fn read_fresh(f: &File, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+    read_fresh_with(f, len, offset, 0)
+}
+
+/// `read_fresh` with `preadv2` flags.
+pub fn read_fresh_with(
+    f: &File,
+    len: usize,
+    offset: u64,
+    flags: libc::c_int,
+) -> io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(len);
     let mut done = 0;
     while done < len {
         let spare = &mut buf.spare_capacity_mut()[done..len];
         let at = libc::off_t::try_from(offset + done as u64).map_err(|_| bad("offset"))?;
-        // SAFETY: pread writes at most `spare.len()` bytes into memory this buffer owns.
-        let n = unsafe { libc::pread(f.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at) };
+        let iov = libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: spare.len(),
+        };
+        // SAFETY: preadv2 writes at most `spare.len()` bytes into memory this buffer owns.
+        let n = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, at, flags) };
         match n {
             0 => return Err(io::ErrorKind::UnexpectedEof.into()),
             n if n < 0 => {
@@ -298,7 +329,7 @@ pub fn read_fresh(f: &File, len: usize, offset: u64) -> io::Result<Vec<u8>> {
             n => done += n as usize,
         }
     }
-    // SAFETY: pread wrote all `len` bytes above.
+    // SAFETY: the reads above wrote all `len` bytes.
     unsafe { buf.set_len(len) };
     Ok(buf)
 }
