@@ -241,12 +241,7 @@ impl DiskCache {
         let files = self.files(&hash);
         match self.read_known(&hash, &files, key, index, range) {
             Ok(Some((data, read))) => {
-                self.index
-                    .lock()
-                    .unwrap()
-                    .lru
-                    .promote(&(hash.clone(), index));
-                Metrics::add(&self.metrics.disk_hit_bytes_total, read);
+                self.count_hit(&hash, index, read);
                 self.touch(&hash, &files);
                 Some(data)
             }
@@ -268,6 +263,16 @@ impl DiskCache {
                 None
             }
         }
+    }
+
+    /// A hit of `read` bytes of block `index`: its most recent use, counted.
+    fn count_hit(&self, hash: &Arc<str>, index: u64, read: u64) {
+        self.index
+            .lock()
+            .unwrap()
+            .lru
+            .promote(&(hash.clone(), index));
+        Metrics::add(&self.metrics.disk_hit_bytes_total, read);
     }
 
     /// `objfile::read_range`, taking the block's entry from memory while its data file is

@@ -38,12 +38,7 @@ impl DiskCache {
         let entry = self.known.entry(&hash, index, stamp)?;
         let (bytes, read) =
             objfile::read_checked_with(&data, key, index, &entry, range, libc::RWF_NOWAIT).ok()?;
-        self.index
-            .lock()
-            .unwrap()
-            .lru
-            .promote(&(hash.clone(), index));
-        Metrics::add(&self.metrics.disk_hit_bytes_total, read);
+        self.count_hit(&hash, index, read);
         Metrics::add(&self.metrics.disk_reads_inline_total, 1);
         if let Some(now) = self.recency_due(&hash) {
             self.filler.run(move || super::write_recency(&files, now));
