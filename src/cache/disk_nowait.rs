@@ -56,11 +56,14 @@ struct OpenHow {
 }
 
 /// Opens `path` read-only if every component of it is in the dentry cache; `None` when the
-/// lookup would need the disk (or the kernel lacks `RESOLVE_CACHED`, Linux < 5.12).
+/// lookup would need the disk (or the kernel lacks `RESOLVE_CACHED`, Linux < 5.12, or the
+/// file is not this process's own).
 fn open_cached(path: &Path) -> Option<File> {
     let c = CString::new(path.as_os_str().as_bytes()).ok()?;
     let how = OpenHow {
-        flags: (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+        // No access time to write back: a read that dirtied the inode could wait for the
+        // journal. (The cache's files are this process's own, as O_NOATIME requires.)
+        flags: (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOATIME) as u64,
         mode: 0,
         resolve: libc::RESOLVE_CACHED,
     };
