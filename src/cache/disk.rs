@@ -105,6 +105,8 @@ pub struct DiskStats {
     pub capacity: u64,
 }
 
+/// Writes a hit's time into the table's modification time, which the next index rebuild
+/// orders eviction by.
 fn write_recency(files: &ObjectFiles, at: SystemTime) {
     if let Ok(f) = File::options().write(true).open(&files.sums) {
         let _ = f.set_modified(at);

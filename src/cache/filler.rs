@@ -26,7 +26,7 @@ pub struct Filler {
 }
 
 impl Filler {
-    /// Runs `job` on a fill thread.
+    /// Runs `job` on a fill thread; lets it go unrun if none could be started.
     pub fn run(&self, job: impl FnOnce() + Send + 'static) {
         self.pending.fetch_add(1, Ordering::SeqCst);
         let pending = self.pending.clone();
@@ -35,9 +35,11 @@ impl Filler {
             pending.fetch_sub(1, Ordering::SeqCst);
         });
         let queue = self.queue.get_or_init(start);
-        if let Err(e) = queue.send(job) {
-            // No fill thread could be started: fill on this thread rather than lose it.
-            (e.0)();
+        if queue.send(job).is_err() {
+            // No fill thread could be started (said at the time). The caller may be a request's
+            // thread, which must not wait for a disk: the bytes go uncached (a cache write is
+            // never owed), and the job is let go unrun, its memory with it.
+            self.pending.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -72,7 +74,7 @@ fn start() -> Sender<Job> {
                 serve(&rx)
             });
         if let Err(e) = spawned {
-            tracing::warn!("disk cache: cannot start a fill thread: {e}");
+            tracing::warn!("disk cache: cannot start a fill thread ({e}): fewer blocks are cached");
         }
     }
     tx
